@@ -1,0 +1,363 @@
+//! In-process broker: topic routing into named queues, no encoding.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::broker::{
+    Acker, Broker, Capabilities, Delivery, DeliveryStream, QueueSpec, Subscription,
+    dead_letter_queue, mark_dead, topic_matches,
+};
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+
+/// A broker living in this process: fast, not persistent.
+///
+/// Envelopes are passed as values (their parts are shared `Bytes`), so no
+/// frame is ever encoded. On [`Broker::close`] it waits up to the drain
+/// timeout for its queues to empty, because nothing outlives the process.
+#[derive(Clone)]
+pub struct MemoryBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    closed: AtomicBool,
+    /// Woken whenever a queue gets a message or a delivery is settled.
+    changed: Notify,
+    drain_timeout: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<String, Queue>,
+}
+
+struct Queue {
+    patterns: Vec<String>,
+    max_attempts: u32,
+    ready: VecDeque<Envelope>,
+    /// Deliveries handed out and not settled, plus delayed retries.
+    outstanding: usize,
+}
+
+impl Queue {
+    fn new(patterns: Vec<String>, max_attempts: u32) -> Self {
+        Self {
+            patterns,
+            max_attempts,
+            ready: VecDeque::new(),
+            outstanding: 0,
+        }
+    }
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBroker {
+    /// A broker whose `close` waits up to 30 s for its queues to drain.
+    pub fn new() -> Self {
+        Self::with_drain_timeout(Duration::from_secs(30))
+    }
+
+    /// A broker whose `close` waits up to `drain_timeout` for its queues to drain.
+    pub fn with_drain_timeout(drain_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                closed: AtomicBool::new(false),
+                changed: Notify::new(),
+                drain_timeout,
+            }),
+        }
+    }
+
+    /// Messages waiting in `queue` plus deliveries not yet settled.
+    pub fn depth(&self, queue: &str) -> usize {
+        let state = self.inner.lock();
+        state
+            .queues
+            .get(queue)
+            .map_or(0, |q| q.ready.len() + q.outstanding)
+    }
+
+    fn is_idle(&self) -> bool {
+        let state = self.inner.lock();
+        state
+            .queues
+            .iter()
+            .filter(|(name, _)| !name.ends_with(".dead"))
+            .all(|(_, q)| q.ready.is_empty() && q.outstanding == 0)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked while holding
+        // it; the queues are still consistent (every update is one step).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, queue: &str, envelope: Envelope, front: bool) {
+        let mut state = self.lock();
+        let q = state
+            .queues
+            .entry(queue.to_string())
+            .or_insert_with(|| Queue::new(Vec::new(), u32::MAX));
+        if front {
+            q.ready.push_front(envelope);
+        } else {
+            q.ready.push_back(envelope);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    fn settle(&self, queue: &str) {
+        let mut state = self.lock();
+        if let Some(q) = state.queues.get_mut(queue) {
+            q.outstanding = q.outstanding.saturating_sub(1);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    fn max_attempts(&self, queue: &str) -> u32 {
+        self.lock().queues.get(queue).map_or(u32::MAX, |q| q.max_attempts)
+    }
+
+    /// Retry `envelope` (after `delay`) or dead-letter it when out of attempts.
+    fn retry(self: &Arc<Self>, queue: String, mut envelope: Envelope, delay: Duration, reason: String) {
+        let max = self.max_attempts(&queue);
+        if envelope.attempt >= max {
+            let reason = format!("gave up after {} attempts: {reason}", envelope.attempt);
+            mark_dead(&mut envelope, &queue, &reason);
+            self.push(&dead_letter_queue(&queue), envelope, false);
+            self.settle(&queue);
+            return;
+        }
+        envelope.attempt += 1;
+        if delay.is_zero() {
+            self.push(&queue, envelope, true);
+            self.settle(&queue);
+        } else {
+            // Stays outstanding while delayed, so a drain waits for it.
+            let inner = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                inner.push(&queue, envelope, false);
+                inner.settle(&queue);
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(false, true, true, None)
+    }
+
+    async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
+        for spec in queues {
+            if spec.name.is_empty() {
+                return Err(Error::invalid("queue name is empty"));
+            }
+        }
+        let mut state = self.inner.lock();
+        for spec in queues {
+            let q = state
+                .queues
+                .entry(spec.name.clone())
+                .or_insert_with(|| Queue::new(Vec::new(), spec.max_attempts));
+            q.max_attempts = spec.max_attempts;
+            for p in &spec.patterns {
+                if !q.patterns.contains(p) {
+                    q.patterns.push(p.clone());
+                }
+            }
+            state
+                .queues
+                .entry(dead_letter_queue(&spec.name))
+                .or_insert_with(|| Queue::new(Vec::new(), u32::MAX));
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, envelope: Envelope) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("memory broker is closed".into()));
+        }
+        let mut state = self.inner.lock();
+        let targets: Vec<String> = state
+            .queues
+            .iter()
+            .filter(|(_, q)| q.patterns.iter().any(|p| topic_matches(p, &envelope.event)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if targets.is_empty() {
+            return Err(Error::NotFound(format!(
+                "no queue is bound to routing key {:?}",
+                envelope.event
+            )));
+        }
+        for name in &targets {
+            if let Some(q) = state.queues.get_mut(name) {
+                let mut copy = envelope.clone();
+                copy.attempt = 1;
+                q.ready.push_back(copy);
+            }
+        }
+        drop(state);
+        self.inner.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+        if !self.inner.lock().queues.contains_key(&subscription.queue) {
+            return Err(Error::NotFound(format!(
+                "queue {:?} is not declared",
+                subscription.queue
+            )));
+        }
+        let consumer = Consumer {
+            inner: Arc::clone(&self.inner),
+            queue: subscription.queue,
+            permits: Arc::new(Semaphore::new(subscription.prefetch)),
+        };
+        Ok(Box::pin(futures::stream::unfold(consumer, |c| async move {
+            let delivery = c.next().await?;
+            Some((Ok(delivery), c))
+        })))
+    }
+
+    async fn ready(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("memory broker is closed".into()));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        let drained = tokio::time::timeout(self.inner.drain_timeout, async {
+            loop {
+                let changed = self.inner.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.is_idle() {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.changed.notify_waiters();
+        if drained.is_err() {
+            let state = self.inner.lock();
+            let left: usize = state.queues.values().map(|q| q.ready.len() + q.outstanding).sum();
+            tracing::warn!(left, "memory broker closed before its queues drained; those messages are lost");
+        }
+        Ok(())
+    }
+}
+
+struct Consumer {
+    inner: Arc<Inner>,
+    queue: String,
+    permits: Arc<Semaphore>,
+}
+
+impl Consumer {
+    async fn next(&self) -> Option<Delivery> {
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.inner.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            let popped = {
+                let mut state = self.inner.lock();
+                let q = state.queues.get_mut(&self.queue)?;
+                let env = q.ready.pop_front();
+                if env.is_some() {
+                    q.outstanding += 1;
+                }
+                env
+            };
+            if let Some(envelope) = popped {
+                let acker = MemoryAcker {
+                    inner: Arc::clone(&self.inner),
+                    queue: self.queue.clone(),
+                    envelope: Some(envelope.clone()),
+                    _permit: permit,
+                };
+                return Some(Delivery::new(envelope, Box::new(acker)));
+            }
+            changed.await;
+        }
+    }
+}
+
+struct MemoryAcker {
+    inner: Arc<Inner>,
+    queue: String,
+    /// `Some` until settled; what `Drop` puts back.
+    envelope: Option<Envelope>,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl Acker for MemoryAcker {
+    async fn ack(mut self: Box<Self>) -> Result<()> {
+        self.envelope = None;
+        self.inner.settle(&self.queue);
+        Ok(())
+    }
+
+    async fn nack(mut self: Box<Self>, delay: Duration, reason: String) -> Result<()> {
+        if let Some(env) = self.envelope.take() {
+            self.inner.retry(self.queue.clone(), env, delay, reason);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(mut self: Box<Self>, reason: String) -> Result<()> {
+        if let Some(mut env) = self.envelope.take() {
+            mark_dead(&mut env, &self.queue, &reason);
+            self.inner.push(&dead_letter_queue(&self.queue), env, false);
+            self.inner.settle(&self.queue);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MemoryAcker {
+    fn drop(&mut self) {
+        if let Some(env) = self.envelope.take() {
+            self.inner.retry(
+                self.queue.clone(),
+                env,
+                Duration::ZERO,
+                "delivery dropped without being settled".into(),
+            );
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The result store: job status and transformed bytes, shared by API instances.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::store::{Blob, JobFailure, JobInfo, JobState};
+
+/// Status of one job as the API serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobStatus {
+    /// Job id.
+    pub job_id: Uuid,
+    /// Owner.
+    pub tenant: String,
+    /// Where it stands.
+    pub state: JobState,
+    /// Transform spec in compact form.
+    pub spec: String,
+    /// Unix ms of submission.
+    pub submitted_at_ms: i64,
+    /// Unix ms of the last change.
+    pub updated_at_ms: i64,
+    /// Transformed bytes once done.
+    pub result: Option<Blob>,
+    /// Transformer report once finished.
+    pub info: Option<JobInfo>,
+    /// Reason once failed.
+    pub error: Option<JobFailure>,
+}
+
+impl JobStatus {
+    /// A freshly submitted job.
+    pub fn pending(job_id: Uuid, tenant: impl Into<String>, spec: impl Into<String>, now_ms: i64) -> Self {
+        Self {
+            job_id,
+            tenant: tenant.into(),
+            state: JobState::Pending,
+            spec: spec.into(),
+            submitted_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            result: None,
+            info: None,
+            error: None,
+        }
+    }
+
+    /// The status without the result bytes (for events and listings).
+    pub fn summary(&self) -> JobSummary {
+        JobSummary {
+            id: self.job_id,
+            tenant: self.tenant.clone(),
+            status: self.state,
+            spec: self.spec.clone(),
+            submitted_at_ms: self.submitted_at_ms,
+            updated_at_ms: self.updated_at_ms,
+            info: self.info.clone(),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// Serializable view of a [`JobStatus`] without bytes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobSummary {
+    /// Job id.
+    pub id: Uuid,
+    /// Owner.
+    pub tenant: String,
+    /// Where it stands.
+    pub status: JobState,
+    /// Transform spec.
+    pub spec: String,
+    /// Unix ms of submission.
+    pub submitted_at_ms: i64,
+    /// Unix ms of the last change.
+    pub updated_at_ms: i64,
+    /// Transformer report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<JobInfo>,
+    /// Failure reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobFailure>,
+}
+
+/// Short-lived job status and results.
+///
+/// # Contract
+/// - `put` keeps the status for `ttl`; after that `get` returns `None`.
+/// - A terminal status (done, failed) is never replaced: neither by
+///   `pending` nor by a second terminal status (the first result wins).
+/// - `wait` returns as soon as the job is terminal, or its current status
+///   when `timeout` passes; `None` for an unknown job. It is woken by the
+///   `put`, not by polling.
+/// - `completions` yields every terminal status put after it was called.
+#[async_trait]
+pub trait ResultStore: Send + Sync + fmt::Debug {
+    /// Record a status.
+    async fn put(&self, status: JobStatus, ttl: Duration) -> Result<()>;
+    /// The current status.
+    async fn get(&self, job_id: Uuid) -> Result<Option<JobStatus>>;
+    /// Wait until the job is terminal or `timeout` passes.
+    async fn wait(&self, job_id: Uuid, timeout: Duration) -> Result<Option<JobStatus>>;
+    /// Terminal statuses as they arrive (results without bytes).
+    async fn completions(&self) -> Result<BoxStream<'static, JobSummary>>;
+    /// `Ok` while the store is reachable.
+    async fn ready(&self) -> Result<()>;
+}

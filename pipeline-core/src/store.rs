@@ -1,0 +1,232 @@
+//! Archive contracts: images with their metadata, content-addressed blobs,
+//! and the activity log.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::Result;
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Accepted, not finished.
+    Pending,
+    /// Transformed successfully.
+    Done,
+    /// Failed permanently; see the error.
+    Failed,
+}
+
+impl JobState {
+    /// Lower-case name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parse [`as_str`](Self::as_str) output.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "done" => Some(Self::Done),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+
+    /// Done or failed.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Pending)
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFailure {
+    /// Stable machine-readable code, for example `corrupt_image`.
+    pub code: String,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+/// Facts about one image file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaInfo {
+    /// Format name, for example `jpeg`.
+    pub format: String,
+    /// Media type, for example `image/jpeg`.
+    pub content_type: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+}
+
+/// What a transformer reports about a job: the `info` part of its messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The uploaded image (absent when it could not even be read).
+    pub original: Option<MediaInfo>,
+    /// The transformed image (absent when the job failed).
+    pub result: Option<MediaInfo>,
+    /// Milliseconds spent decoding.
+    pub decode_ms: f64,
+    /// Milliseconds spent in transforms.
+    pub transform_ms: f64,
+    /// Milliseconds spent encoding.
+    pub encode_ms: f64,
+    /// Worker that ran the job.
+    pub worker: String,
+}
+
+/// Bytes with a media type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// Media type.
+    pub content_type: String,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// One finished job to archive (done or failed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchiveRecord {
+    /// Job id (the idempotency key).
+    pub job_id: Uuid,
+    /// Owner.
+    pub tenant: String,
+    /// `Done` or `Failed`.
+    pub state: JobState,
+    /// Transform spec in compact form.
+    pub spec: String,
+    /// The uploaded bytes.
+    pub original: Option<Blob>,
+    /// The transformed bytes.
+    pub result: Option<Blob>,
+    /// Dimensions, formats, hashes, timings.
+    pub info: JobInfo,
+    /// Failure reason.
+    pub error: Option<JobFailure>,
+    /// Unix ms of submission.
+    pub submitted_at_ms: i64,
+    /// Unix ms when the transformer finished.
+    pub finished_at_ms: i64,
+}
+
+/// An archived job as read back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// Job id.
+    pub job_id: Uuid,
+    /// Owner.
+    pub tenant: String,
+    /// `Done` or `Failed`.
+    pub state: JobState,
+    /// Transform spec in compact form.
+    pub spec: String,
+    /// The uploaded image.
+    pub original: Option<MediaInfo>,
+    /// The transformed image.
+    pub result: Option<MediaInfo>,
+    /// Failure reason.
+    pub error: Option<JobFailure>,
+    /// Worker that ran the job.
+    pub worker: String,
+    /// Unix ms of submission.
+    pub submitted_at_ms: i64,
+    /// Unix ms when the transformer finished.
+    pub finished_at_ms: i64,
+    /// Unix ms when the archive stored it.
+    pub archived_at_ms: i64,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    /// Newest first.
+    pub items: Vec<ImageRecord>,
+    /// Pass back to get the next page; `None` at the end.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// The permanent archive of jobs.
+///
+/// # Contract
+/// - `save` stores a batch atomically: all records or none.
+/// - `save` is idempotent by job id: saving a job again (double delivery)
+///   changes nothing and creates no duplicate row; the first write wins.
+/// - Blobs are content-addressed by SHA-256: identical bytes are stored once
+///   however many jobs share them.
+/// - `get`, `original` and `result` return exactly what was saved, or `None`
+///   for an unknown job (never an error).
+/// - `list` returns a tenant's jobs newest first, never another tenant's,
+///   and walking the cursors visits each job exactly once.
+#[async_trait]
+pub trait ImageStore: Send + Sync + fmt::Debug {
+    /// Store finished jobs (see the contract).
+    async fn save(&self, records: &[ArchiveRecord]) -> Result<()>;
+    /// The archived record of a job.
+    async fn get(&self, job_id: Uuid) -> Result<Option<ImageRecord>>;
+    /// The original bytes of a job.
+    async fn original(&self, job_id: Uuid) -> Result<Option<Blob>>;
+    /// The transformed bytes of a job.
+    async fn result(&self, job_id: Uuid) -> Result<Option<Blob>>;
+    /// A tenant's jobs, newest first, after `cursor`, at most `limit`.
+    async fn list(&self, tenant: &str, cursor: Option<Uuid>, limit: usize) -> Result<Page>;
+    /// `Ok` while the store is reachable.
+    async fn ready(&self) -> Result<()>;
+}
+
+/// One event of the activity log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivityEntry {
+    /// Id of the message the event came from (the idempotency key).
+    pub message_id: Uuid,
+    /// Unix ms of the event.
+    pub at_ms: i64,
+    /// Event name.
+    pub event: String,
+    /// Job id.
+    pub job_id: Uuid,
+    /// Owner.
+    pub tenant: String,
+    /// Worker that emitted the event, if any.
+    pub worker: Option<String>,
+    /// Bytes carried by the message.
+    pub size: u64,
+    /// Processing time, if reported.
+    pub duration_ms: Option<f64>,
+    /// Error, if the event is a failure.
+    pub error: Option<String>,
+}
+
+/// Where the activity log is kept.
+///
+/// # Contract
+/// - `append` is idempotent by `message_id`: a redelivered event is recorded once.
+/// - `for_job` returns a job's entries oldest first.
+#[async_trait]
+pub trait ActivityLog: Send + Sync + fmt::Debug {
+    /// Record entries.
+    async fn append(&self, entries: &[ActivityEntry]) -> Result<()>;
+    /// A job's entries, oldest first.
+    async fn for_job(&self, job_id: Uuid) -> Result<Vec<ActivityEntry>>;
+}
+
+/// Hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
