@@ -1,1 +1,107 @@
-//! Role services.
+//! The role services. They hold all the logic; a binary only builds the
+//! backends, hands them over as `Arc<dyn ...>`, and runs the services until
+//! a shutdown signal.
+//!
+//! ```text
+//! api --image.submitted--> [transform] --> Transformer
+//! Transformer --image.transformed / image.failed--> [api.results] --> ResultsConsumer --> ResultStore
+//! Transformer --image.archived / image.failed--> [save2db] --> Save2Db --> ImageStore
+//! every event --> [activity] --> ActivityRecorder --> ActivityLog + tracing
+//! ```
+
+mod activity;
+mod batch;
+mod results;
+mod save2db;
+mod submit;
+mod transformer;
+
+use std::time::Duration;
+
+pub use activity::ActivityRecorder;
+pub use results::ResultsConsumer;
+pub use save2db::Save2Db;
+pub use submit::{Accepted, InFlight, SubmitConfig, Submitter, Upload, Validation};
+pub use transformer::{Transformer, TransformerConfig};
+
+use crate::broker::QueueSpec;
+use crate::envelope::events;
+
+/// Queue names of the standard topology (the backend adds the namespace).
+pub mod queues {
+    /// Submitted images, consumed by transformers.
+    pub const TRANSFORM: &str = "transform";
+    /// Results and failures, consumed by the API's results consumer.
+    pub const API_RESULTS: &str = "api.results";
+    /// Finished jobs, consumed by save2db.
+    pub const SAVE2DB: &str = "save2db";
+    /// Every event, consumed by the activity log.
+    pub const ACTIVITY: &str = "activity";
+}
+
+/// The queues and bindings of the pipeline; every process declares them at start.
+pub fn topology(max_attempts: u32) -> Vec<QueueSpec> {
+    vec![
+        QueueSpec::new(queues::TRANSFORM, &[events::SUBMITTED], max_attempts),
+        QueueSpec::new(
+            queues::API_RESULTS,
+            &[events::TRANSFORMED, events::FAILED],
+            max_attempts,
+        ),
+        QueueSpec::new(queues::SAVE2DB, &[events::ARCHIVED, events::FAILED], max_attempts),
+        QueueSpec::new(queues::ACTIVITY, &["#"], max_attempts),
+    ]
+}
+
+/// Exponential backoff for transient failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delay before the second attempt.
+    pub base: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 500 ms, doubling, at most 30 s.
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay after failed attempt number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// An id for this process in one role: `role-host-pid-xxxx`.
+pub fn worker_id(role: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_string());
+    format!(
+        "{role}-{host}-{}-{:04x}",
+        std::process::id(),
+        fastrand::u16(..)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay(1), Duration::from_millis(500));
+        assert_eq!(p.delay(2), Duration::from_secs(1));
+        assert_eq!(p.delay(40), Duration::from_secs(30));
+    }
+}

@@ -428,7 +428,7 @@ impl Transform for Format {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::super::{Processor, TransformRegistry, TransformSpec};
+    use super::super::{Processor, TransformRegistry};
     use super::*;
     use image::{GenericImageView, ImageFormat};
 

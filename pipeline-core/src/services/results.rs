@@ -1,0 +1,123 @@
+//! The API's results consumer: fills the result store.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::{RetryPolicy, queues};
+use crate::broker::{Broker, Delivery, Subscription};
+use crate::envelope::{Envelope, events, headers, now_ms, parts};
+use crate::error::Result;
+use crate::results::{JobStatus, ResultStore};
+use crate::store::{Blob, JobFailure, JobInfo, JobState};
+
+/// Consumes `image.transformed` and `image.failed` and records them in the
+/// [`ResultStore`] with a TTL; acks after the store took them.
+#[derive(Debug, Clone)]
+pub struct ResultsConsumer {
+    broker: Arc<dyn Broker>,
+    results: Arc<dyn ResultStore>,
+    ttl: Duration,
+    prefetch: usize,
+    retry: RetryPolicy,
+}
+
+impl ResultsConsumer {
+    /// A consumer keeping results for `ttl`.
+    pub fn new(broker: Arc<dyn Broker>, results: Arc<dyn ResultStore>, ttl: Duration, prefetch: usize) -> Self {
+        Self {
+            broker,
+            results,
+            ttl,
+            prefetch: prefetch.max(1),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Consume until `shutdown` resolves or the broker closes.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let stream = self
+            .broker
+            .subscribe(Subscription::new(queues::API_RESULTS, self.prefetch))
+            .await?;
+        stream
+            .take_until(shutdown)
+            .for_each_concurrent(self.prefetch, |item| {
+                let this = self.clone();
+                async move {
+                    match item {
+                        Ok(d) => this.handle(d).await,
+                        Err(e) => tracing::warn!(error = %e, "broker error while consuming"),
+                    }
+                }
+            })
+            .await;
+        Ok(())
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        let Some(status) = status_of(delivery.envelope()) else {
+            // Not an event for this queue: nothing to record.
+            if let Err(e) = delivery.ack().await {
+                tracing::warn!(error = %e, "ack failed");
+            }
+            return;
+        };
+        let job_id = status.job_id;
+        let settled = match self.results.put(status, self.ttl).await {
+            Ok(()) => delivery.ack().await,
+            Err(e) => {
+                let delay = self.retry.delay(delivery.attempt());
+                tracing::warn!(%job_id, error = %e, ?delay, "result not stored; retrying");
+                delivery.nack(delay, e.to_string()).await
+            }
+        };
+        if let Err(e) = settled {
+            tracing::warn!(%job_id, error = %e, "settling failed; it will be redelivered");
+        }
+    }
+}
+
+/// The job status an event announces, if it is a terminal event.
+pub(crate) fn status_of(env: &Envelope) -> Option<JobStatus> {
+    let state = match env.event.as_str() {
+        events::TRANSFORMED => JobState::Done,
+        events::FAILED => JobState::Failed,
+        _ => return None,
+    };
+    let info: Option<JobInfo> = env
+        .part(parts::INFO)
+        .and_then(|p| serde_json::from_slice(&p.data).ok());
+    let submitted_at_ms = env
+        .header(headers::SUBMITTED_AT_MS)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(env.created_at_ms);
+    let error = (state == JobState::Failed).then(|| failure_of(env));
+    Some(JobStatus {
+        job_id: env.job_id,
+        tenant: env.tenant.clone(),
+        state,
+        spec: env.spec.clone(),
+        submitted_at_ms,
+        updated_at_ms: now_ms(),
+        result: env.part(parts::RESULT).map(|p| Blob {
+            content_type: p.content_type.clone(),
+            data: p.data.clone(),
+        }),
+        info,
+        error,
+    })
+}
+
+/// The failure carried by an `image.failed` event.
+pub(crate) fn failure_of(env: &Envelope) -> JobFailure {
+    JobFailure {
+        code: env.header(headers::ERROR_CODE).unwrap_or("failed").to_string(),
+        message: env
+            .header(headers::ERROR)
+            .unwrap_or("the job failed without a reason")
+            .to_string(),
+    }
+}

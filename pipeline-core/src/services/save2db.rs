@@ -1,0 +1,98 @@
+//! The save2db role: finished jobs into the archive, batched.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::batch::{Parsed, consume_batches};
+use super::results::failure_of;
+use super::{RetryPolicy, queues};
+use crate::broker::{Broker, Delivery};
+use crate::envelope::{events, headers, now_ms, parts};
+use crate::error::Result;
+use crate::store::{ArchiveRecord, Blob, ImageStore, JobInfo, JobState};
+
+/// Consumes `image.archived` and `image.failed` and saves them in batches of
+/// whatever is waiting (up to `batch`); acks only after the commit.
+#[derive(Debug, Clone)]
+pub struct Save2Db {
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn ImageStore>,
+    batch: usize,
+    retry: RetryPolicy,
+}
+
+impl Save2Db {
+    /// A writer saving up to `batch` records per transaction.
+    pub fn new(broker: Arc<dyn Broker>, store: Arc<dyn ImageStore>, batch: usize) -> Self {
+        Self {
+            broker,
+            store,
+            batch: batch.max(1),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Consume until `shutdown` resolves or the broker closes.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let store = Arc::clone(&self.store);
+        consume_batches(
+            self.broker.as_ref(),
+            queues::SAVE2DB,
+            self.batch,
+            self.retry,
+            shutdown,
+            record_of,
+            |records: Vec<ArchiveRecord>| {
+                let store = Arc::clone(&store);
+                async move { store.save(&records).await }
+            },
+        )
+        .await
+    }
+}
+
+fn record_of(d: &Delivery) -> Parsed<ArchiveRecord> {
+    let env = d.envelope();
+    let state = match env.event.as_str() {
+        events::ARCHIVED => JobState::Done,
+        events::FAILED => JobState::Failed,
+        other => return Err(format!("save2db does not handle {other:?} events")),
+    };
+    let blob = |name: &str| {
+        env.part(name).map(|p| Blob {
+            content_type: p.content_type.clone(),
+            data: p.data.clone(),
+        })
+    };
+    let info: JobInfo = match env.part(parts::INFO) {
+        Some(p) => serde_json::from_slice(&p.data).map_err(|e| format!("info part is not valid: {e}"))?,
+        None if state == JobState::Failed => JobInfo {
+            original: None,
+            result: None,
+            decode_ms: 0.0,
+            transform_ms: 0.0,
+            encode_ms: 0.0,
+            worker: env.header(headers::WORKER).unwrap_or_default().to_string(),
+        },
+        None => return Err("archived event without an info part".into()),
+    };
+    let result = blob(parts::RESULT);
+    if state == JobState::Done && (result.is_none() || info.result.is_none()) {
+        return Err("archived event without a result".into());
+    }
+    Ok(ArchiveRecord {
+        job_id: env.job_id,
+        tenant: env.tenant.clone(),
+        state,
+        spec: env.spec.clone(),
+        original: blob(parts::ORIGINAL),
+        result,
+        info,
+        error: (state == JobState::Failed).then(|| failure_of(env)),
+        submitted_at_ms: env
+            .header(headers::SUBMITTED_AT_MS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(env.created_at_ms),
+        finished_at_ms: if env.created_at_ms > 0 { env.created_at_ms } else { now_ms() },
+    })
+}

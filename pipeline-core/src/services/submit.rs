@@ -1,0 +1,285 @@
+//! Submitting uploads: validation, backpressure, status, publish.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use uuid::Uuid;
+
+use crate::broker::Broker;
+use crate::envelope::{Envelope, Part, events, headers, now_ms, parts};
+use crate::error::{Error, Result};
+use crate::memory::lock;
+use crate::results::{JobStatus, ResultStore};
+use crate::store::{JobFailure, JobState};
+use crate::transform::codec::{self, ImageLimits, Probe, content_type};
+use crate::transform::{BlockingPool, TransformRegistry, TransformSpec};
+
+/// How deeply uploads are checked before they are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validation {
+    /// Format and dimensions from the header only (cheapest).
+    Header,
+    /// A full decode: truncated and corrupt files are refused at upload.
+    Full,
+}
+
+/// Settings of the submitter.
+#[derive(Debug, Clone)]
+pub struct SubmitConfig {
+    /// Spec used when an upload names none.
+    pub default_spec: String,
+    /// Named specs (`?preset=`).
+    pub presets: BTreeMap<String, String>,
+    /// How uploads are checked.
+    pub validation: Validation,
+    /// Pixel and format limits.
+    pub limits: ImageLimits,
+    /// How long the status and result stay in the result store.
+    pub result_ttl: Duration,
+    /// Jobs accepted by this process and not finished, at most.
+    pub max_in_flight: usize,
+}
+
+impl Default for SubmitConfig {
+    fn default() -> Self {
+        Self {
+            default_spec: "stamp".into(),
+            presets: default_presets(),
+            validation: Validation::Full,
+            limits: ImageLimits::default(),
+            result_ttl: Duration::from_secs(3600),
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// Built-in presets.
+pub fn default_presets() -> BTreeMap<String, String> {
+    [
+        ("stamp", "stamp"),
+        ("thumbnail", "auto-orient,thumbnail:256"),
+        ("web", "auto-orient,resize:1600x1600,format:jpeg:82"),
+        ("grayscale", "grayscale"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// One file to submit.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Owner.
+    pub tenant: String,
+    /// Client-side file name, if any.
+    pub filename: Option<String>,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// A job accepted for processing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Accepted {
+    /// The job id.
+    pub id: Uuid,
+    /// Detected input format.
+    pub format: String,
+    /// Input width.
+    pub width: u32,
+    /// Input height.
+    pub height: u32,
+    /// Spec that will be applied.
+    pub spec: String,
+}
+
+/// Jobs accepted by this process and not yet finished. Released when the
+/// result store announces their completion.
+#[derive(Debug)]
+pub struct InFlight {
+    jobs: Mutex<HashMap<Uuid, Instant>>,
+    max: usize,
+    max_age: Duration,
+}
+
+impl InFlight {
+    /// At most `max` jobs; entries older than `max_age` are forgotten.
+    pub fn new(max: usize, max_age: Duration) -> Self {
+        Self {
+            jobs: Mutex::new(HashMap::new()),
+            max: max.max(1),
+            max_age,
+        }
+    }
+
+    /// Count `job` in, or refuse when full.
+    pub fn try_acquire(&self, job: Uuid) -> Result<()> {
+        let mut jobs = lock(&self.jobs);
+        if jobs.len() >= self.max {
+            let now = Instant::now();
+            jobs.retain(|_, at| now.duration_since(*at) < self.max_age);
+        }
+        if jobs.len() >= self.max {
+            return Err(Error::Unavailable(format!(
+                "{} jobs are in flight, the limit is {}; retry shortly",
+                jobs.len(),
+                self.max
+            )));
+        }
+        jobs.insert(job, Instant::now());
+        Ok(())
+    }
+
+    /// Count `job` out.
+    pub fn release(&self, job: Uuid) {
+        lock(&self.jobs).remove(&job);
+    }
+
+    /// Jobs counted in.
+    pub fn len(&self) -> usize {
+        lock(&self.jobs).len()
+    }
+
+    /// Whether nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Validates uploads and publishes them as `image.submitted`.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    broker: Arc<dyn Broker>,
+    results: Arc<dyn ResultStore>,
+    registry: Arc<TransformRegistry>,
+    pool: BlockingPool,
+    config: Arc<SubmitConfig>,
+    in_flight: Arc<InFlight>,
+}
+
+impl Submitter {
+    /// A submitter; it follows the result store's completions to release
+    /// in-flight slots (a background task that ends with the store).
+    pub async fn new(
+        broker: Arc<dyn Broker>,
+        results: Arc<dyn ResultStore>,
+        registry: Arc<TransformRegistry>,
+        pool: BlockingPool,
+        config: SubmitConfig,
+    ) -> Result<Self> {
+        let in_flight = Arc::new(InFlight::new(config.max_in_flight, config.result_ttl));
+        let mut done = results.completions().await?;
+        let tracker = Arc::clone(&in_flight);
+        tokio::spawn(async move {
+            while let Some(s) = done.next().await {
+                tracker.release(s.id);
+            }
+        });
+        // Validate the configured specs once, at start.
+        registry.parse(&config.default_spec)?;
+        for (name, spec) in &config.presets {
+            registry
+                .parse(spec)
+                .map_err(|e| Error::Config(format!("preset {name:?}: {e}")))?;
+        }
+        Ok(Self {
+            broker,
+            results,
+            registry,
+            pool,
+            config: Arc::new(config),
+            in_flight,
+        })
+    }
+
+    /// The in-flight tracker.
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+
+    /// The registry used to validate specs.
+    pub fn registry(&self) -> &TransformRegistry {
+        &self.registry
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SubmitConfig {
+        &self.config
+    }
+
+    /// The spec for an upload: `spec`, else the `preset`, else the default.
+    pub fn resolve_spec(&self, spec: Option<&str>, preset: Option<&str>) -> Result<TransformSpec> {
+        match (spec, preset) {
+            (Some(_), Some(_)) => Err(Error::invalid("give either transform or preset, not both")),
+            (Some(s), None) => self.registry.parse(s),
+            (None, Some(p)) => {
+                let s = self.config.presets.get(p).ok_or_else(|| {
+                    let known: Vec<&str> = self.config.presets.keys().map(String::as_str).collect();
+                    Error::invalid(format!("unknown preset {p:?}; known presets: {}", known.join(", ")))
+                })?;
+                self.registry.parse(s)
+            }
+            (None, None) => self.registry.parse(&self.config.default_spec),
+        }
+    }
+
+    /// Check an upload against the limits (on the blocking pool for a full decode).
+    pub async fn validate(&self, data: Bytes) -> Result<Probe> {
+        let limits = self.config.limits.clone();
+        match self.config.validation {
+            Validation::Header => codec::probe(&data, &limits),
+            Validation::Full => {
+                self.pool
+                    .run(move || codec::decode(&data, &limits).map(|d| d.probe))
+                    .await
+            }
+        }
+    }
+
+    /// Accept a validated upload: record it as pending and publish it.
+    pub async fn submit(&self, upload: Upload, probe: Probe, spec: &TransformSpec) -> Result<Accepted> {
+        let job_id = Uuid::now_v7();
+        self.in_flight.try_acquire(job_id)?;
+        let spec_text = spec.to_string();
+        let now = now_ms();
+        let pending = JobStatus::pending(job_id, upload.tenant.clone(), spec_text.clone(), now);
+        if let Err(e) = self.results.put(pending.clone(), self.config.result_ttl).await {
+            self.in_flight.release(job_id);
+            return Err(e);
+        }
+        let mut env = Envelope::new(events::SUBMITTED, job_id, upload.tenant)
+            .with_spec(spec_text.clone())
+            .with_header(headers::SUBMITTED_AT_MS, now.to_string())
+            .with_part(Part::new(parts::ORIGINAL, content_type(probe.format), upload.data));
+        if let Some(name) = upload.filename.filter(|n| !n.is_empty()) {
+            env = env.with_header(headers::FILENAME, name);
+        }
+        if let Err(e) = self.broker.publish(env).await {
+            self.in_flight.release(job_id);
+            let failed = JobStatus {
+                state: JobState::Failed,
+                error: Some(JobFailure {
+                    code: "not_accepted".into(),
+                    message: format!("the job could not be queued: {e}"),
+                }),
+                ..pending
+            };
+            // Best effort: the client is told by the error below anyway.
+            let _ = self.results.put(failed, self.config.result_ttl).await;
+            return Err(match e {
+                Error::Closed(m) => Error::Unavailable(format!("shutting down: {m}")),
+                e if e.is_retryable() => e,
+                e => Error::Unavailable(format!("the broker refused the job: {e}")),
+            });
+        }
+        Ok(Accepted {
+            id: job_id,
+            format: codec::format_name(probe.format).to_string(),
+            width: probe.width,
+            height: probe.height,
+            spec: spec_text,
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! The transformer role: submitted image in, result and archive record out.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{RetryPolicy, queues};
+use crate::broker::{Broker, Delivery, Subscription};
+use crate::envelope::{Envelope, Part, events, headers, parts};
+use crate::error::{Error, Result};
+use crate::store::{JobInfo, MediaInfo, sha256_hex};
+use crate::transform::codec::{content_type, format_name};
+use crate::transform::{BlockingPool, Processed, Processor, TransformSpec};
+
+/// Settings of a transformer.
+#[derive(Debug, Clone)]
+pub struct TransformerConfig {
+    /// Name reported in events and the archive.
+    pub worker_id: String,
+    /// Spec applied when a job carries none.
+    pub default_spec: TransformSpec,
+    /// Deliveries held at once; keep it a little above the pool size so the
+    /// pool never waits for the broker.
+    pub prefetch: usize,
+    /// Backoff for transient failures (publishing downstream).
+    pub retry: RetryPolicy,
+}
+
+/// Subscribes to submitted images, transforms them on a bounded blocking
+/// pool and publishes `image.transformed` + `image.archived`, or
+/// `image.failed` for a permanent failure. A message is acked only after
+/// the downstream publishes are confirmed.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    broker: Arc<dyn Broker>,
+    processor: Processor,
+    pool: BlockingPool,
+    config: Arc<TransformerConfig>,
+}
+
+impl Transformer {
+    /// A transformer publishing to `broker`, running `processor` on `pool`.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        processor: Processor,
+        pool: BlockingPool,
+        config: TransformerConfig,
+    ) -> Self {
+        Self {
+            broker,
+            processor,
+            pool,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Consume until `shutdown` resolves or the broker closes; in-flight jobs finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let prefetch = self.config.prefetch.max(1);
+        let stream = self
+            .broker
+            .subscribe(Subscription::new(queues::TRANSFORM, prefetch))
+            .await?;
+        tracing::info!(worker = %self.config.worker_id, prefetch, pool = self.pool.size(), "transformer started");
+        stream
+            .take_until(shutdown)
+            .for_each_concurrent(prefetch, |item| {
+                let this = self.clone();
+                async move {
+                    match item {
+                        Ok(d) => this.handle(d).await,
+                        Err(e) => tracing::warn!(error = %e, "broker error while consuming"),
+                    }
+                }
+            })
+            .await;
+        tracing::info!(worker = %self.config.worker_id, "transformer stopped");
+        Ok(())
+    }
+
+    /// Process one delivery and settle it.
+    pub async fn handle(&self, delivery: Delivery) {
+        let env = delivery.envelope().clone();
+        let started = Instant::now();
+        let outcome = self.transform(&env).await;
+        let published = match outcome {
+            Ok((processed, original)) => {
+                let (transformed, archived) = self.success_events(&env, &original, processed, started);
+                futures::future::try_join(self.broker.publish(transformed), self.broker.publish(archived))
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) if e.is_retryable() => Err(e),
+            Err(e) => {
+                tracing::info!(job_id = %env.job_id, code = e.code(), error = %e, "job failed");
+                self.broker.publish(self.failure_event(&env, &e, started)).await
+            }
+        };
+        let settled = match published {
+            Ok(()) => delivery.ack().await,
+            Err(e) => {
+                let delay = self.config.retry.delay(delivery.attempt());
+                tracing::warn!(job_id = %env.job_id, error = %e, ?delay, "job not finished; retrying");
+                delivery.nack(delay, e.to_string()).await
+            }
+        };
+        if let Err(e) = settled {
+            tracing::warn!(job_id = %env.job_id, error = %e, "settling failed; the job will be redelivered");
+        }
+    }
+
+    async fn transform(&self, env: &Envelope) -> Result<(Processed, Part)> {
+        let original = env
+            .part(parts::ORIGINAL)
+            .cloned()
+            .ok_or_else(|| Error::invalid("the message carries no original image"))?;
+        let spec = if env.spec.trim().is_empty() {
+            self.config.default_spec.clone()
+        } else {
+            self.processor.registry().parse(&env.spec)?
+        };
+        let processor = self.processor.clone();
+        let data = original.data.clone();
+        let processed = self.pool.run(move || processor.process(&data, &spec)).await?;
+        Ok((processed, original))
+    }
+
+    fn info(&self, original: Option<MediaInfo>, result: Option<MediaInfo>, p: Option<&Processed>) -> JobInfo {
+        JobInfo {
+            original,
+            result,
+            decode_ms: p.map_or(0.0, |p| p.decode_ms),
+            transform_ms: p.map_or(0.0, |p| p.transform_ms),
+            encode_ms: p.map_or(0.0, |p| p.encode_ms),
+            worker: self.config.worker_id.clone(),
+        }
+    }
+
+    fn success_events(&self, env: &Envelope, original: &Part, p: Processed, started: Instant) -> (Envelope, Envelope) {
+        let original_info = MediaInfo {
+            format: format_name(p.source.format).to_string(),
+            content_type: content_type(p.source.format).to_string(),
+            width: p.source.width,
+            height: p.source.height,
+            size: original.data.len() as u64,
+            sha256: sha256_hex(&original.data),
+        };
+        let result_type = content_type(p.format);
+        let result_info = MediaInfo {
+            format: format_name(p.format).to_string(),
+            content_type: result_type.to_string(),
+            width: p.width,
+            height: p.height,
+            size: p.data.len() as u64,
+            sha256: sha256_hex(&p.data),
+        };
+        let info = self.info(Some(original_info), Some(result_info), Some(&p));
+        let info_part = Part::new(parts::INFO, "application/json", json_bytes(&info));
+        let result_part = Part::new(parts::RESULT, result_type, p.data);
+        let duration = format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0);
+        let stamp = |e: Envelope| {
+            e.with_header(headers::WORKER, self.config.worker_id.clone())
+                .with_header(headers::DURATION_MS, duration.clone())
+        };
+        let transformed = stamp(env.follow_up(events::TRANSFORMED))
+            .with_part(result_part.clone())
+            .with_part(info_part.clone());
+        let archived = stamp(env.follow_up(events::ARCHIVED))
+            .with_part(original.clone())
+            .with_part(result_part)
+            .with_part(info_part);
+        (transformed, archived)
+    }
+
+    fn failure_event(&self, env: &Envelope, error: &Error, started: Instant) -> Envelope {
+        let info = self.info(None, None, None);
+        let mut failed = env
+            .follow_up(events::FAILED)
+            .with_header(headers::WORKER, self.config.worker_id.clone())
+            .with_header(
+                headers::DURATION_MS,
+                format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+            )
+            .with_header(headers::ERROR_CODE, error.code())
+            .with_header(headers::ERROR, error.to_string())
+            .with_part(Part::new(parts::INFO, "application/json", json_bytes(&info)));
+        if let Some(original) = env.part(parts::ORIGINAL) {
+            failed = failed.with_part(original.clone());
+        }
+        failed
+    }
+}
+
+fn json_bytes<T: serde::Serialize>(value: &T) -> Bytes {
+    // Serializing plain structs of strings and numbers cannot fail.
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}

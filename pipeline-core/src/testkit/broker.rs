@@ -1,0 +1,373 @@
+//! Cases every [`Broker`] passes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use uuid::Uuid;
+
+use super::unique;
+use crate::broker::{Broker, DeliveryStream, QueueSpec, Subscription, dead_letter_queue};
+use crate::envelope::{Envelope, Part, headers};
+use crate::error::Error;
+
+const WAIT: Duration = Duration::from_secs(10);
+/// How long "nothing arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(400);
+
+/// A queue bound to `patterns` (relative to a fresh prefix) and that prefix.
+async fn setup(broker: &dyn Broker, patterns: &[&str], max_attempts: u32) -> (String, String) {
+    let prefix = unique("t").replace('-', "");
+    let queue = unique("q");
+    let full: Vec<String> = patterns.iter().map(|p| format!("{prefix}.{p}")).collect();
+    let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+    broker
+        .declare(&[QueueSpec::new(queue.clone(), &refs, max_attempts)])
+        .await
+        .expect("declare");
+    (queue, prefix)
+}
+
+fn message(key: &str, n: usize) -> Envelope {
+    Envelope::new(key, Uuid::now_v7(), "tenant-a")
+        .with_spec(format!("resize:{n}x{n}"))
+        .with_header("n", n.to_string())
+        .with_part(Part::new("original", "image/png", Bytes::from(vec![(n % 251) as u8; 64 + n])))
+}
+
+async fn next(stream: &mut DeliveryStream) -> crate::Delivery {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("no delivery within the wait")
+        .expect("stream ended")
+        .expect("delivery error")
+}
+
+async fn assert_quiet(stream: &mut DeliveryStream) {
+    if let Ok(Some(d)) = tokio::time::timeout(QUIET, stream.next()).await {
+        panic!("unexpected delivery: {d:?}");
+    }
+}
+
+async fn sub(broker: &dyn Broker, queue: &str, prefetch: usize) -> DeliveryStream {
+    broker
+        .subscribe(Subscription::new(queue, prefetch))
+        .await
+        .expect("subscribe")
+}
+
+/// Payload, metadata and headers arrive intact.
+pub async fn publish_receive_intact(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["image.submitted"], 3).await;
+    let sent = message(&format!("{p}.image.submitted"), 7).with_header("filename", "ü.png");
+    broker.publish(sent.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 4).await;
+    let d = next(&mut s).await;
+    let got = d.envelope().clone();
+    assert_eq!(got.id, sent.id);
+    assert_eq!(got.job_id, sent.job_id);
+    assert_eq!(got.tenant, sent.tenant);
+    assert_eq!(got.spec, sent.spec);
+    assert_eq!(got.event, sent.event);
+    assert_eq!(got.created_at_ms, sent.created_at_ms);
+    assert_eq!(got.parts, sent.parts);
+    for (k, v) in &sent.headers {
+        assert_eq!(got.headers.get(k), Some(v), "header {k}");
+    }
+    assert_eq!(d.attempt(), 1);
+    d.ack().await.expect("ack");
+    assert_quiet(&mut s).await;
+}
+
+/// `*` and `#` route as in AMQP; a queue never sees another queue's messages.
+pub async fn routing_patterns_and_isolation(broker: Arc<dyn Broker>) {
+    let prefix = unique("t").replace('-', "");
+    let star = unique("star");
+    let hash = unique("hash");
+    let exact = unique("exact");
+    broker
+        .declare(&[
+            QueueSpec::new(star.clone(), &[&format!("{prefix}.image.*")], 3),
+            QueueSpec::new(hash.clone(), &[&format!("{prefix}.#")], 3),
+            QueueSpec::new(exact.clone(), &[&format!("{prefix}.image.failed")], 3),
+        ])
+        .await
+        .expect("declare");
+    for key in ["image.submitted", "image.failed", "image.x.y", "other"] {
+        broker.publish(message(&format!("{prefix}.{key}"), 1)).await.expect("publish");
+    }
+    let expect = [
+        (&star, vec!["image.submitted", "image.failed"]),
+        (&hash, vec!["image.submitted", "image.failed", "image.x.y", "other"]),
+        (&exact, vec!["image.failed"]),
+    ];
+    for (queue, keys) in expect {
+        let mut s = sub(broker.as_ref(), queue, 10).await;
+        let mut got = Vec::new();
+        for _ in 0..keys.len() {
+            let d = next(&mut s).await;
+            got.push(d.envelope().event.trim_start_matches(&format!("{prefix}.")).to_string());
+            d.ack().await.expect("ack");
+        }
+        got.sort();
+        let mut want: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want, "queue {queue}");
+        assert_quiet(&mut s).await;
+    }
+}
+
+/// Publishing to a key no queue is bound to fails.
+pub async fn unroutable_publish_is_an_error(broker: Arc<dyn Broker>) {
+    let (_queue, p) = setup(broker.as_ref(), &["bound"], 3).await;
+    let err = broker
+        .publish(message(&format!("{p}.unbound"), 1))
+        .await
+        .expect_err("an unroutable message must be refused");
+    assert!(!err.is_retryable(), "{err}");
+}
+
+/// Two consumers of one queue share its messages; each message once.
+pub async fn competing_consumers_share_without_duplicates(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["work"], 3).await;
+    let total = 200;
+    let mut consumers = Vec::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for c in 0..2 {
+        let mut s = sub(broker.as_ref(), &queue, 5).await;
+        let tx = tx.clone();
+        consumers.push(tokio::spawn(async move {
+            while let Some(Ok(d)) = s.next().await {
+                let id = d.envelope().id;
+                d.ack().await.expect("ack");
+                if tx.send((c, id)).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let mut sent = HashSet::new();
+    for n in 0..total {
+        let m = message(&format!("{p}.work"), n);
+        sent.insert(m.id);
+        broker.publish(m).await.expect("publish");
+    }
+    let mut seen = HashSet::new();
+    let mut per_consumer = [0usize; 2];
+    while seen.len() < total {
+        let (c, id) = tokio::time::timeout(WAIT, rx.recv()).await.expect("stalled").expect("closed");
+        assert!(seen.insert(id), "duplicate delivery of {id}");
+        per_consumer[c] += 1;
+    }
+    assert_eq!(seen, sent);
+    assert!(per_consumer.iter().all(|n| *n > 0), "work not shared: {per_consumer:?}");
+    if let Ok(Some((_, id))) = tokio::time::timeout(QUIET, rx.recv()).await {
+        panic!("extra delivery of {id}");
+    }
+    for c in consumers {
+        c.abort();
+    }
+}
+
+/// A nacked delivery comes back with `attempt` + 1.
+pub async fn nack_redelivers_with_higher_attempt(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["retry"], 5).await;
+    let m = message(&format!("{p}.retry"), 3);
+    broker.publish(m.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    for attempt in 1..=3 {
+        let d = next(&mut s).await;
+        assert_eq!(d.envelope().id, m.id);
+        assert_eq!(d.attempt(), attempt);
+        assert_eq!(d.envelope().parts, m.parts);
+        if attempt < 3 {
+            d.nack(Duration::ZERO, "try again").await.expect("nack");
+        } else {
+            d.ack().await.expect("ack");
+        }
+    }
+    assert_quiet(&mut s).await;
+}
+
+/// A nack with a delay is not redelivered before the delay.
+pub async fn nack_delay_is_honoured(broker: Arc<dyn Broker>) {
+    if !broker.capabilities().delayed_retry {
+        return;
+    }
+    let (queue, p) = setup(broker.as_ref(), &["later"], 5).await;
+    broker.publish(message(&format!("{p}.later"), 1)).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    let d = next(&mut s).await;
+    let delay = Duration::from_millis(700);
+    let nacked = Instant::now();
+    d.nack(delay, "later").await.expect("nack");
+    let d = next(&mut s).await;
+    assert!(nacked.elapsed() >= delay, "redelivered after {:?}", nacked.elapsed());
+    assert_eq!(d.attempt(), 2);
+    d.ack().await.expect("ack");
+}
+
+/// Dropping a delivery unsettled redelivers it.
+pub async fn dropped_delivery_is_redelivered(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["drop"], 5).await;
+    let m = message(&format!("{p}.drop"), 2);
+    broker.publish(m.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    let d = next(&mut s).await;
+    assert_eq!(d.envelope().id, m.id);
+    drop(d);
+    let d = next(&mut s).await;
+    assert_eq!(d.envelope().id, m.id);
+    assert!(d.attempt() >= 2, "attempt {}", d.attempt());
+    d.ack().await.expect("ack");
+    assert_quiet(&mut s).await;
+}
+
+/// After `max_attempts` nacks the message is in the dead-letter queue with
+/// the reason, and the queue behind it keeps flowing.
+pub async fn dead_letter_after_max_attempts_keeps_reason(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["poison"], 3).await;
+    let poison = message(&format!("{p}.poison"), 1);
+    let fine = message(&format!("{p}.poison"), 2);
+    broker.publish(poison.clone()).await.expect("publish");
+    broker.publish(fine.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 2).await;
+    let mut fine_seen = false;
+    let mut poison_attempts = 0;
+    while !(fine_seen && poison_attempts == 3) {
+        let d = next(&mut s).await;
+        if d.envelope().id == fine.id {
+            fine_seen = true;
+            d.ack().await.expect("ack");
+        } else {
+            poison_attempts += 1;
+            assert_eq!(d.attempt(), poison_attempts);
+            d.nack(Duration::ZERO, "still broken").await.expect("nack");
+        }
+    }
+    assert_quiet(&mut s).await;
+    let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 1).await;
+    let d = next(&mut dead).await;
+    assert_eq!(d.envelope().id, poison.id);
+    assert_eq!(d.envelope().parts, poison.parts);
+    let reason = d.envelope().header(headers::DEAD_LETTER_REASON).unwrap_or_default();
+    assert!(reason.contains("still broken"), "reason: {reason:?}");
+    d.ack().await.expect("ack");
+}
+
+/// `dead_letter` moves the message at once, reason kept.
+pub async fn explicit_dead_letter_keeps_reason(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["bad"], 5).await;
+    let m = message(&format!("{p}.bad"), 1);
+    broker.publish(m.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    next(&mut s).await.dead_letter("cannot parse").await.expect("dead-letter");
+    assert_quiet(&mut s).await;
+    let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 1).await;
+    let d = next(&mut dead).await;
+    assert_eq!(d.envelope().id, m.id);
+    assert_eq!(d.envelope().header(headers::DEAD_LETTER_REASON), Some("cannot parse"));
+    d.ack().await.expect("ack");
+}
+
+/// No more than `prefetch` deliveries are unsettled at once.
+pub async fn prefetch_bounds_unsettled_deliveries(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["pf"], 3).await;
+    for n in 0..10 {
+        broker.publish(message(&format!("{p}.pf"), n)).await.expect("publish");
+    }
+    let mut s = sub(broker.as_ref(), &queue, 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next(&mut s).await);
+    }
+    assert_quiet(&mut s).await;
+    held.pop().expect("held").ack().await.expect("ack");
+    held.push(next(&mut s).await);
+    assert_quiet(&mut s).await;
+    for d in held {
+        d.ack().await.expect("ack");
+    }
+    for _ in 0..6 {
+        next(&mut s).await.ack().await.expect("ack");
+    }
+}
+
+/// `close` ends subscriptions after in-flight work and refuses new publishes.
+pub async fn close_drains_and_refuses_publishes(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["close"], 3).await;
+    let total = 20;
+    for n in 0..total {
+        broker.publish(message(&format!("{p}.close"), n)).await.expect("publish");
+    }
+    let mut s = sub(broker.as_ref(), &queue, 4).await;
+    let consumer = tokio::spawn(async move {
+        let mut acked = 0;
+        while let Some(item) = s.next().await {
+            item.expect("delivery").ack().await.expect("ack");
+            acked += 1;
+            if acked == total {
+                break;
+            }
+        }
+        (acked, s)
+    });
+    let (acked, mut s) = tokio::time::timeout(WAIT, consumer).await.expect("stalled").expect("task");
+    assert_eq!(acked, total);
+    tokio::time::timeout(WAIT, broker.close()).await.expect("close hung").expect("close");
+    let end = tokio::time::timeout(WAIT, s.next()).await.expect("stream did not end");
+    assert!(end.is_none(), "stream yielded after close");
+    let err = broker
+        .publish(message(&format!("{p}.close"), 1))
+        .await
+        .expect_err("publish after close");
+    assert!(matches!(err, Error::Closed(_)), "{err}");
+}
+
+/// Many tasks publishing at once lose nothing.
+pub async fn concurrent_publishers(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["many"], 3).await;
+    let tasks = 8;
+    let each = 50;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let b = Arc::clone(&broker);
+        let key = format!("{p}.many");
+        handles.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..each {
+                let m = message(&key, t * 1000 + n);
+                ids.push(m.id);
+                b.publish(m).await.expect("publish");
+            }
+            ids
+        }));
+    }
+    let mut sent = HashSet::new();
+    for h in handles {
+        sent.extend(h.await.expect("task"));
+    }
+    let mut s = sub(broker.as_ref(), &queue, 50).await;
+    let mut seen = HashSet::new();
+    while seen.len() < sent.len() {
+        let d = next(&mut s).await;
+        assert!(seen.insert(d.envelope().id), "duplicate");
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(seen, sent);
+}
+
+/// A 20 MB part arrives byte for byte.
+pub async fn large_payload_20mb(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["big"], 3).await;
+    let data: Vec<u8> = (0..20 * 1024 * 1024).map(|i: usize| (i.wrapping_mul(31) % 251) as u8).collect();
+    let m = Envelope::new(format!("{p}.big"), Uuid::now_v7(), "t")
+        .with_part(Part::new("original", "image/jpeg", Bytes::from(data)));
+    broker.publish(m.clone()).await.expect("publish 20 MB");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    let d = next(&mut s).await;
+    assert_eq!(d.envelope().parts, m.parts);
+    d.ack().await.expect("ack");
+}

@@ -1,0 +1,228 @@
+//! Cases every [`ImageStore`] + [`ActivityLog`] passes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::unique;
+use crate::store::{
+    ActivityEntry, ActivityLog, ArchiveRecord, Blob, ImageStore, JobFailure, JobInfo, JobState,
+    MediaInfo, sha256_hex,
+};
+
+fn media(data: &[u8], w: u32) -> MediaInfo {
+    MediaInfo {
+        format: "png".into(),
+        content_type: "image/png".into(),
+        width: w,
+        height: w / 2,
+        size: data.len() as u64,
+        sha256: sha256_hex(data),
+    }
+}
+
+/// A finished job of `tenant` whose original is `original`.
+pub fn record(tenant: &str, original: &[u8], result: &[u8]) -> ArchiveRecord {
+    ArchiveRecord {
+        job_id: Uuid::now_v7(),
+        tenant: tenant.to_string(),
+        state: JobState::Done,
+        spec: "resize:10x10,grayscale".into(),
+        original: Some(Blob {
+            content_type: "image/png".into(),
+            data: Bytes::copy_from_slice(original),
+        }),
+        result: Some(Blob {
+            content_type: "image/jpeg".into(),
+            data: Bytes::copy_from_slice(result),
+        }),
+        info: JobInfo {
+            original: Some(media(original, 800)),
+            result: Some(MediaInfo {
+                content_type: "image/jpeg".into(),
+                format: "jpeg".into(),
+                ..media(result, 10)
+            }),
+            decode_ms: 1.5,
+            transform_ms: 2.25,
+            encode_ms: 3.0,
+            worker: "worker-1".into(),
+        },
+        error: None,
+        submitted_at_ms: 1_700_000_000_000,
+        finished_at_ms: 1_700_000_000_123,
+    }
+}
+
+fn bytes(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = seed.as_bytes().to_vec();
+    out.resize(len, 0xAB);
+    out
+}
+
+/// What was saved is what is read back.
+pub async fn save_and_read_back(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+    let tenant = unique("tenant");
+    let r = record(&tenant, &bytes(&unique("o"), 5000), &bytes(&unique("r"), 700));
+    store.save(std::slice::from_ref(&r)).await.expect("save");
+    let got = store.get(r.job_id).await.expect("get").expect("record");
+    assert_eq!(got.job_id, r.job_id);
+    assert_eq!(got.tenant, tenant);
+    assert_eq!(got.state, JobState::Done);
+    assert_eq!(got.spec, r.spec);
+    assert_eq!(got.original, r.info.original);
+    assert_eq!(got.result, r.info.result);
+    assert_eq!(got.worker, "worker-1");
+    assert_eq!(got.submitted_at_ms, r.submitted_at_ms);
+    assert_eq!(got.finished_at_ms, r.finished_at_ms);
+    assert!(got.archived_at_ms > 0);
+    assert_eq!(store.original(r.job_id).await.expect("original"), r.original);
+    assert_eq!(store.result(r.job_id).await.expect("result"), r.result);
+}
+
+/// An unknown id is `None`, not an error.
+pub async fn unknown_job_is_none(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+    let id = Uuid::now_v7();
+    assert!(store.get(id).await.expect("get").is_none());
+    assert!(store.original(id).await.expect("original").is_none());
+    assert!(store.result(id).await.expect("result").is_none());
+}
+
+/// Saving the same job twice keeps the first write and one row.
+pub async fn save_is_idempotent_under_double_delivery(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+    let tenant = unique("tenant");
+    let first = record(&tenant, &bytes("a", 100), &bytes("b", 50));
+    let mut second = first.clone();
+    second.result = Some(Blob {
+        content_type: "image/jpeg".into(),
+        data: Bytes::from(bytes("different", 60)),
+    });
+    second.info.worker = "worker-2".into();
+    store.save(std::slice::from_ref(&first)).await.expect("save");
+    store.save(std::slice::from_ref(&second)).await.expect("second save is a success");
+    // And within one batch.
+    store.save(&[first.clone(), first.clone()]).await.expect("batch with a duplicate");
+    let got = store.get(first.job_id).await.expect("get").expect("record");
+    assert_eq!(got.worker, "worker-1");
+    assert_eq!(store.result(first.job_id).await.expect("result"), first.result);
+    let page = store.list(&tenant, None, 10).await.expect("list");
+    assert_eq!(page.items.len(), 1);
+}
+
+/// Concurrent saves of the same batch succeed and leave one row per job.
+pub async fn concurrent_double_saves(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+    let tenant = unique("tenant");
+    let batch: Vec<ArchiveRecord> = (0..10)
+        .map(|i| record(&tenant, &bytes(&format!("o{i}{tenant}"), 300), &bytes(&format!("r{i}"), 30)))
+        .collect();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let s = Arc::clone(&store);
+        let b = batch.clone();
+        tasks.push(tokio::spawn(async move { s.save(&b).await }));
+    }
+    for t in tasks {
+        t.await.expect("task").expect("concurrent save");
+    }
+    let page = store.list(&tenant, None, 100).await.expect("list");
+    assert_eq!(page.items.len(), 10);
+}
+
+/// Jobs with identical bytes read back correctly (stored once: backends
+/// check the row count in their own tests).
+pub async fn identical_blobs_are_shared(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+    let tenant = unique("tenant");
+    let original = bytes(&unique("same"), 2048);
+    let a = record(&tenant, &original, &bytes("ra", 10));
+    let b = record(&tenant, &original, &bytes("rb", 10));
+    store.save(&[a.clone(), b.clone()]).await.expect("save");
+    assert_eq!(store.original(a.job_id).await.expect("a"), a.original);
+    assert_eq!(store.original(b.job_id).await.expect("b"), b.original);
+    assert_eq!(store.result(b.job_id).await.expect("b"), b.result);
+}
+
+/// A failed job keeps its original and reason, and has no result.
+pub async fn failed_jobs_are_kept(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+    let tenant = unique("tenant");
+    let mut r = record(&tenant, &bytes("broken", 99), &[]);
+    r.state = JobState::Failed;
+    r.result = None;
+    r.info.original = None;
+    r.info.result = None;
+    r.error = Some(JobFailure {
+        code: "corrupt_image".into(),
+        message: "the png data is corrupt: ü".into(),
+    });
+    store.save(std::slice::from_ref(&r)).await.expect("save");
+    let got = store.get(r.job_id).await.expect("get").expect("record");
+    assert_eq!(got.state, JobState::Failed);
+    assert_eq!(got.error, r.error);
+    assert_eq!(got.original, None);
+    assert_eq!(store.original(r.job_id).await.expect("original"), r.original);
+    assert_eq!(store.result(r.job_id).await.expect("result"), None);
+}
+
+/// Listing is per tenant, newest first, and the cursor visits each job once.
+pub async fn list_by_tenant_with_cursor(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+    let a = unique("tenant");
+    let b = unique("tenant");
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let r = record(&a, &bytes(&format!("{a}{i}"), 64), &bytes("x", 8));
+        ids.push(r.job_id);
+        store.save(&[r]).await.expect("save");
+    }
+    for i in 0..5 {
+        store.save(&[record(&b, &bytes(&format!("{b}{i}"), 64), &bytes("y", 8))]).await.expect("save");
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list(&a, cursor, 10).await.expect("list");
+        assert!(page.items.len() <= 10);
+        assert!(page.items.iter().all(|r| r.tenant == a));
+        seen.extend(page.items.iter().map(|r| r.job_id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids, "newest first, each once");
+    let unique_seen: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique_seen.len(), 25);
+    assert!(store.list(&unique("nobody"), None, 10).await.expect("list").items.is_empty());
+}
+
+/// Blobs of several megabytes round-trip.
+pub async fn large_blobs(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+    let big: Vec<u8> = (0..6 * 1024 * 1024).map(|i: usize| (i % 253) as u8).collect();
+    let r = record(&unique("tenant"), &big, &bytes(&unique("r"), 1024 * 1024));
+    store.save(std::slice::from_ref(&r)).await.expect("save");
+    assert_eq!(store.original(r.job_id).await.expect("original"), r.original);
+}
+
+/// The activity log records a redelivered event once.
+pub async fn activity_is_idempotent(_: Arc<dyn ImageStore>, log: Arc<dyn ActivityLog>) {
+    let job = Uuid::now_v7();
+    let entry = |event: &str, at: i64, error: Option<&str>| ActivityEntry {
+        message_id: Uuid::now_v7(),
+        at_ms: at,
+        event: event.into(),
+        job_id: job,
+        tenant: "t".into(),
+        worker: Some("w".into()),
+        size: 1234,
+        duration_ms: Some(12.5),
+        error: error.map(str::to_string),
+    };
+    let a = entry("image.submitted", 1000, None);
+    let b = entry("image.failed", 2000, Some("bad"));
+    log.append(&[a.clone(), b.clone()]).await.expect("append");
+    log.append(&[a.clone()]).await.expect("append again");
+    log.append(&[b.clone(), b.clone()]).await.expect("append duplicate batch");
+    assert_eq!(log.for_job(job).await.expect("for_job"), vec![a, b]);
+    assert!(log.for_job(Uuid::now_v7()).await.expect("none").is_empty());
+}

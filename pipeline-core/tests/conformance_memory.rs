@@ -1,0 +1,15 @@
+//! The conformance suites on the in-memory backends.
+
+use std::sync::Arc;
+
+use pipeline_core::memory::{MemoryArchive, MemoryBroker};
+
+mod broker {
+    use super::*;
+    pipeline_core::broker_conformance!(async { Arc::new(MemoryBroker::with_drain_timeout(std::time::Duration::from_secs(5))) });
+}
+
+mod store {
+    use super::*;
+    pipeline_core::store_conformance!(async { Arc::new(MemoryArchive::new()) });
+}
