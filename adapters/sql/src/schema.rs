@@ -1,0 +1,205 @@
+//! Tables and migrations. Table names carry the namespace, so the schema is
+//! built at run time with sea-query, which writes each database's own types.
+
+use sea_orm::sea_query::{Alias, ColumnDef, ExprTrait, Index, Table, TableCreateStatement};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement};
+
+use pipeline_core::{Error, Result};
+
+use crate::error::db_error;
+
+/// Table names of one namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct Tables {
+    pub images: String,
+    pub blobs: String,
+    pub activity: String,
+    pub migrations: String,
+}
+
+impl Tables {
+    pub fn new(namespace: &str) -> Result<Self> {
+        let ok = !namespace.is_empty()
+            && namespace.len() <= 40
+            && namespace.starts_with(|c: char| c.is_ascii_lowercase())
+            && namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            return Err(Error::Config(format!(
+                "namespace {namespace:?} must be 1-40 characters of a-z, 0-9 and '_', starting with a letter"
+            )));
+        }
+        Ok(Self {
+            images: format!("{namespace}_images"),
+            blobs: format!("{namespace}_blobs"),
+            activity: format!("{namespace}_activity"),
+            migrations: format!("{namespace}_migrations"),
+        })
+    }
+}
+
+fn col(name: &str) -> ColumnDef {
+    ColumnDef::new(Alias::new(name))
+}
+
+/// Bytes of any size the database allows: LONGBLOB on MySQL (BLOB is 64 KiB),
+/// bytea on PostgreSQL, BLOB on SQLite.
+fn bytes_col(backend: DatabaseBackend, name: &str) -> ColumnDef {
+    let mut c = col(name);
+    match backend {
+        DatabaseBackend::MySql => c.custom(Alias::new("LONGBLOB")),
+        DatabaseBackend::Postgres => c.custom(Alias::new("BYTEA")),
+        _ => c.blob(),
+    };
+    c.not_null();
+    c
+}
+
+fn media_cols(t: &mut TableCreateStatement, side: &str) {
+    t.col(col(&format!("{side}_format")).string_len(16).null())
+        .col(col(&format!("{side}_content_type")).string_len(100).null())
+        .col(col(&format!("{side}_width")).big_integer().null())
+        .col(col(&format!("{side}_height")).big_integer().null())
+        .col(col(&format!("{side}_size")).big_integer().null())
+        .col(col(&format!("{side}_sha256")).string_len(64).null());
+}
+
+/// Migration 1: images, blobs, activity.
+fn v1(backend: DatabaseBackend, t: &Tables) -> Vec<Statement> {
+    let mut images = Table::create();
+    images
+        .table(Alias::new(&t.images))
+        .if_not_exists()
+        .col(col("job_id").string_len(36).not_null().primary_key())
+        .col(col("tenant").string_len(128).not_null())
+        .col(col("state").string_len(16).not_null())
+        .col(col("spec").text().not_null());
+    media_cols(&mut images, "original");
+    media_cols(&mut images, "result");
+    images
+        .col(col("original_blob").string_len(64).null())
+        .col(col("result_blob").string_len(64).null())
+        .col(col("error_code").string_len(64).null())
+        .col(col("error").text().null())
+        .col(col("worker").string_len(255).not_null())
+        .col(col("decode_ms").double().not_null())
+        .col(col("transform_ms").double().not_null())
+        .col(col("encode_ms").double().not_null())
+        .col(col("submitted_at").big_integer().not_null())
+        .col(col("finished_at").big_integer().not_null())
+        .col(col("archived_at").big_integer().not_null());
+
+    let mut blobs = Table::create();
+    blobs
+        .table(Alias::new(&t.blobs))
+        .if_not_exists()
+        .col(col("sha256").string_len(64).not_null().primary_key())
+        .col(col("media_type").string_len(100).not_null())
+        .col(col("size").big_integer().not_null())
+        .col(bytes_col(backend, "data"))
+        .col(col("created_at").big_integer().not_null());
+
+    let mut activity = Table::create();
+    activity
+        .table(Alias::new(&t.activity))
+        .if_not_exists()
+        .col(col("message_id").string_len(36).not_null().primary_key())
+        .col(col("at_ms").big_integer().not_null())
+        .col(col("event").string_len(64).not_null())
+        .col(col("job_id").string_len(36).not_null())
+        .col(col("tenant").string_len(128).not_null())
+        .col(col("worker").string_len(255).null())
+        .col(col("size").big_integer().not_null())
+        .col(col("duration_ms").double().null())
+        .col(col("error").text().null());
+
+    let by_tenant = Index::create()
+        .if_not_exists()
+        .name(format!("{}_tenant_job", t.images))
+        .table(Alias::new(&t.images))
+        .col(Alias::new("tenant"))
+        .col(Alias::new("job_id"))
+        .to_owned();
+    let by_job = Index::create()
+        .if_not_exists()
+        .name(format!("{}_job", t.activity))
+        .table(Alias::new(&t.activity))
+        .col(Alias::new("job_id"))
+        .to_owned();
+
+    let mut out = vec![
+        backend.build(&images),
+        backend.build(&blobs),
+        backend.build(&activity),
+    ];
+    // MySQL has no CREATE INDEX IF NOT EXISTS; the migration table makes
+    // sure indexes are created once.
+    let mut by_tenant = by_tenant;
+    let mut by_job = by_job;
+    if backend == DatabaseBackend::MySql {
+        by_tenant = Index::create()
+            .name(format!("{}_tenant_job", t.images))
+            .table(Alias::new(&t.images))
+            .col(Alias::new("tenant"))
+            .col(Alias::new("job_id"))
+            .to_owned();
+        by_job = Index::create()
+            .name(format!("{}_job", t.activity))
+            .table(Alias::new(&t.activity))
+            .col(Alias::new("job_id"))
+            .to_owned();
+    }
+    out.push(backend.build(&by_tenant));
+    out.push(backend.build(&by_job));
+    out
+}
+
+/// Apply the migrations not yet recorded in the namespace's migration table.
+pub(crate) async fn migrate(db: &DatabaseConnection, backend_name: &'static str, t: &Tables) -> Result<()> {
+    let backend = db.get_database_backend();
+    let mut table = Table::create();
+    table
+        .table(Alias::new(&t.migrations))
+        .if_not_exists()
+        .col(col("version").big_integer().not_null().primary_key())
+        .col(col("name").string_len(255).not_null())
+        .col(col("applied_at").big_integer().not_null());
+    db.execute(&table).await.map_err(|e| db_error(backend_name, e))?;
+
+    let migrations: [(i64, &str, Vec<Statement>); 1] = [(1, "images, blobs, activity", v1(backend, t))];
+    for (version, name, statements) in migrations {
+        let q = sea_orm::sea_query::Query::select()
+            .column(Alias::new("version"))
+            .from(Alias::new(&t.migrations))
+            .and_where(sea_orm::sea_query::Expr::col(Alias::new("version")).eq(version))
+            .to_owned();
+        if db.query_one(&q).await.map_err(|e| db_error(backend_name, e))?.is_some() {
+            continue;
+        }
+        for stmt in statements {
+            if let Err(e) = db.execute_raw(stmt).await {
+                let msg = e.to_string();
+                // Another process may have won the race to create an index.
+                if msg.contains("Duplicate key name") || msg.contains("already exists") {
+                    continue;
+                }
+                return Err(db_error(backend_name, e));
+            }
+        }
+        let insert = sea_orm::sea_query::Query::insert()
+            .into_table(Alias::new(&t.migrations))
+            .columns([Alias::new("version"), Alias::new("name"), Alias::new("applied_at")])
+            .values([version.into(), name.into(), pipeline_core::envelope::now_ms().into()])
+            .map_err(|e| Error::backend(backend_name, e.to_string(), false))?
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(Alias::new("version"))
+                    .do_nothing_on([Alias::new("version")])
+                    .to_owned(),
+            )
+            .to_owned();
+        db.execute(&insert).await.map_err(|e| db_error(backend_name, e))?;
+        tracing::info!(version, name, "applied archive migration");
+    }
+    Ok(())
+}
