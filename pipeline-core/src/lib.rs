@@ -25,5 +25,7 @@ pub use broker::{Broker, Capabilities, Delivery, DeliveryStream, QueueSpec, Subs
 pub use envelope::{Envelope, Part};
 pub use error::{Error, ImageErrorKind, Result};
 pub use results::{JobStatus, JobSummary, ResultStore};
-pub use store::{ActivityEntry, ActivityLog, ArchiveRecord, Blob, ImageRecord, ImageStore, JobState};
+pub use store::{
+    ActivityEntry, ActivityLog, ArchiveRecord, Blob, ImageRecord, ImageStore, JobState,
+};
 pub use transform::{Transform, TransformRegistry, TransformSpec};

@@ -36,7 +36,12 @@ pub struct JobStatus {
 
 impl JobStatus {
     /// A freshly submitted job.
-    pub fn pending(job_id: Uuid, tenant: impl Into<String>, spec: impl Into<String>, now_ms: i64) -> Self {
+    pub fn pending(
+        job_id: Uuid,
+        tenant: impl Into<String>,
+        spec: impl Into<String>,
+        now_ms: i64,
+    ) -> Self {
         Self {
             job_id,
             tenant: tenant.into(),

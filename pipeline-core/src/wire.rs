@@ -84,7 +84,9 @@ pub fn decode(frame: Bytes) -> Result<Envelope> {
     let mut r = Reader { buf: frame, pos: 0 };
     let magic = r.take(4, "magic")?;
     if magic.as_ref() != MAGIC {
-        return Err(Error::MalformedFrame("bad magic (not a pipeline frame)".into()));
+        return Err(Error::MalformedFrame(
+            "bad magic (not a pipeline frame)".into(),
+        ));
     }
     let version = r.u8("version")?;
     if version != VERSION {
@@ -95,7 +97,10 @@ pub fn decode(frame: Bytes) -> Result<Envelope> {
     let _flags = r.u8("flags")?;
     let header_len = r.u32("header length")? as usize;
     let header = r.take(header_len, "header")?;
-    let mut h = Reader { buf: header, pos: 0 };
+    let mut h = Reader {
+        buf: header,
+        pos: 0,
+    };
     let id = h.uuid("id")?;
     let job_id = h.uuid("job id")?;
     let attempt = h.u32("attempt")?;
@@ -159,8 +164,8 @@ fn put_str16(out: &mut BytesMut, what: &str, s: &str) -> Result<()> {
 }
 
 fn put_str32(out: &mut BytesMut, what: &str, s: &str) -> Result<()> {
-    let len = u32::try_from(s.len())
-        .map_err(|_| Error::invalid(format!("{what} is over 4 GiB")))?;
+    let len =
+        u32::try_from(s.len()).map_err(|_| Error::invalid(format!("{what} is over 4 GiB")))?;
     out.put_u32(len);
     out.put_slice(s.as_bytes());
     Ok(())
@@ -239,7 +244,11 @@ mod tests {
         Envelope::new("image.submitted", Uuid::now_v7(), "acme")
             .with_spec("resize:800x600,grayscale")
             .with_header("filename", "cat.jpg")
-            .with_part(Part::new("original", "image/jpeg", Bytes::from_static(&[0xff, 0xd8, 0, 1, 2])))
+            .with_part(Part::new(
+                "original",
+                "image/jpeg",
+                Bytes::from_static(&[0xff, 0xd8, 0, 1, 2]),
+            ))
             .with_part(Part::new("empty", "application/octet-stream", Bytes::new()))
     }
 
@@ -253,7 +262,8 @@ mod tests {
     #[test]
     fn parts_are_raw_not_inflated() {
         let data = Bytes::from(vec![7u8; 8192]);
-        let env = Envelope::new("e", Uuid::nil(), "t").with_part(Part::new("p", "image/jpeg", data));
+        let env =
+            Envelope::new("e", Uuid::nil(), "t").with_part(Part::new("p", "image/jpeg", data));
         let frame = encode(&env).unwrap();
         assert!(frame.len() < 8192 + 128, "frame is {} bytes", frame.len());
     }
@@ -261,13 +271,19 @@ mod tests {
     #[test]
     fn rejects_wrong_magic_version_and_truncation() {
         let frame = encode(&sample()).unwrap();
-        assert!(matches!(decode(Bytes::from_static(b"XXXX")), Err(Error::MalformedFrame(_))));
+        assert!(matches!(
+            decode(Bytes::from_static(b"XXXX")),
+            Err(Error::MalformedFrame(_))
+        ));
         let mut v2 = frame.to_vec();
         v2[4] = 2;
         let err = decode(Bytes::from(v2)).unwrap_err().to_string();
         assert!(err.contains("version 2"), "{err}");
         for cut in 0..frame.len() {
-            assert!(decode(frame.slice(..cut)).is_err(), "prefix of {cut} bytes decoded");
+            assert!(
+                decode(frame.slice(..cut)).is_err(),
+                "prefix of {cut} bytes decoded"
+            );
         }
         let mut longer = frame.to_vec();
         longer.push(0);

@@ -6,7 +6,11 @@ use pipeline_core::memory::{MemoryArchive, MemoryBroker};
 
 mod broker {
     use super::*;
-    pipeline_core::broker_conformance!(async { Arc::new(MemoryBroker::with_drain_timeout(std::time::Duration::from_secs(5))) });
+    pipeline_core::broker_conformance!(async {
+        Arc::new(MemoryBroker::with_drain_timeout(
+            std::time::Duration::from_secs(5),
+        ))
+    });
 }
 
 mod store {

@@ -118,7 +118,11 @@ impl SqlArchive {
             err
         })?;
         schema::migrate(&db, backend, &tables).await?;
-        Ok(Self { db, backend, tables })
+        Ok(Self {
+            db,
+            backend,
+            tables,
+        })
     }
 
     /// The database kind: `sqlite`, `postgres` or `mysql`.
@@ -143,7 +147,10 @@ impl SqlArchive {
 
     async fn count(&self, table: &str) -> Result<u64> {
         let q = Query::select()
-            .expr_as(Expr::col(sea_orm::sea_query::Asterisk).count(), Alias::new("n"))
+            .expr_as(
+                Expr::col(sea_orm::sea_query::Asterisk).count(),
+                Alias::new("n"),
+            )
             .from(Alias::new(table))
             .to_owned();
         let row = self.db.query_one(&q).await.map_err(|e| self.err(e))?;
@@ -156,8 +163,16 @@ impl SqlArchive {
 
     /// Drop every table of the namespace (tests and `pipeline` maintenance).
     pub async fn drop_tables(&self) -> Result<()> {
-        for t in [&self.tables.images, &self.tables.blobs, &self.tables.activity, &self.tables.migrations] {
-            let stmt = sea_orm::sea_query::Table::drop().table(Alias::new(t)).if_exists().to_owned();
+        for t in [
+            &self.tables.images,
+            &self.tables.blobs,
+            &self.tables.activity,
+            &self.tables.migrations,
+        ] {
+            let stmt = sea_orm::sea_query::Table::drop()
+                .table(Alias::new(t))
+                .if_exists()
+                .to_owned();
             self.db.execute(&stmt).await.map_err(|e| self.err(e))?;
         }
         Ok(())
@@ -173,10 +188,19 @@ impl SqlArchive {
                 .then_some(SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
         };
-        self.db.begin_with_options(options).await.map_err(|e| self.err(e))
+        self.db
+            .begin_with_options(options)
+            .await
+            .map_err(|e| self.err(e))
     }
 
-    async fn existing<C: ConnectionTrait>(&self, conn: &C, table: &str, key: &str, values: Vec<String>) -> Result<HashSet<String>> {
+    async fn existing<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        table: &str,
+        key: &str,
+        values: Vec<String>,
+    ) -> Result<HashSet<String>> {
         let mut found = HashSet::new();
         for chunk in values.chunks(ROWS_PER_STATEMENT) {
             let q = Query::select()
@@ -191,13 +215,21 @@ impl SqlArchive {
         Ok(found)
     }
 
-    async fn insert_blobs<C: ConnectionTrait>(&self, conn: &C, blobs: Vec<(String, &Blob)>) -> Result<()> {
+    async fn insert_blobs<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        blobs: Vec<(String, &Blob)>,
+    ) -> Result<()> {
         let now = now_ms();
         let mut start = 0;
         while start < blobs.len() {
             let mut end = start;
             let mut bytes = 0;
-            while end < blobs.len() && (end == start || (bytes + blobs[end].1.data.len() <= BLOB_STATEMENT_BYTES && end - start < ROWS_PER_STATEMENT)) {
+            while end < blobs.len()
+                && (end == start
+                    || (bytes + blobs[end].1.data.len() <= BLOB_STATEMENT_BYTES
+                        && end - start < ROWS_PER_STATEMENT))
+            {
                 bytes += blobs[end].1.data.len();
                 end += 1;
             }
@@ -227,17 +259,43 @@ impl SqlArchive {
         Ok(())
     }
 
-    async fn insert_images<C: ConnectionTrait>(&self, conn: &C, records: &[&ArchiveRecord]) -> Result<()> {
+    async fn insert_images<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        records: &[&ArchiveRecord],
+    ) -> Result<()> {
         let now = now_ms();
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let mut insert = Query::insert();
             insert.into_table(Alias::new(&self.tables.images)).columns(
                 [
-                    "job_id", "tenant", "state", "spec",
-                    "original_format", "original_content_type", "original_width", "original_height", "original_size", "original_sha256",
-                    "result_format", "result_content_type", "result_width", "result_height", "result_size", "result_sha256",
-                    "original_blob", "result_blob", "error_code", "error", "worker",
-                    "decode_ms", "transform_ms", "encode_ms", "submitted_at", "finished_at", "archived_at",
+                    "job_id",
+                    "tenant",
+                    "state",
+                    "spec",
+                    "original_format",
+                    "original_content_type",
+                    "original_width",
+                    "original_height",
+                    "original_size",
+                    "original_sha256",
+                    "result_format",
+                    "result_content_type",
+                    "result_width",
+                    "result_height",
+                    "result_size",
+                    "result_sha256",
+                    "original_blob",
+                    "result_blob",
+                    "error_code",
+                    "error",
+                    "worker",
+                    "decode_ms",
+                    "transform_ms",
+                    "encode_ms",
+                    "submitted_at",
+                    "finished_at",
+                    "archived_at",
                 ]
                 .map(Alias::new),
             );
@@ -289,7 +347,10 @@ impl SqlArchive {
 
     fn record_of(&self, row: &QueryResult) -> Result<ImageRecord> {
         let get_s = |c: &str| row.try_get::<String>("", c).map_err(|e| self.err(e));
-        let get_os = |c: &str| row.try_get::<Option<String>>("", c).map_err(|e| self.err(e));
+        let get_os = |c: &str| {
+            row.try_get::<Option<String>>("", c)
+                .map_err(|e| self.err(e))
+        };
         let get_i = |c: &str| row.try_get::<i64>("", c).map_err(|e| self.err(e));
         let get_oi = |c: &str| row.try_get::<Option<i64>>("", c).map_err(|e| self.err(e));
         let media = |side: &str| -> Result<Option<MediaInfo>> {
@@ -315,11 +376,21 @@ impl SqlArchive {
             }),
         };
         Ok(ImageRecord {
-            job_id: Uuid::parse_str(&job_id)
-                .map_err(|e| Error::backend(self.backend, format!("bad job id {job_id:?} in the archive: {e}"), false))?,
+            job_id: Uuid::parse_str(&job_id).map_err(|e| {
+                Error::backend(
+                    self.backend,
+                    format!("bad job id {job_id:?} in the archive: {e}"),
+                    false,
+                )
+            })?,
             tenant: get_s("tenant")?,
-            state: JobState::parse(&state)
-                .ok_or_else(|| Error::backend(self.backend, format!("bad state {state:?} in the archive"), false))?,
+            state: JobState::parse(&state).ok_or_else(|| {
+                Error::backend(
+                    self.backend,
+                    format!("bad state {state:?} in the archive"),
+                    false,
+                )
+            })?,
             spec: get_s("spec")?,
             original: media("original")?,
             result: media("result")?,
@@ -340,7 +411,8 @@ impl SqlArchive {
             .from(images.clone())
             .inner_join(
                 blobs.clone(),
-                Expr::col((blobs.clone(), Alias::new("sha256"))).equals((images.clone(), Alias::new(column))),
+                Expr::col((blobs.clone(), Alias::new("sha256")))
+                    .equals((images.clone(), Alias::new(column))),
             )
             .and_where(Expr::col((images, Alias::new("job_id"))).eq(job_id.to_string()))
             .to_owned();
@@ -349,7 +421,10 @@ impl SqlArchive {
         };
         Ok(Some(Blob {
             content_type: row.try_get("", "media_type").map_err(|e| self.err(e))?,
-            data: Bytes::from(row.try_get::<Vec<u8>>("", "data").map_err(|e| self.err(e))?),
+            data: Bytes::from(
+                row.try_get::<Vec<u8>>("", "data")
+                    .map_err(|e| self.err(e))?,
+            ),
         }))
     }
 }
@@ -365,9 +440,17 @@ impl ImageStore for SqlArchive {
         }
         let txn = self.begin().await?;
         let known = self
-            .existing(&txn, &self.tables.images, "job_id", fresh.iter().map(|r| r.job_id.to_string()).collect())
+            .existing(
+                &txn,
+                &self.tables.images,
+                "job_id",
+                fresh.iter().map(|r| r.job_id.to_string()).collect(),
+            )
             .await?;
-        let fresh: Vec<&ArchiveRecord> = fresh.into_iter().filter(|r| !known.contains(&r.job_id.to_string())).collect();
+        let fresh: Vec<&ArchiveRecord> = fresh
+            .into_iter()
+            .filter(|r| !known.contains(&r.job_id.to_string()))
+            .collect();
         let mut blobs: HashMap<String, &Blob> = HashMap::new();
         for r in &fresh {
             for b in [&r.original, &r.result].into_iter().flatten() {
@@ -375,9 +458,17 @@ impl ImageStore for SqlArchive {
             }
         }
         let stored = self
-            .existing(&txn, &self.tables.blobs, "sha256", blobs.keys().cloned().collect())
+            .existing(
+                &txn,
+                &self.tables.blobs,
+                "sha256",
+                blobs.keys().cloned().collect(),
+            )
             .await?;
-        let missing: Vec<(String, &Blob)> = blobs.into_iter().filter(|(k, _)| !stored.contains(k)).collect();
+        let missing: Vec<(String, &Blob)> = blobs
+            .into_iter()
+            .filter(|(k, _)| !stored.contains(k))
+            .collect();
         self.insert_blobs(&txn, missing).await?;
         self.insert_images(&txn, &fresh).await?;
         txn.commit().await.map_err(|e| self.err(e))
@@ -415,7 +506,10 @@ impl ImageStore for SqlArchive {
             q.and_where(Expr::col(Alias::new("job_id")).lt(c.to_string()));
         }
         let rows = self.db.query_all(&q).await.map_err(|e| self.err(e))?;
-        let mut items = rows.iter().map(|r| self.record_of(r)).collect::<Result<Vec<_>>>()?;
+        let mut items = rows
+            .iter()
+            .map(|r| self.record_of(r))
+            .collect::<Result<Vec<_>>>()?;
         let next_cursor = if items.len() > limit {
             items.truncate(limit);
             items.last().map(|r| r.job_id)
@@ -434,12 +528,28 @@ impl ImageStore for SqlArchive {
 impl ActivityLog for SqlArchive {
     async fn append(&self, entries: &[ActivityEntry]) -> Result<()> {
         let mut seen = HashSet::new();
-        let entries: Vec<&ActivityEntry> = entries.iter().filter(|e| seen.insert(e.message_id)).collect();
+        let entries: Vec<&ActivityEntry> = entries
+            .iter()
+            .filter(|e| seen.insert(e.message_id))
+            .collect();
         for chunk in entries.chunks(ROWS_PER_STATEMENT) {
             let mut insert = Query::insert();
-            insert.into_table(Alias::new(&self.tables.activity)).columns(
-                ["message_id", "at_ms", "event", "job_id", "tenant", "worker", "size", "duration_ms", "error"].map(Alias::new),
-            );
+            insert
+                .into_table(Alias::new(&self.tables.activity))
+                .columns(
+                    [
+                        "message_id",
+                        "at_ms",
+                        "event",
+                        "job_id",
+                        "tenant",
+                        "worker",
+                        "size",
+                        "duration_ms",
+                        "error",
+                    ]
+                    .map(Alias::new),
+                );
             for e in chunk {
                 insert
                     .values([
@@ -479,7 +589,11 @@ impl ActivityLog for SqlArchive {
                 let s = |c: &str| row.try_get::<String>("", c).map_err(|e| self.err(e));
                 let id = s("message_id")?;
                 let job = s("job_id")?;
-                let parse = |v: &str| Uuid::parse_str(v).map_err(|e| Error::backend(self.backend, format!("bad uuid {v:?}: {e}"), false));
+                let parse = |v: &str| {
+                    Uuid::parse_str(v).map_err(|e| {
+                        Error::backend(self.backend, format!("bad uuid {v:?}: {e}"), false)
+                    })
+                };
                 Ok(ActivityEntry {
                     message_id: parse(&id)?,
                     at_ms: row.try_get("", "at_ms").map_err(|e| self.err(e))?,
@@ -487,7 +601,8 @@ impl ActivityLog for SqlArchive {
                     job_id: parse(&job)?,
                     tenant: s("tenant")?,
                     worker: row.try_get("", "worker").map_err(|e| self.err(e))?,
-                    size: u64::try_from(row.try_get::<i64>("", "size").map_err(|e| self.err(e))?).unwrap_or(0),
+                    size: u64::try_from(row.try_get::<i64>("", "size").map_err(|e| self.err(e))?)
+                        .unwrap_or(0),
                     duration_ms: row.try_get("", "duration_ms").map_err(|e| self.err(e))?,
                     error: row.try_get("", "error").map_err(|e| self.err(e))?,
                 })
@@ -502,8 +617,17 @@ mod tests {
 
     #[test]
     fn redaction() {
-        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact_url("mysql://root@localhost/test"), "mysql://root@localhost/test");
-        assert_eq!(redact_url("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("mysql://root@localhost/test"),
+            "mysql://root@localhost/test"
+        );
+        assert_eq!(
+            redact_url("sqlite://x.db?mode=rwc"),
+            "sqlite://x.db?mode=rwc"
+        );
     }
 }

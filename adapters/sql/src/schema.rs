@@ -156,7 +156,11 @@ fn v1(backend: DatabaseBackend, t: &Tables) -> Vec<Statement> {
 }
 
 /// Apply the migrations not yet recorded in the namespace's migration table.
-pub(crate) async fn migrate(db: &DatabaseConnection, backend_name: &'static str, t: &Tables) -> Result<()> {
+pub(crate) async fn migrate(
+    db: &DatabaseConnection,
+    backend_name: &'static str,
+    t: &Tables,
+) -> Result<()> {
     let backend = db.get_database_backend();
     let mut table = Table::create();
     table
@@ -165,16 +169,24 @@ pub(crate) async fn migrate(db: &DatabaseConnection, backend_name: &'static str,
         .col(col("version").big_integer().not_null().primary_key())
         .col(col("name").string_len(255).not_null())
         .col(col("applied_at").big_integer().not_null());
-    db.execute(&table).await.map_err(|e| db_error(backend_name, e))?;
+    db.execute(&table)
+        .await
+        .map_err(|e| db_error(backend_name, e))?;
 
-    let migrations: [(i64, &str, Vec<Statement>); 1] = [(1, "images, blobs, activity", v1(backend, t))];
+    let migrations: [(i64, &str, Vec<Statement>); 1] =
+        [(1, "images, blobs, activity", v1(backend, t))];
     for (version, name, statements) in migrations {
         let q = sea_orm::sea_query::Query::select()
             .column(Alias::new("version"))
             .from(Alias::new(&t.migrations))
             .and_where(sea_orm::sea_query::Expr::col(Alias::new("version")).eq(version))
             .to_owned();
-        if db.query_one(&q).await.map_err(|e| db_error(backend_name, e))?.is_some() {
+        if db
+            .query_one(&q)
+            .await
+            .map_err(|e| db_error(backend_name, e))?
+            .is_some()
+        {
             continue;
         }
         for stmt in statements {
@@ -189,8 +201,16 @@ pub(crate) async fn migrate(db: &DatabaseConnection, backend_name: &'static str,
         }
         let insert = sea_orm::sea_query::Query::insert()
             .into_table(Alias::new(&t.migrations))
-            .columns([Alias::new("version"), Alias::new("name"), Alias::new("applied_at")])
-            .values([version.into(), name.into(), pipeline_core::envelope::now_ms().into()])
+            .columns([
+                Alias::new("version"),
+                Alias::new("name"),
+                Alias::new("applied_at"),
+            ])
+            .values([
+                version.into(),
+                name.into(),
+                pipeline_core::envelope::now_ms().into(),
+            ])
             .map_err(|e| Error::backend(backend_name, e.to_string(), false))?
             .on_conflict(
                 sea_orm::sea_query::OnConflict::column(Alias::new("version"))
@@ -198,7 +218,9 @@ pub(crate) async fn migrate(db: &DatabaseConnection, backend_name: &'static str,
                     .to_owned(),
             )
             .to_owned();
-        db.execute(&insert).await.map_err(|e| db_error(backend_name, e))?;
+        db.execute(&insert)
+            .await
+            .map_err(|e| db_error(backend_name, e))?;
         tracing::info!(version, name, "applied archive migration");
     }
     Ok(())

@@ -7,7 +7,11 @@ use pipeline_sql::SqlArchive;
 async fn sqlite() -> Arc<SqlArchive> {
     let dir = tempfile::tempdir().expect("tempdir").keep();
     let url = format!("sqlite://{}?mode=rwc", dir.join("archive.db").display());
-    Arc::new(SqlArchive::connect(&url, "pipeline").await.expect("connect"))
+    Arc::new(
+        SqlArchive::connect(&url, "pipeline")
+            .await
+            .expect("connect"),
+    )
 }
 
 pipeline_core::store_conformance!(sqlite());
@@ -29,14 +33,30 @@ async fn migrations_are_idempotent_and_namespaced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
     let first = SqlArchive::connect(&url, "ns_one").await.expect("connect");
-    let again = SqlArchive::connect(&url, "ns_one").await.expect("reconnect");
-    let other = SqlArchive::connect(&url, "ns_two").await.expect("other namespace");
+    let again = SqlArchive::connect(&url, "ns_one")
+        .await
+        .expect("reconnect");
+    let other = SqlArchive::connect(&url, "ns_two")
+        .await
+        .expect("other namespace");
     use pipeline_core::ImageStore;
-    first.save(&[pipeline_core::testkit::store::record("t", b"x", b"y")]).await.expect("save");
+    first
+        .save(&[pipeline_core::testkit::store::record("t", b"x", b"y")])
+        .await
+        .expect("save");
     assert_eq!(again.image_count().await.expect("count"), 1);
     assert_eq!(other.image_count().await.expect("count"), 0);
-    let bad = SqlArchive::connect(&url, "Bad-Name").await.expect_err("bad namespace");
+    let bad = SqlArchive::connect(&url, "Bad-Name")
+        .await
+        .expect_err("bad namespace");
     assert!(bad.to_string().contains("namespace"), "{bad}");
-    let scheme = SqlArchive::connect("oracle://x", "p").await.expect_err("scheme");
-    assert!(scheme.to_string().contains("sqlite://, postgres://, mysql://"), "{scheme}");
+    let scheme = SqlArchive::connect("oracle://x", "p")
+        .await
+        .expect_err("scheme");
+    assert!(
+        scheme
+            .to_string()
+            .contains("sqlite://, postgres://, mysql://"),
+        "{scheme}"
+    );
 }

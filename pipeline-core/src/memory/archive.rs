@@ -74,7 +74,10 @@ impl ImageStore for MemoryArchive {
     }
 
     async fn get(&self, job_id: Uuid) -> Result<Option<ImageRecord>> {
-        Ok(lock(&self.state).images.get(&job_id).map(|(r, _, _)| r.clone()))
+        Ok(lock(&self.state)
+            .images
+            .get(&job_id)
+            .map(|(r, _, _)| r.clone()))
     }
 
     async fn original(&self, job_id: Uuid) -> Result<Option<Blob>> {
@@ -126,7 +129,10 @@ impl ActivityLog for MemoryArchive {
     async fn append(&self, entries: &[ActivityEntry]) -> Result<()> {
         let mut state = lock(&self.state);
         for e in entries {
-            state.activity.entry(e.message_id).or_insert_with(|| e.clone());
+            state
+                .activity
+                .entry(e.message_id)
+                .or_insert_with(|| e.clone());
         }
         Ok(())
     }

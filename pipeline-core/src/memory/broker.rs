@@ -138,11 +138,20 @@ impl Inner {
     }
 
     fn max_attempts(&self, queue: &str) -> u32 {
-        self.lock().queues.get(queue).map_or(u32::MAX, |q| q.max_attempts)
+        self.lock()
+            .queues
+            .get(queue)
+            .map_or(u32::MAX, |q| q.max_attempts)
     }
 
     /// Retry `envelope` (after `delay`) or dead-letter it when out of attempts.
-    fn retry(self: &Arc<Self>, queue: String, mut envelope: Envelope, delay: Duration, reason: String) {
+    fn retry(
+        self: &Arc<Self>,
+        queue: String,
+        mut envelope: Envelope,
+        delay: Duration,
+        reason: String,
+    ) {
         let max = self.max_attempts(&queue);
         if envelope.attempt >= max {
             let reason = format!("gave up after {} attempts: {reason}", envelope.attempt);
@@ -240,10 +249,13 @@ impl Broker for MemoryBroker {
             queue: subscription.queue,
             permits: Arc::new(Semaphore::new(subscription.prefetch)),
         };
-        Ok(Box::pin(futures::stream::unfold(consumer, |c| async move {
-            let delivery = c.next().await?;
-            Some((Ok(delivery), c))
-        })))
+        Ok(Box::pin(futures::stream::unfold(
+            consumer,
+            |c| async move {
+                let delivery = c.next().await?;
+                Some((Ok(delivery), c))
+            },
+        )))
     }
 
     async fn ready(&self) -> Result<()> {
@@ -270,8 +282,15 @@ impl Broker for MemoryBroker {
         self.inner.changed.notify_waiters();
         if drained.is_err() {
             let state = self.inner.lock();
-            let left: usize = state.queues.values().map(|q| q.ready.len() + q.outstanding).sum();
-            tracing::warn!(left, "memory broker closed before its queues drained; those messages are lost");
+            let left: usize = state
+                .queues
+                .values()
+                .map(|q| q.ready.len() + q.outstanding)
+                .sum();
+            tracing::warn!(
+                left,
+                "memory broker closed before its queues drained; those messages are lost"
+            );
         }
         Ok(())
     }

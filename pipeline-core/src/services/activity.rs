@@ -74,7 +74,9 @@ fn entry_of(d: &Delivery) -> Parsed<ActivityEntry> {
         tenant: env.tenant.clone(),
         worker: env.header(headers::WORKER).map(str::to_string),
         size: env.payload_len() as u64,
-        duration_ms: env.header(headers::DURATION_MS).and_then(|v| v.parse().ok()),
+        duration_ms: env
+            .header(headers::DURATION_MS)
+            .and_then(|v| v.parse().ok()),
         error: env.header(headers::ERROR).map(str::to_string),
     })
 }

@@ -54,7 +54,9 @@ where
                         }
                     }
                 },
-                Err(e) => tracing::warn!(queue, error = %e, "broker reported an error while consuming"),
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "broker reported an error while consuming")
+                }
             }
         }
         if records.is_empty() {
@@ -73,7 +75,9 @@ where
                         Ok(()) => settle_all(vec![d], None, retry).await,
                         Err(e) if e.is_retryable() => settle_all(vec![d], Some(e), retry).await,
                         Err(e) => {
-                            if let Err(e2) = d.dead_letter(format!("refused by the store: {e}")).await {
+                            if let Err(e2) =
+                                d.dead_letter(format!("refused by the store: {e}")).await
+                            {
                                 tracing::warn!(queue, error = %e2, "dead-letter failed");
                             }
                         }

@@ -48,7 +48,11 @@ pub fn topology(max_attempts: u32) -> Vec<QueueSpec> {
             &[events::TRANSFORMED, events::FAILED],
             max_attempts,
         ),
-        QueueSpec::new(queues::SAVE2DB, &[events::ARCHIVED, events::FAILED], max_attempts),
+        QueueSpec::new(
+            queues::SAVE2DB,
+            &[events::ARCHIVED, events::FAILED],
+            max_attempts,
+        ),
         QueueSpec::new(queues::ACTIVITY, &["#"], max_attempts),
     ]
 }

@@ -26,7 +26,12 @@ pub struct ResultsConsumer {
 
 impl ResultsConsumer {
     /// A consumer keeping results for `ttl`.
-    pub fn new(broker: Arc<dyn Broker>, results: Arc<dyn ResultStore>, ttl: Duration, prefetch: usize) -> Self {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        results: Arc<dyn ResultStore>,
+        ttl: Duration,
+        prefetch: usize,
+    ) -> Self {
         Self {
             broker,
             results,
@@ -114,7 +119,10 @@ pub(crate) fn status_of(env: &Envelope) -> Option<JobStatus> {
 /// The failure carried by an `image.failed` event.
 pub(crate) fn failure_of(env: &Envelope) -> JobFailure {
     JobFailure {
-        code: env.header(headers::ERROR_CODE).unwrap_or("failed").to_string(),
+        code: env
+            .header(headers::ERROR_CODE)
+            .unwrap_or("failed")
+            .to_string(),
         message: env
             .header(headers::ERROR)
             .unwrap_or("the job failed without a reason")

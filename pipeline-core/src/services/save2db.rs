@@ -65,7 +65,9 @@ fn record_of(d: &Delivery) -> Parsed<ArchiveRecord> {
         })
     };
     let info: JobInfo = match env.part(parts::INFO) {
-        Some(p) => serde_json::from_slice(&p.data).map_err(|e| format!("info part is not valid: {e}"))?,
+        Some(p) => {
+            serde_json::from_slice(&p.data).map_err(|e| format!("info part is not valid: {e}"))?
+        }
         None if state == JobState::Failed => JobInfo {
             original: None,
             result: None,
@@ -93,6 +95,10 @@ fn record_of(d: &Delivery) -> Parsed<ArchiveRecord> {
             .header(headers::SUBMITTED_AT_MS)
             .and_then(|v| v.parse().ok())
             .unwrap_or(env.created_at_ms),
-        finished_at_ms: if env.created_at_ms > 0 { env.created_at_ms } else { now_ms() },
+        finished_at_ms: if env.created_at_ms > 0 {
+            env.created_at_ms
+        } else {
+            now_ms()
+        },
     })
 }

@@ -217,7 +217,10 @@ impl Submitter {
             (None, Some(p)) => {
                 let s = self.config.presets.get(p).ok_or_else(|| {
                     let known: Vec<&str> = self.config.presets.keys().map(String::as_str).collect();
-                    Error::invalid(format!("unknown preset {p:?}; known presets: {}", known.join(", ")))
+                    Error::invalid(format!(
+                        "unknown preset {p:?}; known presets: {}",
+                        known.join(", ")
+                    ))
                 })?;
                 self.registry.parse(s)
             }
@@ -239,20 +242,33 @@ impl Submitter {
     }
 
     /// Accept a validated upload: record it as pending and publish it.
-    pub async fn submit(&self, upload: Upload, probe: Probe, spec: &TransformSpec) -> Result<Accepted> {
+    pub async fn submit(
+        &self,
+        upload: Upload,
+        probe: Probe,
+        spec: &TransformSpec,
+    ) -> Result<Accepted> {
         let job_id = Uuid::now_v7();
         self.in_flight.try_acquire(job_id)?;
         let spec_text = spec.to_string();
         let now = now_ms();
         let pending = JobStatus::pending(job_id, upload.tenant.clone(), spec_text.clone(), now);
-        if let Err(e) = self.results.put(pending.clone(), self.config.result_ttl).await {
+        if let Err(e) = self
+            .results
+            .put(pending.clone(), self.config.result_ttl)
+            .await
+        {
             self.in_flight.release(job_id);
             return Err(e);
         }
         let mut env = Envelope::new(events::SUBMITTED, job_id, upload.tenant)
             .with_spec(spec_text.clone())
             .with_header(headers::SUBMITTED_AT_MS, now.to_string())
-            .with_part(Part::new(parts::ORIGINAL, content_type(probe.format), upload.data));
+            .with_part(Part::new(
+                parts::ORIGINAL,
+                content_type(probe.format),
+                upload.data,
+            ));
         if let Some(name) = upload.filename.filter(|n| !n.is_empty()) {
             env = env.with_header(headers::FILENAME, name);
         }

@@ -88,15 +88,21 @@ impl Transformer {
         let outcome = self.transform(&env).await;
         let published = match outcome {
             Ok((processed, original)) => {
-                let (transformed, archived) = self.success_events(&env, &original, processed, started);
-                futures::future::try_join(self.broker.publish(transformed), self.broker.publish(archived))
-                    .await
-                    .map(|_| ())
+                let (transformed, archived) =
+                    self.success_events(&env, &original, processed, started);
+                futures::future::try_join(
+                    self.broker.publish(transformed),
+                    self.broker.publish(archived),
+                )
+                .await
+                .map(|_| ())
             }
             Err(e) if e.is_retryable() => Err(e),
             Err(e) => {
                 tracing::info!(job_id = %env.job_id, code = e.code(), error = %e, "job failed");
-                self.broker.publish(self.failure_event(&env, &e, started)).await
+                self.broker
+                    .publish(self.failure_event(&env, &e, started))
+                    .await
             }
         };
         let settled = match published {
@@ -124,11 +130,19 @@ impl Transformer {
         };
         let processor = self.processor.clone();
         let data = original.data.clone();
-        let processed = self.pool.run(move || processor.process(&data, &spec)).await?;
+        let processed = self
+            .pool
+            .run(move || processor.process(&data, &spec))
+            .await?;
         Ok((processed, original))
     }
 
-    fn info(&self, original: Option<MediaInfo>, result: Option<MediaInfo>, p: Option<&Processed>) -> JobInfo {
+    fn info(
+        &self,
+        original: Option<MediaInfo>,
+        result: Option<MediaInfo>,
+        p: Option<&Processed>,
+    ) -> JobInfo {
         JobInfo {
             original,
             result,
@@ -139,7 +153,13 @@ impl Transformer {
         }
     }
 
-    fn success_events(&self, env: &Envelope, original: &Part, p: Processed, started: Instant) -> (Envelope, Envelope) {
+    fn success_events(
+        &self,
+        env: &Envelope,
+        original: &Part,
+        p: Processed,
+        started: Instant,
+    ) -> (Envelope, Envelope) {
         let original_info = MediaInfo {
             format: format_name(p.source.format).to_string(),
             content_type: content_type(p.source.format).to_string(),
@@ -186,7 +206,11 @@ impl Transformer {
             )
             .with_header(headers::ERROR_CODE, error.code())
             .with_header(headers::ERROR, error.to_string())
-            .with_part(Part::new(parts::INFO, "application/json", json_bytes(&info)));
+            .with_part(Part::new(
+                parts::INFO,
+                "application/json",
+                json_bytes(&info),
+            ));
         if let Some(original) = env.part(parts::ORIGINAL) {
             failed = failed.with_part(original.clone());
         }

@@ -34,7 +34,11 @@ fn message(key: &str, n: usize) -> Envelope {
     Envelope::new(key, Uuid::now_v7(), "tenant-a")
         .with_spec(format!("resize:{n}x{n}"))
         .with_header("n", n.to_string())
-        .with_part(Part::new("original", "image/png", Bytes::from(vec![(n % 251) as u8; 64 + n])))
+        .with_part(Part::new(
+            "original",
+            "image/png",
+            Bytes::from(vec![(n % 251) as u8; 64 + n]),
+        ))
 }
 
 async fn next(stream: &mut DeliveryStream) -> crate::Delivery {
@@ -96,11 +100,17 @@ pub async fn routing_patterns_and_isolation(broker: Arc<dyn Broker>) {
         .await
         .expect("declare");
     for key in ["image.submitted", "image.failed", "image.x.y", "other"] {
-        broker.publish(message(&format!("{prefix}.{key}"), 1)).await.expect("publish");
+        broker
+            .publish(message(&format!("{prefix}.{key}"), 1))
+            .await
+            .expect("publish");
     }
     let expect = [
         (&star, vec!["image.submitted", "image.failed"]),
-        (&hash, vec!["image.submitted", "image.failed", "image.x.y", "other"]),
+        (
+            &hash,
+            vec!["image.submitted", "image.failed", "image.x.y", "other"],
+        ),
         (&exact, vec!["image.failed"]),
     ];
     for (queue, keys) in expect {
@@ -108,7 +118,12 @@ pub async fn routing_patterns_and_isolation(broker: Arc<dyn Broker>) {
         let mut got = Vec::new();
         for _ in 0..keys.len() {
             let d = next(&mut s).await;
-            got.push(d.envelope().event.trim_start_matches(&format!("{prefix}.")).to_string());
+            got.push(
+                d.envelope()
+                    .event
+                    .trim_start_matches(&format!("{prefix}."))
+                    .to_string(),
+            );
             d.ack().await.expect("ack");
         }
         got.sort();
@@ -157,12 +172,18 @@ pub async fn competing_consumers_share_without_duplicates(broker: Arc<dyn Broker
     let mut seen = HashSet::new();
     let mut per_consumer = [0usize; 2];
     while seen.len() < total {
-        let (c, id) = tokio::time::timeout(WAIT, rx.recv()).await.expect("stalled").expect("closed");
+        let (c, id) = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("stalled")
+            .expect("closed");
         assert!(seen.insert(id), "duplicate delivery of {id}");
         per_consumer[c] += 1;
     }
     assert_eq!(seen, sent);
-    assert!(per_consumer.iter().all(|n| *n > 0), "work not shared: {per_consumer:?}");
+    assert!(
+        per_consumer.iter().all(|n| *n > 0),
+        "work not shared: {per_consumer:?}"
+    );
     if let Ok(Some((_, id))) = tokio::time::timeout(QUIET, rx.recv()).await {
         panic!("extra delivery of {id}");
     }
@@ -197,14 +218,21 @@ pub async fn nack_delay_is_honoured(broker: Arc<dyn Broker>) {
         return;
     }
     let (queue, p) = setup(broker.as_ref(), &["later"], 5).await;
-    broker.publish(message(&format!("{p}.later"), 1)).await.expect("publish");
+    broker
+        .publish(message(&format!("{p}.later"), 1))
+        .await
+        .expect("publish");
     let mut s = sub(broker.as_ref(), &queue, 1).await;
     let d = next(&mut s).await;
     let delay = Duration::from_millis(700);
     let nacked = Instant::now();
     d.nack(delay, "later").await.expect("nack");
     let d = next(&mut s).await;
-    assert!(nacked.elapsed() >= delay, "redelivered after {:?}", nacked.elapsed());
+    assert!(
+        nacked.elapsed() >= delay,
+        "redelivered after {:?}",
+        nacked.elapsed()
+    );
     assert_eq!(d.attempt(), 2);
     d.ack().await.expect("ack");
 }
@@ -252,7 +280,10 @@ pub async fn dead_letter_after_max_attempts_keeps_reason(broker: Arc<dyn Broker>
     let d = next(&mut dead).await;
     assert_eq!(d.envelope().id, poison.id);
     assert_eq!(d.envelope().parts, poison.parts);
-    let reason = d.envelope().header(headers::DEAD_LETTER_REASON).unwrap_or_default();
+    let reason = d
+        .envelope()
+        .header(headers::DEAD_LETTER_REASON)
+        .unwrap_or_default();
     assert!(reason.contains("still broken"), "reason: {reason:?}");
     d.ack().await.expect("ack");
 }
@@ -263,12 +294,19 @@ pub async fn explicit_dead_letter_keeps_reason(broker: Arc<dyn Broker>) {
     let m = message(&format!("{p}.bad"), 1);
     broker.publish(m.clone()).await.expect("publish");
     let mut s = sub(broker.as_ref(), &queue, 1).await;
-    next(&mut s).await.dead_letter("cannot parse").await.expect("dead-letter");
+    next(&mut s)
+        .await
+        .dead_letter("cannot parse")
+        .await
+        .expect("dead-letter");
     assert_quiet(&mut s).await;
     let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 1).await;
     let d = next(&mut dead).await;
     assert_eq!(d.envelope().id, m.id);
-    assert_eq!(d.envelope().header(headers::DEAD_LETTER_REASON), Some("cannot parse"));
+    assert_eq!(
+        d.envelope().header(headers::DEAD_LETTER_REASON),
+        Some("cannot parse")
+    );
     d.ack().await.expect("ack");
 }
 
@@ -276,7 +314,10 @@ pub async fn explicit_dead_letter_keeps_reason(broker: Arc<dyn Broker>) {
 pub async fn prefetch_bounds_unsettled_deliveries(broker: Arc<dyn Broker>) {
     let (queue, p) = setup(broker.as_ref(), &["pf"], 3).await;
     for n in 0..10 {
-        broker.publish(message(&format!("{p}.pf"), n)).await.expect("publish");
+        broker
+            .publish(message(&format!("{p}.pf"), n))
+            .await
+            .expect("publish");
     }
     let mut s = sub(broker.as_ref(), &queue, 3).await;
     let mut held = Vec::new();
@@ -300,7 +341,10 @@ pub async fn close_drains_and_refuses_publishes(broker: Arc<dyn Broker>) {
     let (queue, p) = setup(broker.as_ref(), &["close"], 3).await;
     let total = 20;
     for n in 0..total {
-        broker.publish(message(&format!("{p}.close"), n)).await.expect("publish");
+        broker
+            .publish(message(&format!("{p}.close"), n))
+            .await
+            .expect("publish");
     }
     let mut s = sub(broker.as_ref(), &queue, 4).await;
     let consumer = tokio::spawn(async move {
@@ -314,10 +358,18 @@ pub async fn close_drains_and_refuses_publishes(broker: Arc<dyn Broker>) {
         }
         (acked, s)
     });
-    let (acked, mut s) = tokio::time::timeout(WAIT, consumer).await.expect("stalled").expect("task");
+    let (acked, mut s) = tokio::time::timeout(WAIT, consumer)
+        .await
+        .expect("stalled")
+        .expect("task");
     assert_eq!(acked, total);
-    tokio::time::timeout(WAIT, broker.close()).await.expect("close hung").expect("close");
-    let end = tokio::time::timeout(WAIT, s.next()).await.expect("stream did not end");
+    tokio::time::timeout(WAIT, broker.close())
+        .await
+        .expect("close hung")
+        .expect("close");
+    let end = tokio::time::timeout(WAIT, s.next())
+        .await
+        .expect("stream did not end");
     assert!(end.is_none(), "stream yielded after close");
     let err = broker
         .publish(message(&format!("{p}.close"), 1))
@@ -362,9 +414,14 @@ pub async fn concurrent_publishers(broker: Arc<dyn Broker>) {
 /// A 20 MB part arrives byte for byte.
 pub async fn large_payload_20mb(broker: Arc<dyn Broker>) {
     let (queue, p) = setup(broker.as_ref(), &["big"], 3).await;
-    let data: Vec<u8> = (0..20 * 1024 * 1024).map(|i: usize| (i.wrapping_mul(31) % 251) as u8).collect();
-    let m = Envelope::new(format!("{p}.big"), Uuid::now_v7(), "t")
-        .with_part(Part::new("original", "image/jpeg", Bytes::from(data)));
+    let data: Vec<u8> = (0..20 * 1024 * 1024)
+        .map(|i: usize| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
+    let m = Envelope::new(format!("{p}.big"), Uuid::now_v7(), "t").with_part(Part::new(
+        "original",
+        "image/jpeg",
+        Bytes::from(data),
+    ));
     broker.publish(m.clone()).await.expect("publish 20 MB");
     let mut s = sub(broker.as_ref(), &queue, 1).await;
     let d = next(&mut s).await;

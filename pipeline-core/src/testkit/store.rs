@@ -65,7 +65,11 @@ fn bytes(seed: &str, len: usize) -> Vec<u8> {
 /// What was saved is what is read back.
 pub async fn save_and_read_back(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
     let tenant = unique("tenant");
-    let r = record(&tenant, &bytes(&unique("o"), 5000), &bytes(&unique("r"), 700));
+    let r = record(
+        &tenant,
+        &bytes(&unique("o"), 5000),
+        &bytes(&unique("r"), 700),
+    );
     store.save(std::slice::from_ref(&r)).await.expect("save");
     let got = store.get(r.job_id).await.expect("get").expect("record");
     assert_eq!(got.job_id, r.job_id);
@@ -78,7 +82,10 @@ pub async fn save_and_read_back(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityL
     assert_eq!(got.submitted_at_ms, r.submitted_at_ms);
     assert_eq!(got.finished_at_ms, r.finished_at_ms);
     assert!(got.archived_at_ms > 0);
-    assert_eq!(store.original(r.job_id).await.expect("original"), r.original);
+    assert_eq!(
+        store.original(r.job_id).await.expect("original"),
+        r.original
+    );
     assert_eq!(store.result(r.job_id).await.expect("result"), r.result);
 }
 
@@ -91,7 +98,10 @@ pub async fn unknown_job_is_none(store: Arc<dyn ImageStore>, _: Arc<dyn Activity
 }
 
 /// Saving the same job twice keeps the first write and one row.
-pub async fn save_is_idempotent_under_double_delivery(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+pub async fn save_is_idempotent_under_double_delivery(
+    store: Arc<dyn ImageStore>,
+    _: Arc<dyn ActivityLog>,
+) {
     let tenant = unique("tenant");
     let first = record(&tenant, &bytes("a", 100), &bytes("b", 50));
     let mut second = first.clone();
@@ -100,13 +110,25 @@ pub async fn save_is_idempotent_under_double_delivery(store: Arc<dyn ImageStore>
         data: Bytes::from(bytes("different", 60)),
     });
     second.info.worker = "worker-2".into();
-    store.save(std::slice::from_ref(&first)).await.expect("save");
-    store.save(std::slice::from_ref(&second)).await.expect("second save is a success");
+    store
+        .save(std::slice::from_ref(&first))
+        .await
+        .expect("save");
+    store
+        .save(std::slice::from_ref(&second))
+        .await
+        .expect("second save is a success");
     // And within one batch.
-    store.save(&[first.clone(), first.clone()]).await.expect("batch with a duplicate");
+    store
+        .save(&[first.clone(), first.clone()])
+        .await
+        .expect("batch with a duplicate");
     let got = store.get(first.job_id).await.expect("get").expect("record");
     assert_eq!(got.worker, "worker-1");
-    assert_eq!(store.result(first.job_id).await.expect("result"), first.result);
+    assert_eq!(
+        store.result(first.job_id).await.expect("result"),
+        first.result
+    );
     let page = store.list(&tenant, None, 10).await.expect("list");
     assert_eq!(page.items.len(), 1);
 }
@@ -115,7 +137,13 @@ pub async fn save_is_idempotent_under_double_delivery(store: Arc<dyn ImageStore>
 pub async fn concurrent_double_saves(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
     let tenant = unique("tenant");
     let batch: Vec<ArchiveRecord> = (0..10)
-        .map(|i| record(&tenant, &bytes(&format!("o{i}{tenant}"), 300), &bytes(&format!("r{i}"), 30)))
+        .map(|i| {
+            record(
+                &tenant,
+                &bytes(&format!("o{i}{tenant}"), 300),
+                &bytes(&format!("r{i}"), 30),
+            )
+        })
         .collect();
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -160,7 +188,10 @@ pub async fn failed_jobs_are_kept(store: Arc<dyn ImageStore>, _: Arc<dyn Activit
     assert_eq!(got.state, JobState::Failed);
     assert_eq!(got.error, r.error);
     assert_eq!(got.original, None);
-    assert_eq!(store.original(r.job_id).await.expect("original"), r.original);
+    assert_eq!(
+        store.original(r.job_id).await.expect("original"),
+        r.original
+    );
     assert_eq!(store.result(r.job_id).await.expect("result"), None);
 }
 
@@ -175,7 +206,10 @@ pub async fn list_by_tenant_with_cursor(store: Arc<dyn ImageStore>, _: Arc<dyn A
         store.save(&[r]).await.expect("save");
     }
     for i in 0..5 {
-        store.save(&[record(&b, &bytes(&format!("{b}{i}"), 64), &bytes("y", 8))]).await.expect("save");
+        store
+            .save(&[record(&b, &bytes(&format!("{b}{i}"), 64), &bytes("y", 8))])
+            .await
+            .expect("save");
     }
     let mut seen = Vec::new();
     let mut cursor = None;
@@ -193,15 +227,27 @@ pub async fn list_by_tenant_with_cursor(store: Arc<dyn ImageStore>, _: Arc<dyn A
     assert_eq!(seen, ids, "newest first, each once");
     let unique_seen: HashSet<_> = seen.iter().collect();
     assert_eq!(unique_seen.len(), 25);
-    assert!(store.list(&unique("nobody"), None, 10).await.expect("list").items.is_empty());
+    assert!(
+        store
+            .list(&unique("nobody"), None, 10)
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
 }
 
 /// Blobs of several megabytes round-trip.
 pub async fn large_blobs(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
-    let big: Vec<u8> = (0..6 * 1024 * 1024).map(|i: usize| (i % 253) as u8).collect();
+    let big: Vec<u8> = (0..6 * 1024 * 1024)
+        .map(|i: usize| (i % 253) as u8)
+        .collect();
     let r = record(&unique("tenant"), &big, &bytes(&unique("r"), 1024 * 1024));
     store.save(std::slice::from_ref(&r)).await.expect("save");
-    assert_eq!(store.original(r.job_id).await.expect("original"), r.original);
+    assert_eq!(
+        store.original(r.job_id).await.expect("original"),
+        r.original
+    );
 }
 
 /// The activity log records a redelivered event once.
@@ -222,7 +268,9 @@ pub async fn activity_is_idempotent(_: Arc<dyn ImageStore>, log: Arc<dyn Activit
     let b = entry("image.failed", 2000, Some("bad"));
     log.append(&[a.clone(), b.clone()]).await.expect("append");
     log.append(&[a.clone()]).await.expect("append again");
-    log.append(&[b.clone(), b.clone()]).await.expect("append duplicate batch");
+    log.append(&[b.clone(), b.clone()])
+        .await
+        .expect("append duplicate batch");
     assert_eq!(log.for_job(job).await.expect("for_job"), vec![a, b]);
     assert!(log.for_job(Uuid::now_v7()).await.expect("none").is_empty());
 }

@@ -70,7 +70,9 @@ fn size(name: &str, raw: &str, allow_missing: bool) -> Result<(Option<u32>, Opti
             if allow_missing {
                 return Ok(None);
             }
-            return Err(Error::invalid(format!("{name}: {what} is missing in {raw:?}")));
+            return Err(Error::invalid(format!(
+                "{name}: {what} is missing in {raw:?}"
+            )));
         }
         number(name, what, s, 1, MAX_SIDE).map(Some)
     };
@@ -82,7 +84,9 @@ fn size(name: &str, raw: &str, allow_missing: bool) -> Result<(Option<u32>, Opti
         }
     };
     if w.is_none() && h.is_none() {
-        return Err(Error::invalid(format!("{name}: {raw:?} gives neither width nor height")));
+        return Err(Error::invalid(format!(
+            "{name}: {raw:?} gives neither width nor height"
+        )));
     }
     Ok((w, h))
 }
@@ -102,8 +106,20 @@ impl Transform for Stamp {
     fn validate(&self, args: &[String]) -> Result<()> {
         arity("stamp", args, 0, 0)
     }
-    fn apply(&self, mut image: DynamicImage, _: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
-        draw_text(&mut image, &stamp_text(), 16.0, 0.0, 0.0, image::Rgba([0, 0, 0, 255]))?;
+    fn apply(
+        &self,
+        mut image: DynamicImage,
+        _: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
+        draw_text(
+            &mut image,
+            &stamp_text(),
+            16.0,
+            0.0,
+            0.0,
+            image::Rgba([0, 0, 0, 255]),
+        )?;
         Ok(image)
     }
 }
@@ -131,7 +147,9 @@ impl Resize {
             }
         };
         if fit != Fit::Fit && (w.is_none() || h.is_none()) {
-            return Err(Error::invalid("resize: fill and exact need both width and height"));
+            return Err(Error::invalid(
+                "resize: fill and exact need both width and height",
+            ));
         }
         Ok((w, h, fit))
     }
@@ -146,7 +164,12 @@ impl Transform for Resize {
     fn validate(&self, args: &[String]) -> Result<()> {
         Self::params(args).map(|_| ())
     }
-    fn apply(&self, image: DynamicImage, args: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        args: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         let (w, h, fit) = Self::params(args)?;
         let (iw, ih) = (image.width(), image.height());
         let filter = FilterType::CatmullRom;
@@ -180,7 +203,12 @@ impl Transform for Thumbnail {
         arity("thumbnail", args, 1, 1)?;
         size("thumbnail", &args[0], false).map(|_| ())
     }
-    fn apply(&self, image: DynamicImage, args: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        args: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         self.validate(args)?;
         let (w, h) = size("thumbnail", &args[0], false)?;
         Ok(image.thumbnail(w.unwrap_or(1), h.unwrap_or(1)))
@@ -192,7 +220,11 @@ impl Crop {
     fn params(args: &[String]) -> Result<(u32, u32, u32, u32)> {
         arity("crop", args, 1, 1)?;
         let raw = &args[0];
-        let bad = || Error::invalid(format!("crop: {raw:?} is not WxH+X+Y, for example 100x80+10+20"));
+        let bad = || {
+            Error::invalid(format!(
+                "crop: {raw:?} is not WxH+X+Y, for example 100x80+10+20"
+            ))
+        };
         let (dims, offsets) = raw.split_once('+').ok_or_else(bad)?;
         let (x, y) = offsets.split_once('+').ok_or_else(bad)?;
         let (w, h) = dims.split_once('x').ok_or_else(bad)?;
@@ -214,7 +246,12 @@ impl Transform for Crop {
     fn validate(&self, args: &[String]) -> Result<()> {
         Self::params(args).map(|_| ())
     }
-    fn apply(&self, image: DynamicImage, args: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        args: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         let (w, h, x, y) = Self::params(args)?;
         if x + w > image.width() || y + h > image.height() {
             return Err(failed(format!(
@@ -239,10 +276,17 @@ impl Transform for Rotate {
         arity("rotate", args, 1, 1)?;
         match args[0].as_str() {
             "90" | "180" | "270" => Ok(()),
-            other => Err(Error::invalid(format!("rotate: {other:?} is not 90, 180 or 270"))),
+            other => Err(Error::invalid(format!(
+                "rotate: {other:?} is not 90, 180 or 270"
+            ))),
         }
     }
-    fn apply(&self, image: DynamicImage, args: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        args: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         self.validate(args)?;
         Ok(match args[0].as_str() {
             "90" => image.rotate90(),
@@ -267,9 +311,18 @@ impl Transform for Flip {
             other => Err(Error::invalid(format!("flip: {other:?} is not h or v"))),
         }
     }
-    fn apply(&self, image: DynamicImage, args: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        args: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         self.validate(args)?;
-        Ok(if args[0] == "h" { image.fliph() } else { image.flipv() })
+        Ok(if args[0] == "h" {
+            image.fliph()
+        } else {
+            image.flipv()
+        })
     }
 }
 
@@ -284,7 +337,12 @@ impl Transform for Grayscale {
     fn validate(&self, args: &[String]) -> Result<()> {
         arity("grayscale", args, 0, 0)
     }
-    fn apply(&self, image: DynamicImage, _: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        _: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         Ok(image.grayscale())
     }
 }
@@ -301,7 +359,12 @@ impl Transform for Blur {
         arity("blur", args, 1, 1)?;
         number("blur", "sigma", &args[0], 0.1f32, 100.0).map(|_| ())
     }
-    fn apply(&self, image: DynamicImage, args: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        args: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         let sigma = number("blur", "sigma", &args[0], 0.1f32, 100.0)?;
         Ok(image.fast_blur(sigma))
     }
@@ -311,8 +374,12 @@ struct Sharpen;
 impl Sharpen {
     fn params(args: &[String]) -> Result<(f32, i32)> {
         arity("sharpen", args, 0, 2)?;
-        let sigma = args.first().map_or(Ok(1.0), |a| number("sharpen", "sigma", a, 0.1f32, 50.0))?;
-        let threshold = args.get(1).map_or(Ok(0), |a| number("sharpen", "threshold", a, 0i32, 255))?;
+        let sigma = args
+            .first()
+            .map_or(Ok(1.0), |a| number("sharpen", "sigma", a, 0.1f32, 50.0))?;
+        let threshold = args
+            .get(1)
+            .map_or(Ok(0), |a| number("sharpen", "threshold", a, 0i32, 255))?;
         Ok((sigma, threshold))
     }
 }
@@ -326,7 +393,12 @@ impl Transform for Sharpen {
     fn validate(&self, args: &[String]) -> Result<()> {
         Self::params(args).map(|_| ())
     }
-    fn apply(&self, image: DynamicImage, args: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        args: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         let (sigma, threshold) = Self::params(args)?;
         Ok(image.unsharpen(sigma, threshold))
     }
@@ -344,7 +416,12 @@ impl Transform for Brightness {
         arity("brightness", args, 1, 1)?;
         number("brightness", "amount", &args[0], -255i32, 255).map(|_| ())
     }
-    fn apply(&self, image: DynamicImage, args: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        args: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         let v = number("brightness", "amount", &args[0], -255i32, 255)?;
         Ok(image.brighten(v))
     }
@@ -362,7 +439,12 @@ impl Transform for Contrast {
         arity("contrast", args, 1, 1)?;
         number("contrast", "amount", &args[0], -100f32, 100.0).map(|_| ())
     }
-    fn apply(&self, image: DynamicImage, args: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        args: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         let v = number("contrast", "amount", &args[0], -100f32, 100.0)?;
         Ok(image.adjust_contrast(v))
     }
@@ -379,7 +461,12 @@ impl Transform for AutoOrient {
     fn validate(&self, args: &[String]) -> Result<()> {
         arity("auto-orient", args, 0, 0)
     }
-    fn apply(&self, mut image: DynamicImage, _: &[String], ctx: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        mut image: DynamicImage,
+        _: &[String],
+        ctx: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         image.apply_orientation(ctx.orientation);
         ctx.orientation = Orientation::NoTransforms;
         Ok(image)
@@ -398,7 +485,9 @@ impl Format {
         })?;
         let quality = match args.get(1) {
             None => DEFAULT_QUALITY,
-            Some(q) if format == image::ImageFormat::Jpeg => number("format", "quality", q, 1u8, 100)?,
+            Some(q) if format == image::ImageFormat::Jpeg => {
+                number("format", "quality", q, 1u8, 100)?
+            }
             Some(_) => {
                 return Err(Error::invalid(format!(
                     "format: a quality applies to jpeg only, not {}",
@@ -419,7 +508,12 @@ impl Transform for Format {
     fn validate(&self, args: &[String]) -> Result<()> {
         Self::params(args).map(|_| ())
     }
-    fn apply(&self, image: DynamicImage, args: &[String], ctx: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        args: &[String],
+        ctx: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         ctx.output = Self::params(args)?;
         Ok(image)
     }
@@ -433,8 +527,17 @@ mod tests {
     use image::{GenericImageView, ImageFormat};
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 200])));
-        codec::encode(&img, codec::OutputFormat { format: ImageFormat::Jpeg, quality: 90 }).unwrap()
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 200])
+        }));
+        codec::encode(
+            &img,
+            codec::OutputFormat {
+                format: ImageFormat::Jpeg,
+                quality: 90,
+            },
+        )
+        .unwrap()
     }
 
     fn run(spec: &str, data: &[u8]) -> Result<super::super::Processed> {
@@ -456,7 +559,10 @@ mod tests {
             ("crop:50x20+10+10", (50, 20)),
             ("rotate:90", (200, 400)),
             ("rotate:180", (400, 200)),
-            ("flip:h,flip:v,grayscale,blur:1.5,sharpen:1:2,brightness:-10,contrast:20", (400, 200)),
+            (
+                "flip:h,flip:v,grayscale,blur:1.5,sharpen:1:2,brightness:-10,contrast:20",
+                (400, 200),
+            ),
         ];
         for (spec, dims) in cases {
             let out = run(spec, &src).unwrap();
@@ -475,7 +581,12 @@ mod tests {
         let lo = run("format:jpeg:10", &src).unwrap();
         let hi = run("format:jpeg:100", &src).unwrap();
         assert!(lo.data.len() < hi.data.len());
-        for (name, f) in [("webp", ImageFormat::WebP), ("gif", ImageFormat::Gif), ("bmp", ImageFormat::Bmp), ("tiff", ImageFormat::Tiff)] {
+        for (name, f) in [
+            ("webp", ImageFormat::WebP),
+            ("gif", ImageFormat::Gif),
+            ("bmp", ImageFormat::Bmp),
+            ("tiff", ImageFormat::Tiff),
+        ] {
             let out = run(&format!("format:{name}"), &src).unwrap();
             assert_eq!(image::guess_format(&out.data).unwrap(), f);
         }
@@ -483,12 +594,29 @@ mod tests {
 
     #[test]
     fn stamp_keeps_format_and_marks_top_left() {
-        let white = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(200, 100, image::Rgb([255, 255, 255])));
-        let png = codec::encode(&white, codec::OutputFormat { format: ImageFormat::Png, quality: 85 }).unwrap();
+        let white = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            200,
+            100,
+            image::Rgb([255, 255, 255]),
+        ));
+        let png = codec::encode(
+            &white,
+            codec::OutputFormat {
+                format: ImageFormat::Png,
+                quality: 85,
+            },
+        )
+        .unwrap();
         let out = run("stamp", &png).unwrap();
         assert_eq!(out.format, ImageFormat::Png);
-        let img = codec::decode(&out.data, &codec::ImageLimits::default()).unwrap().image.to_rgb8();
-        let dark = (0..200).flat_map(|x| (0..18).map(move |y| (x, y))).filter(|&(x, y)| img.get_pixel(x, y)[0] < 100).count();
+        let img = codec::decode(&out.data, &codec::ImageLimits::default())
+            .unwrap()
+            .image
+            .to_rgb8();
+        let dark = (0..200)
+            .flat_map(|x| (0..18).map(move |y| (x, y)))
+            .filter(|&(x, y)| img.get_pixel(x, y)[0] < 100)
+            .count();
         assert!(dark > 50, "{dark}");
     }
 

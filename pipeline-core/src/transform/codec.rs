@@ -105,7 +105,10 @@ pub fn probe(data: &[u8], limits: &ImageLimits) -> Result<Probe> {
 
 fn detect(data: &[u8], limits: &ImageLimits) -> Result<ImageFormat> {
     if data.is_empty() {
-        return Err(Error::image(ImageErrorKind::NotAnImage, "the file is empty"));
+        return Err(Error::image(
+            ImageErrorKind::NotAnImage,
+            "the file is empty",
+        ));
     }
     let format = image::guess_format(data).map_err(|_| {
         Error::image(
@@ -166,9 +169,16 @@ pub fn decode(data: &[u8], limits: &ImageLimits) -> Result<Decoded> {
     decode_limits.max_image_width = Some(limits.max_width);
     decode_limits.max_image_height = Some(limits.max_height);
     // Room for the largest pixel type (RGBA32F) plus decoder buffers.
-    decode_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16).saturating_add(64 << 20));
+    decode_limits.max_alloc = Some(
+        limits
+            .max_pixels
+            .saturating_mul(16)
+            .saturating_add(64 << 20),
+    );
     reader.limits(decode_limits);
-    let mut decoder = reader.into_decoder().map_err(|e| image_error(e, probe.format))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| image_error(e, probe.format))?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let image = DynamicImage::from_decoder(decoder).map_err(|e| image_error(e, probe.format))?;
     check_complete(data, probe.format)?;
@@ -196,7 +206,10 @@ fn check_complete(data: &[u8], format: ImageFormat) -> Result<()> {
     } else {
         Err(Error::image(
             ImageErrorKind::CorruptImage,
-            format!("the {} data is truncated (no end marker)", format_name(format)),
+            format!(
+                "the {} data is truncated (no end marker)",
+                format_name(format)
+            ),
         ))
     }
 }
@@ -245,7 +258,9 @@ pub fn encode(image: &DynamicImage, output: OutputFormat) -> Result<Vec<u8>> {
         }
         ImageFormat::WebP => {
             let enc = image::codecs::webp::WebPEncoder::new_lossless(&mut out);
-            to_8bit(image).write_with_encoder(enc).map_err(|e| fail(&e))?;
+            to_8bit(image)
+                .write_with_encoder(enc)
+                .map_err(|e| fail(&e))?;
         }
         ImageFormat::Gif => {
             DynamicImage::ImageRgba8(image.to_rgba8())
@@ -276,12 +291,20 @@ fn to_8bit(image: &DynamicImage) -> DynamicImage {
 
 /// JPEG through `jpeg-encoder`: 4:2:0 like libjpeg's default, and about 2.5x
 /// faster than the `image` crate's 4:4:4 encoder (see docs/benchmarks.md).
-fn encode_jpeg(image: &DynamicImage, quality: u8, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+fn encode_jpeg(
+    image: &DynamicImage,
+    quality: u8,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
     use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
     let (w, h) = (image.width(), image.height());
     let (w16, h16) = match (u16::try_from(w), u16::try_from(h)) {
         (Ok(a), Ok(b)) => (a, b),
-        _ => return Err(format!("JPEG is limited to 65535x65535, the image is {w}x{h}")),
+        _ => {
+            return Err(format!(
+                "JPEG is limited to 65535x65535, the image is {w}x{h}"
+            ));
+        }
     };
     let mut enc = Encoder::new(out, quality.clamp(1, 100));
     enc.set_sampling_factor(SamplingFactor::R_4_2_0);
@@ -306,8 +329,16 @@ mod tests {
     use super::*;
 
     fn png(w: u32, h: u32) -> Vec<u8> {
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30])));
-        encode(&img, OutputFormat { format: ImageFormat::Png, quality: 85 }).unwrap()
+        let img =
+            DynamicImage::ImageRgb8(image::RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30])));
+        encode(
+            &img,
+            OutputFormat {
+                format: ImageFormat::Png,
+                quality: 85,
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -323,7 +354,19 @@ mod tests {
         data[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         data[20..24].copy_from_slice(&100_000u32.to_be_bytes());
         let err = probe(&data, &ImageLimits::default()).unwrap_err();
-        assert!(matches!(err, Error::Image { kind: ImageErrorKind::TooManyPixels, .. } | Error::Image { kind: ImageErrorKind::CorruptImage, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::Image {
+                    kind: ImageErrorKind::TooManyPixels,
+                    ..
+                } | Error::Image {
+                    kind: ImageErrorKind::CorruptImage,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -331,24 +374,49 @@ mod tests {
         let data = png(64, 64);
         let err = decode(&data[..data.len() / 2], &ImageLimits::default()).unwrap_err();
         assert_eq!(err.code(), "corrupt_image", "{err}");
-        assert_eq!(decode(b"hello world", &ImageLimits::default()).unwrap_err().code(), "not_an_image");
-        assert_eq!(decode(b"", &ImageLimits::default()).unwrap_err().code(), "not_an_image");
+        assert_eq!(
+            decode(b"hello world", &ImageLimits::default())
+                .unwrap_err()
+                .code(),
+            "not_an_image"
+        );
+        assert_eq!(
+            decode(b"", &ImageLimits::default()).unwrap_err().code(),
+            "not_an_image"
+        );
     }
 
     #[test]
     fn format_filter() {
-        let limits = ImageLimits { formats: vec![ImageFormat::Jpeg], ..ImageLimits::default() };
+        let limits = ImageLimits {
+            formats: vec![ImageFormat::Jpeg],
+            ..ImageLimits::default()
+        };
         let err = probe(&png(2, 2), &limits).unwrap_err();
         assert_eq!(err.code(), "unsupported_format");
     }
 
     #[test]
     fn every_output_format_encodes_and_decodes() {
-        let img = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(17, 9, image::Rgba([200, 100, 50, 255])));
+        let img = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+            17,
+            9,
+            image::Rgba([200, 100, 50, 255]),
+        ));
         for f in SUPPORTED_FORMATS {
-            let bytes = encode(&img, OutputFormat { format: *f, quality: 90 }).unwrap();
+            let bytes = encode(
+                &img,
+                OutputFormat {
+                    format: *f,
+                    quality: 90,
+                },
+            )
+            .unwrap();
             let d = decode(&bytes, &ImageLimits::default()).unwrap();
-            assert_eq!((d.probe.format, d.image.width(), d.image.height()), (*f, 17, 9));
+            assert_eq!(
+                (d.probe.format, d.image.width(), d.image.height()),
+                (*f, 17, 9)
+            );
         }
     }
 }

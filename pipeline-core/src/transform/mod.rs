@@ -91,7 +91,9 @@ impl TransformRegistry {
     pub fn register(&mut self, transform: impl Transform) -> Result<()> {
         let name = transform.name().to_string();
         if self.transforms.contains_key(&name) {
-            return Err(Error::AlreadyExists(format!("transform {name:?} is already registered")));
+            return Err(Error::AlreadyExists(format!(
+                "transform {name:?} is already registered"
+            )));
         }
         self.transforms.insert(name, Arc::new(transform));
         Ok(())
@@ -115,7 +117,9 @@ impl TransformRegistry {
         for op in &spec.ops {
             let t = self.lookup(&op.name)?;
             t.validate(&op.args).map_err(|e| match e {
-                Error::InvalidInput(m) => Error::InvalidInput(format!("{m} (usage: {})", t.usage())),
+                Error::InvalidInput(m) => {
+                    Error::InvalidInput(format!("{m} (usage: {})", t.usage()))
+                }
                 other => other,
             })?;
         }

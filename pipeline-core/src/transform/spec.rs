@@ -150,7 +150,8 @@ impl TransformSpec {
                             ))),
                         })
                         .collect::<Result<Vec<_>>>()?;
-                    if let Some(bad) = args.iter().find(|a| a.contains([',', ':']) || a.is_empty()) {
+                    if let Some(bad) = args.iter().find(|a| a.contains([',', ':']) || a.is_empty())
+                    {
                         return Err(Error::invalid(format!(
                             "transform spec: argument {bad:?} of {op:?} is empty or contains ',' or ':'"
                         )));
@@ -210,7 +211,10 @@ mod tests {
 
     #[test]
     fn json_forms() {
-        let a = TransformSpec::parse(r#"[{"op":"resize","args":["800x600"]},"grayscale",{"op":"blur","args":[1.5]}]"#).unwrap();
+        let a = TransformSpec::parse(
+            r#"[{"op":"resize","args":["800x600"]},"grayscale",{"op":"blur","args":[1.5]}]"#,
+        )
+        .unwrap();
         assert_eq!(a.to_string(), "resize:800x600,grayscale,blur:1.5");
         let b = TransformSpec::parse(r#"{"ops":["rotate:90"]}"#).unwrap();
         assert_eq!(b.to_string(), "rotate:90");
@@ -218,11 +222,15 @@ mod tests {
 
     #[test]
     fn errors_say_what_is_wrong() {
-        let e = TransformSpec::parse("resize:800x600,,grayscale").unwrap_err().to_string();
+        let e = TransformSpec::parse("resize:800x600,,grayscale")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("empty"), "{e}");
         let e = TransformSpec::parse("Resize").unwrap_err().to_string();
         assert!(e.contains("not an operation name"), "{e}");
-        let e = TransformSpec::parse("[{\"op\": 3}]").unwrap_err().to_string();
+        let e = TransformSpec::parse("[{\"op\": 3}]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("JSON"), "{e}");
         let e = TransformSpec::parse("resize:").unwrap_err().to_string();
         assert!(e.contains("empty argument"), "{e}");

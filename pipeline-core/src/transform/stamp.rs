@@ -13,7 +13,12 @@ static FONT: OnceLock<Option<FontRef<'static>>> = OnceLock::new();
 fn font() -> Result<&'static FontRef<'static>> {
     FONT.get_or_init(|| FontRef::try_from_slice(FONT_BYTES).ok())
         .as_ref()
-        .ok_or_else(|| Error::image(ImageErrorKind::TransformFailed, "the bundled font does not parse"))
+        .ok_or_else(|| {
+            Error::image(
+                ImageErrorKind::TransformFailed,
+                "the bundled font does not parse",
+            )
+        })
 }
 
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -30,7 +35,14 @@ pub fn stamp_text() -> String {
 
 /// Draw `text` in DejaVu Serif with an em of `px` pixels, its top-left corner
 /// at (`x`, `y`), blending `color` in place (no copy of the image).
-pub fn draw_text(image: &mut DynamicImage, text: &str, px: f32, x: f32, y: f32, color: Rgba<u8>) -> Result<()> {
+pub fn draw_text(
+    image: &mut DynamicImage,
+    text: &str,
+    px: f32,
+    x: f32,
+    y: f32,
+    color: Rgba<u8>,
+) -> Result<()> {
     let font = font()?;
     let units_per_em = font.units_per_em().unwrap_or(2048.0);
     // ab_glyph scales by ascent-to-descent height; Pillow's size is the em.
@@ -63,7 +75,8 @@ pub fn draw_text(image: &mut DynamicImage, text: &str, px: f32, x: f32, y: f32, 
             let under = image.get_pixel(px_x, px_y);
             let mut out = under;
             for ch in 0..3 {
-                out[ch] = (f32::from(color[ch]) * a + f32::from(under[ch]) * (1.0 - a)).round() as u8;
+                out[ch] =
+                    (f32::from(color[ch]) * a + f32::from(under[ch]) * (1.0 - a)).round() as u8;
             }
             out[3] = under[3].max((a * 255.0).round() as u8);
             image.put_pixel(px_x, px_y, out);
@@ -87,14 +100,43 @@ mod tests {
 
     #[test]
     fn draws_black_at_top_left_only() {
-        let mut img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(300, 100, image::Rgb([255, 255, 255])));
-        draw_text(&mut img, "12:34:56 - ABCDEFGHIJ", 16.0, 0.0, 0.0, Rgba([0, 0, 0, 255])).unwrap();
+        let mut img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            300,
+            100,
+            image::Rgb([255, 255, 255]),
+        ));
+        draw_text(
+            &mut img,
+            "12:34:56 - ABCDEFGHIJ",
+            16.0,
+            0.0,
+            0.0,
+            Rgba([0, 0, 0, 255]),
+        )
+        .unwrap();
         let rgb = img.to_rgb8();
-        let dark_top = rgb.enumerate_pixels().filter(|(_, y, p)| *y < 20 && p[0] < 128).count();
-        let dark_below = rgb.enumerate_pixels().filter(|(_, y, p)| *y >= 25 && p[0] < 255).count();
-        assert!(dark_top > 100, "only {dark_top} dark pixels in the text band");
+        let dark_top = rgb
+            .enumerate_pixels()
+            .filter(|(_, y, p)| *y < 20 && p[0] < 128)
+            .count();
+        let dark_below = rgb
+            .enumerate_pixels()
+            .filter(|(_, y, p)| *y >= 25 && p[0] < 255)
+            .count();
+        assert!(
+            dark_top > 100,
+            "only {dark_top} dark pixels in the text band"
+        );
         assert_eq!(dark_below, 0);
-        let rightmost = rgb.enumerate_pixels().filter(|(_, _, p)| p[0] < 128).map(|(x, _, _)| x).max().unwrap();
-        assert!((120..250).contains(&rightmost), "text ends at x={rightmost}");
+        let rightmost = rgb
+            .enumerate_pixels()
+            .filter(|(_, _, p)| p[0] < 128)
+            .map(|(x, _, _)| x)
+            .max()
+            .unwrap();
+        assert!(
+            (120..250).contains(&rightmost),
+            "text ends at x={rightmost}"
+        );
     }
 }

@@ -1,0 +1,103 @@
+//! JSON errors with stable codes.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use pipeline_core::{Error, ImageErrorKind};
+use serde_json::json;
+
+/// An error answer: status, stable `code`, human message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What was wrong, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 404 for a job id.
+    pub fn not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no image with id {id:?}"),
+        )
+    }
+
+    /// Prefix the message with the file it is about.
+    pub fn in_file(mut self, name: &str) -> Self {
+        self.message = format!("{name}: {}", self.message);
+        self
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let message = e.to_string();
+        match &e {
+            Error::InvalidInput(m) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_input", m.clone())
+            }
+            Error::Image { kind, message } => {
+                let status = match kind {
+                    ImageErrorKind::NotAnImage | ImageErrorKind::UnsupportedFormat => {
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE
+                    }
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                Self::new(status, kind.code(), message.clone())
+            }
+            Error::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m.clone()),
+            Error::Unavailable(m) | Error::Timeout(m) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone())
+            }
+            Error::Closed(m) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone())
+            }
+            Error::Backend {
+                retryable: true, ..
+            } => {
+                tracing::warn!(error = %message, "backend unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "a backend is temporarily unavailable; retry shortly",
+                )
+            }
+            _ => {
+                tracing::error!(error = %message, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
+        let mut resp = (self.status, body).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,79 @@
+//! Backends chosen by URL scheme.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryResultStore};
+use pipeline_core::{ActivityLog, Broker, Error, ImageStore, ResultStore};
+use pipeline_sql::{SqlArchive, redact_url};
+
+fn scheme(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(s, _)| s)
+}
+
+/// The broker for `url`.
+pub fn broker(url: &str, drain_timeout: Duration) -> Result<Arc<dyn Broker>, Error> {
+    match scheme(url) {
+        "memory" => Ok(Arc::new(MemoryBroker::with_drain_timeout(drain_timeout))),
+        _ => Err(Error::Config(format!(
+            "unsupported broker URL {}; supported schemes: memory://",
+            redact_url(url)
+        ))),
+    }
+}
+
+/// The result store for `url`.
+pub fn results(url: &str) -> Result<Arc<dyn ResultStore>, Error> {
+    match scheme(url) {
+        "memory" => Ok(Arc::new(MemoryResultStore::new())),
+        _ => Err(Error::Config(format!(
+            "unsupported results URL {}; supported schemes: memory://",
+            redact_url(url)
+        ))),
+    }
+}
+
+/// The archive (images + activity) for `url`.
+pub async fn archive(
+    url: &str,
+    namespace: &str,
+) -> Result<(Arc<dyn ImageStore>, Arc<dyn ActivityLog>), Error> {
+    match scheme(url) {
+        "memory" => {
+            let a = Arc::new(MemoryArchive::new());
+            Ok((a.clone(), a))
+        }
+        "sqlite" => {
+            ensure_sqlite_dir(url)?;
+            let a = Arc::new(SqlArchive::connect(url, namespace).await?);
+            Ok((a.clone(), a))
+        }
+        "postgres" | "postgresql" | "mysql" | "mariadb" => {
+            let a = Arc::new(SqlArchive::connect(url, namespace).await?);
+            Ok((a.clone(), a))
+        }
+        _ => Err(Error::Config(format!(
+            "unsupported database URL {}; supported schemes: sqlite://, postgres://, mysql://, memory://",
+            redact_url(url)
+        ))),
+    }
+}
+
+/// Create the folder of an SQLite file so `?mode=rwc` can create the file.
+fn ensure_sqlite_dir(url: &str) -> Result<(), Error> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}

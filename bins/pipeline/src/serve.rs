@@ -1,0 +1,237 @@
+//! `pipeline serve`: every role in one process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use pipeline_core::services::{
+    self, ActivityRecorder, ResultsConsumer, Save2Db, SubmitConfig, Submitter, Transformer,
+    TransformerConfig, Validation,
+};
+use pipeline_core::transform::{BlockingPool, ImageLimits, Processor};
+use pipeline_core::{Error, TransformRegistry};
+use pipeline_http::{ApiConfig, ApiState};
+use tokio::sync::watch;
+
+use crate::backends;
+
+/// Upload checks.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ValidateMode {
+    /// Decode the whole image at upload (refuses truncated and corrupt files).
+    Full,
+    /// Read the header only (format, dimensions).
+    Header,
+}
+
+/// Settings of `pipeline serve`; each flag also reads an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "PIPELINE_LISTEN", default_value = "127.0.0.1:4555")]
+    pub listen: String,
+    /// Broker: memory://
+    #[arg(long, env = "PIPELINE_BROKER_URL", default_value = "memory://")]
+    pub broker_url: String,
+    /// Archive database: sqlite://, postgres://, mysql:// (or memory://).
+    #[arg(
+        long,
+        env = "PIPELINE_DATABASE_URL",
+        default_value = "sqlite://./pipeline-data/pipeline.db?mode=rwc"
+    )]
+    pub database_url: String,
+    /// Result store: memory://
+    #[arg(long, env = "PIPELINE_RESULTS_URL", default_value = "memory://")]
+    pub results_url: String,
+    /// Prefix of every queue, key and table this system creates.
+    #[arg(long, env = "PIPELINE_NAMESPACE", default_value = "pipeline")]
+    pub namespace: String,
+    /// Transform spec used when an upload gives none.
+    #[arg(long, env = "PIPELINE_DEFAULT_TRANSFORM", default_value = "stamp")]
+    pub default_transform: String,
+    /// Largest upload in bytes.
+    #[arg(long, env = "PIPELINE_MAX_UPLOAD_BYTES", default_value_t = 25 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+    /// Largest image in pixels (width x height), checked from the header.
+    #[arg(long, env = "PIPELINE_MAX_PIXELS", default_value_t = 40_000_000)]
+    pub max_pixels: u64,
+    /// Largest width or height in pixels.
+    #[arg(long, env = "PIPELINE_MAX_DIMENSION", default_value_t = 16_384)]
+    pub max_dimension: u32,
+    /// Jobs accepted and not finished, at most; beyond it uploads get 503.
+    #[arg(long, env = "PIPELINE_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// How uploads are checked.
+    #[arg(long, env = "PIPELINE_VALIDATE", value_enum, default_value = "full")]
+    pub validate: ValidateMode,
+    /// Transforms run at once (default: the number of cores).
+    #[arg(long, env = "PIPELINE_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Seconds a result stays in the result store before GET falls back to the archive.
+    #[arg(long, env = "PIPELINE_RESULT_TTL", default_value_t = 3600)]
+    pub result_ttl: u64,
+    /// Deliveries of one message before it is dead-lettered.
+    #[arg(long, env = "PIPELINE_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Records saved per archive transaction, at most.
+    #[arg(long, env = "PIPELINE_BATCH", default_value_t = 64)]
+    pub batch: usize,
+    /// Seconds to finish accepted work at shutdown.
+    #[arg(long, env = "PIPELINE_DRAIN_TIMEOUT", default_value_t = 60)]
+    pub drain_timeout: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "PIPELINE_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+/// Run until Ctrl-C or SIGTERM, then drain.
+pub async fn run(args: ServeArgs) -> Result<(), Error> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; finishing accepted work");
+        let _ = tx.send(true);
+    });
+    run_until(args, rx, |addr| {
+        println!("pipeline listening on http://{addr}")
+    })
+    .await
+}
+
+/// Run until `stop` turns true; `on_listen` is told the bound address.
+pub async fn run_until(
+    args: ServeArgs,
+    mut stop: watch::Receiver<bool>,
+    on_listen: impl FnOnce(SocketAddr),
+) -> Result<(), Error> {
+    let broker = backends::broker(&args.broker_url, Duration::from_secs(args.drain_timeout))?;
+    let results = backends::results(&args.results_url)?;
+    let (archive, activity) = backends::archive(&args.database_url, &args.namespace).await?;
+    broker
+        .declare(&services::topology(args.max_attempts))
+        .await?;
+
+    let registry = Arc::new(TransformRegistry::with_builtins());
+    let limits = ImageLimits {
+        max_width: args.max_dimension,
+        max_height: args.max_dimension,
+        max_pixels: args.max_pixels,
+        ..ImageLimits::default()
+    };
+    let pool = match args.concurrency {
+        Some(n) => BlockingPool::new(n),
+        None => BlockingPool::per_core(),
+    };
+    let ttl = Duration::from_secs(args.result_ttl);
+    let submitter = Submitter::new(
+        broker.clone(),
+        results.clone(),
+        registry.clone(),
+        pool.clone(),
+        SubmitConfig {
+            default_spec: args.default_transform.clone(),
+            validation: match args.validate {
+                ValidateMode::Full => Validation::Full,
+                ValidateMode::Header => Validation::Header,
+            },
+            limits: limits.clone(),
+            result_ttl: ttl,
+            max_in_flight: args.max_in_flight,
+            ..SubmitConfig::default()
+        },
+    )
+    .await?;
+    let default_spec = registry.parse(&args.default_transform)?;
+    let transformer = Transformer::new(
+        broker.clone(),
+        Processor::new(registry.clone(), limits),
+        pool.clone(),
+        TransformerConfig {
+            worker_id: services::worker_id("transformer"),
+            default_spec,
+            prefetch: pool.size() * 2,
+            retry: services::RetryPolicy::default(),
+        },
+    );
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Config(format!("cannot read the bound address: {e}")))?;
+
+    // Workers stop when the broker closes (after draining), so they get no
+    // shutdown future of their own.
+    let never = futures::future::pending::<()>;
+    let workers = vec![
+        tokio::spawn(transformer.run(never())),
+        tokio::spawn(ResultsConsumer::new(broker.clone(), results.clone(), ttl, 64).run(never())),
+        tokio::spawn(Save2Db::new(broker.clone(), archive.clone(), args.batch).run(never())),
+        tokio::spawn(ActivityRecorder::new(broker.clone(), activity, args.batch).run(never())),
+    ];
+
+    let app = pipeline_http::router(ApiState {
+        submitter,
+        results,
+        archive,
+        broker: broker.clone(),
+        config: ApiConfig {
+            max_upload_bytes: args.max_upload_bytes,
+            ..ApiConfig::default()
+        },
+    });
+    on_listen(addr);
+    tracing::info!(%addr, broker = %args.broker_url, namespace = %args.namespace, "serving");
+    let mut http_stop = stop.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    });
+    // Open event streams and long polls never end by themselves: give
+    // requests in progress a bounded time after the stop.
+    let grace = async {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    };
+    tokio::select! {
+        r = server => r.map_err(|e| Error::Unavailable(format!("HTTP server failed: {e}")))?,
+        () = grace => tracing::warn!("requests still open after 10 s; closing them"),
+    }
+    let _ = stop.wait_for(|s| *s).await;
+
+    // No more uploads: let the workers finish what was accepted, then stop.
+    broker.close().await?;
+    for w in workers {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "a worker stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "a worker task failed"),
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            futures::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
