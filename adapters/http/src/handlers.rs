@@ -235,6 +235,8 @@ async fn accept(
             preset.as_deref().filter(|s| !s.is_empty()),
         )
         .map_err(ApiError::from)?;
+    // Refuse before spending a decode on work that cannot be queued.
+    state.submitter.in_flight().check_room(files.len())?;
     let mut probes = Vec::with_capacity(files.len());
     for f in &files {
         if f.data.is_empty() {

@@ -128,7 +128,9 @@ pub async fn run_until(
         broker.clone(),
         results.clone(),
         registry.clone(),
-        pool.clone(),
+        // Uploads are checked on their own pool so they never queue behind
+        // long transforms.
+        BlockingPool::per_core(),
         SubmitConfig {
             default_spec: args.default_transform.clone(),
             validation: match args.validate {

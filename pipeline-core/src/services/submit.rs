@@ -132,6 +132,19 @@ impl InFlight {
         Ok(())
     }
 
+    /// Refuse early when `n` more jobs would not fit (before any work on them).
+    pub fn check_room(&self, n: usize) -> Result<()> {
+        let jobs = lock(&self.jobs);
+        if jobs.len() + n > self.max {
+            return Err(Error::Unavailable(format!(
+                "{} jobs are in flight, the limit is {}; retry shortly",
+                jobs.len(),
+                self.max
+            )));
+        }
+        Ok(())
+    }
+
     /// Count `job` out.
     pub fn release(&self, job: Uuid) {
         lock(&self.jobs).remove(&job);

@@ -1,0 +1,103 @@
+//! Start the real `pipeline` binary for end-to-end tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+
+/// A running `pipeline serve` on a free port with its own data folder.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Start with `extra` flags; waits for the "listening" line.
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = format!("sqlite://{}?mode=rwc", dir.path().join("e2e.db").display());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--database-url", &db])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn pipeline");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let base = line
+            .trim()
+            .strip_prefix("pipeline listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        Self { child, base, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn database_url(&self) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            self.dir.path().join("e2e.db").display()
+        )
+    }
+
+    /// SIGTERM and wait for a clean exit (bounded).
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "pipeline exited with {status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pipeline did not stop within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A white image with a coloured band at the bottom, encoded as `format`.
+pub fn image_bytes(format: ImageFormat, w: u32, h: u32, seed: u8) -> Vec<u8> {
+    let img = RgbImage::from_fn(w, h, |x, y| {
+        if y > h / 2 {
+            Rgb([seed, (x % 256) as u8, (y % 256) as u8])
+        } else {
+            Rgb([255, 255, 255])
+        }
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, format)
+        .expect("encode");
+    out.into_inner()
+}
+
+pub fn mime(format: ImageFormat) -> &'static str {
+    format.to_mime_type()
+}
