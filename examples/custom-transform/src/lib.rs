@@ -26,7 +26,9 @@ impl Invert {
             [mask] if !mask.is_empty() && mask.chars().all(|c| "rgb".contains(c)) => {
                 Ok([mask.contains('r'), mask.contains('g'), mask.contains('b')])
             }
-            _ => Err(Error::invalid(format!("invert: {args:?} is not a channel mask like rgb, r or gb"))),
+            _ => Err(Error::invalid(format!(
+                "invert: {args:?} is not a channel mask like rgb, r or gb"
+            ))),
         }
     }
 }
@@ -44,7 +46,12 @@ impl Transform for Invert {
         Self::channels(args).map(|_| ())
     }
 
-    fn apply(&self, image: DynamicImage, args: &[String], _: &mut TransformContext) -> Result<DynamicImage> {
+    fn apply(
+        &self,
+        image: DynamicImage,
+        args: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
         let mask = Self::channels(args)?;
         let mut rgb = image.into_rgb8();
         for p in rgb.pixels_mut() {
@@ -85,16 +92,34 @@ pub async fn run_through_pipeline(image: Bytes, spec: &str) -> Result<JobStatus>
     let never = futures_pending;
     let workers = [
         tokio::spawn(transformer.run(never())),
-        tokio::spawn(ResultsConsumer::new(broker.clone(), results.clone(), Duration::from_secs(60), 8).run(never())),
+        tokio::spawn(
+            ResultsConsumer::new(broker.clone(), results.clone(), Duration::from_secs(60), 8)
+                .run(never()),
+        ),
         tokio::spawn(Save2Db::new(broker.clone(), archive.clone(), 16).run(never())),
         tokio::spawn(ActivityRecorder::new(broker.clone(), archive, 16).run(never())),
     ];
 
-    let submitter = Submitter::new(broker.clone(), results.clone(), registry, pool, SubmitConfig::default()).await?;
+    let submitter = Submitter::new(
+        broker.clone(),
+        results.clone(),
+        registry,
+        pool,
+        SubmitConfig::default(),
+    )
+    .await?;
     let spec = submitter.resolve_spec(Some(spec), None)?;
     let probe = submitter.validate(image.clone()).await?;
     let accepted = submitter
-        .submit(Upload { tenant: "example".into(), filename: None, data: image }, probe, &spec)
+        .submit(
+            Upload {
+                tenant: "example".into(),
+                filename: None,
+                data: image,
+            },
+            probe,
+            &spec,
+        )
         .await?;
     let done = results
         .wait(accepted.id, Duration::from_secs(30))
@@ -115,8 +140,18 @@ async fn futures_pending() {
 
 /// A small red PNG to try it on.
 pub fn sample_png() -> Result<Bytes> {
-    let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(64, 48, image::Rgb([200, 10, 10])));
-    let out = codec::encode(&img, codec::OutputFormat { format: image::ImageFormat::Png, quality: 85 })?;
+    let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+        64,
+        48,
+        image::Rgb([200, 10, 10]),
+    ));
+    let out = codec::encode(
+        &img,
+        codec::OutputFormat {
+            format: image::ImageFormat::Png,
+            quality: 85,
+        },
+    )?;
     Ok(Bytes::from(out))
 }
 
@@ -128,7 +163,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn invert_runs_through_the_pipeline() {
-        let done = run_through_pipeline(sample_png().unwrap(), "invert:rg,format:png").await.unwrap();
+        let done = run_through_pipeline(sample_png().unwrap(), "invert:rg,format:png")
+            .await
+            .unwrap();
         assert_eq!(done.state, JobState::Done, "{:?}", done.error);
         let result = done.result.expect("result bytes");
         assert_eq!(result.content_type, "image/png");
@@ -139,7 +176,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_arguments_are_refused_before_publishing() {
-        let err = run_through_pipeline(sample_png().unwrap(), "invert:xyz").await.unwrap_err();
+        let err = run_through_pipeline(sample_png().unwrap(), "invert:xyz")
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("channel mask"), "{err}");
     }
 }

@@ -267,7 +267,9 @@ pub async fn activity_is_idempotent(_: Arc<dyn ImageStore>, log: Arc<dyn Activit
     let a = entry("image.submitted", 1000, None);
     let b = entry("image.failed", 2000, Some("bad"));
     log.append(&[a.clone(), b.clone()]).await.expect("append");
-    log.append(&[a.clone()]).await.expect("append again");
+    log.append(std::slice::from_ref(&a))
+        .await
+        .expect("append again");
     log.append(&[b.clone(), b.clone()])
         .await
         .expect("append duplicate batch");

@@ -125,7 +125,7 @@ impl Transform for Stamp {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Fit {
+enum Mode {
     Fit,
     Fill,
     Exact,
@@ -133,20 +133,20 @@ enum Fit {
 
 struct Resize;
 impl Resize {
-    fn params(args: &[String]) -> Result<(Option<u32>, Option<u32>, Fit)> {
+    fn params(args: &[String]) -> Result<(Option<u32>, Option<u32>, Mode)> {
         arity("resize", args, 1, 2)?;
         let (w, h) = size("resize", &args[0], true)?;
         let fit = match args.get(1).map(String::as_str) {
-            None | Some("fit") => Fit::Fit,
-            Some("fill") => Fit::Fill,
-            Some("exact") => Fit::Exact,
+            None | Some("fit") => Mode::Fit,
+            Some("fill") => Mode::Fill,
+            Some("exact") => Mode::Exact,
             Some(other) => {
                 return Err(Error::invalid(format!(
                     "resize: mode {other:?} is not one of fit, fill, exact"
                 )));
             }
         };
-        if fit != Fit::Fit && (w.is_none() || h.is_none()) {
+        if fit != Mode::Fit && (w.is_none() || h.is_none()) {
             return Err(Error::invalid(
                 "resize: fill and exact need both width and height",
             ));
@@ -174,14 +174,14 @@ impl Transform for Resize {
         let (iw, ih) = (image.width(), image.height());
         let filter = FilterType::CatmullRom;
         Ok(match fit {
-            Fit::Fit => {
+            Mode::Fit => {
                 // A missing side is derived from the aspect ratio.
                 let w = w.unwrap_or_else(|| scale_side(iw, ih, h.unwrap_or(ih)));
                 let h = h.unwrap_or_else(|| scale_side(ih, iw, w));
                 image.resize(w, h, filter)
             }
-            Fit::Fill => image.resize_to_fill(w.unwrap_or(iw), h.unwrap_or(ih), filter),
-            Fit::Exact => image.resize_exact(w.unwrap_or(iw), h.unwrap_or(ih), filter),
+            Mode::Fill => image.resize_to_fill(w.unwrap_or(iw), h.unwrap_or(ih), filter),
+            Mode::Exact => image.resize_exact(w.unwrap_or(iw), h.unwrap_or(ih), filter),
         })
     }
 }
