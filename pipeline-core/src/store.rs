@@ -125,6 +125,27 @@ pub struct ArchiveRecord {
     pub finished_at_ms: i64,
 }
 
+impl ArchiveRecord {
+    /// Content keys (hex SHA-256) of the original and the result. Taken from
+    /// `info` when it describes the same bytes (the transformer hashed them
+    /// already), computed otherwise.
+    pub fn blob_keys(&self) -> (Option<String>, Option<String>) {
+        fn key(blob: &Option<Blob>, info: &Option<MediaInfo>) -> Option<String> {
+            let blob = blob.as_ref()?;
+            match info {
+                Some(i) if i.size == blob.data.len() as u64 && i.sha256.len() == 64 => {
+                    Some(i.sha256.clone())
+                }
+                _ => Some(sha256_hex(&blob.data)),
+            }
+        }
+        (
+            key(&self.original, &self.info.original),
+            key(&self.result, &self.info.result),
+        )
+    }
+}
+
 /// An archived job as read back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {

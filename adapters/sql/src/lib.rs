@@ -26,7 +26,7 @@ use uuid::Uuid;
 use pipeline_core::envelope::now_ms;
 use pipeline_core::store::{
     ActivityEntry, ActivityLog, ArchiveRecord, Blob, ImageRecord, ImageStore, JobFailure, JobState,
-    MediaInfo, Page, sha256_hex,
+    MediaInfo, Page,
 };
 use pipeline_core::{Error, Result};
 
@@ -37,6 +37,9 @@ use crate::schema::Tables;
 const BLOB_STATEMENT_BYTES: usize = 8 * 1024 * 1024;
 /// Most rows in one multi-row INSERT.
 const ROWS_PER_STATEMENT: usize = 200;
+
+/// A record with the content keys of its original and result.
+type Keyed<'a> = (&'a ArchiveRecord, Option<String>, Option<String>);
 
 /// Archive on an SQL database.
 #[derive(Clone)]
@@ -262,7 +265,7 @@ impl SqlArchive {
     async fn insert_images<C: ConnectionTrait>(
         &self,
         conn: &C,
-        records: &[&ArchiveRecord],
+        records: &[Keyed<'_>],
     ) -> Result<()> {
         let now = now_ms();
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
@@ -299,7 +302,7 @@ impl SqlArchive {
                 ]
                 .map(Alias::new),
             );
-            for r in chunk {
+            for (r, original_key, result_key) in chunk {
                 let media = |m: &Option<MediaInfo>| -> [sea_orm::sea_query::Expr; 6] {
                     [
                         m.as_ref().map(|m| m.format.clone()).into(),
@@ -319,8 +322,8 @@ impl SqlArchive {
                 row.extend(media(&r.info.original));
                 row.extend(media(&r.info.result));
                 row.extend([
-                    r.original.as_ref().map(|b| sha256_hex(&b.data)).into(),
-                    r.result.as_ref().map(|b| sha256_hex(&b.data)).into(),
+                    original_key.clone().into(),
+                    result_key.clone().into(),
                     r.error.as_ref().map(|e| e.code.clone()).into(),
                     r.error.as_ref().map(|e| e.message.clone()).into(),
                     r.info.worker.clone().into(),
@@ -447,14 +450,20 @@ impl ImageStore for SqlArchive {
                 fresh.iter().map(|r| r.job_id.to_string()).collect(),
             )
             .await?;
-        let fresh: Vec<&ArchiveRecord> = fresh
+        let fresh: Vec<Keyed<'_>> = fresh
             .into_iter()
             .filter(|r| !known.contains(&r.job_id.to_string()))
+            .map(|r| {
+                let (original_key, result_key) = r.blob_keys();
+                (r, original_key, result_key)
+            })
             .collect();
         let mut blobs: HashMap<String, &Blob> = HashMap::new();
-        for r in &fresh {
-            for b in [&r.original, &r.result].into_iter().flatten() {
-                blobs.entry(sha256_hex(&b.data)).or_insert(b);
+        for (r, original_key, result_key) in &fresh {
+            for (key, blob) in [(original_key, &r.original), (result_key, &r.result)] {
+                if let (Some(k), Some(b)) = (key, blob) {
+                    blobs.entry(k.clone()).or_insert(b);
+                }
             }
         }
         let stored = self

@@ -54,8 +54,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "stamp")]
     pub transform: String,
     /// Upload checks of the in-process server.
-    #[arg(long, value_enum, default_value = "full")]
+    #[arg(long, value_enum, default_value = "structure")]
     pub validate: ValidateMode,
+    /// Archive of the in-process server (default: a new SQLite file).
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 /// What a load run measured.

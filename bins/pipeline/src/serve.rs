@@ -19,7 +19,10 @@ use crate::backends;
 /// Upload checks.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ValidateMode {
-    /// Decode the whole image at upload (refuses truncated and corrupt files).
+    /// Check the header and the file's integrity (PNG checksums, JPEG
+    /// segments; other formats are decoded).
+    Structure,
+    /// Decode the whole image at upload.
     Full,
     /// Read the header only (format, dimensions).
     Header,
@@ -63,7 +66,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPELINE_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
     /// How uploads are checked.
-    #[arg(long, env = "PIPELINE_VALIDATE", value_enum, default_value = "full")]
+    #[arg(
+        long,
+        env = "PIPELINE_VALIDATE",
+        value_enum,
+        default_value = "structure"
+    )]
     pub validate: ValidateMode,
     /// Transforms run at once (default: the number of cores).
     #[arg(long, env = "PIPELINE_CONCURRENCY")]
@@ -134,6 +142,7 @@ pub async fn run_until(
         SubmitConfig {
             default_spec: args.default_transform.clone(),
             validation: match args.validate {
+                ValidateMode::Structure => Validation::Structure,
                 ValidateMode::Full => Validation::Full,
                 ValidateMode::Header => Validation::Header,
             },

@@ -8,7 +8,7 @@ use super::lock;
 use crate::envelope::now_ms;
 use crate::error::Result;
 use crate::store::{
-    ActivityEntry, ActivityLog, ArchiveRecord, Blob, ImageRecord, ImageStore, Page, sha256_hex,
+    ActivityEntry, ActivityLog, ArchiveRecord, Blob, ImageRecord, ImageStore, Page,
 };
 
 /// Archive and activity log in memory (tests, demos).
@@ -46,15 +46,12 @@ impl ImageStore for MemoryArchive {
             if state.images.contains_key(&r.job_id) {
                 continue;
             }
-            let mut key_of = |blob: &Option<Blob>| {
-                blob.as_ref().map(|b| {
-                    let key = sha256_hex(&b.data);
-                    state.blobs.entry(key.clone()).or_insert_with(|| b.clone());
-                    key
-                })
-            };
-            let original = key_of(&r.original);
-            let result = key_of(&r.result);
+            let (original, result) = r.blob_keys();
+            for (key, blob) in [(&original, &r.original), (&result, &r.result)] {
+                if let (Some(k), Some(b)) = (key, blob) {
+                    state.blobs.entry(k.clone()).or_insert_with(|| b.clone());
+                }
+            }
             let record = ImageRecord {
                 job_id: r.job_id,
                 tenant: r.tenant.clone(),

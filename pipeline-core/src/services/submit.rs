@@ -22,6 +22,10 @@ use crate::transform::{BlockingPool, TransformRegistry, TransformSpec};
 pub enum Validation {
     /// Format and dimensions from the header only (cheapest).
     Header,
+    /// The header plus the file's integrity without decoding pixels: PNG
+    /// checksums and end chunk, the JPEG segment chain and end marker; other
+    /// formats are decoded in full. Refuses truncated and damaged files.
+    Structure,
     /// A full decode: truncated and corrupt files are refused at upload.
     Full,
 }
@@ -48,7 +52,7 @@ impl Default for SubmitConfig {
         Self {
             default_spec: "stamp".into(),
             presets: default_presets(),
-            validation: Validation::Full,
+            validation: Validation::Structure,
             limits: ImageLimits::default(),
             result_ttl: Duration::from_secs(3600),
             max_in_flight: 1024,
@@ -246,6 +250,11 @@ impl Submitter {
         let limits = self.config.limits.clone();
         match self.config.validation {
             Validation::Header => codec::probe(&data, &limits),
+            Validation::Structure => {
+                self.pool
+                    .run(move || codec::check_structure(&data, &limits))
+                    .await
+            }
             Validation::Full => {
                 self.pool
                     .run(move || codec::decode(&data, &limits).map(|d| d.probe))

@@ -87,9 +87,9 @@ impl Transformer {
         let started = Instant::now();
         let outcome = self.transform(&env).await;
         let published = match outcome {
-            Ok((processed, original)) => {
+            Ok((processed, hashes, original)) => {
                 let (transformed, archived) =
-                    self.success_events(&env, &original, processed, started);
+                    self.success_events(&env, &original, processed, hashes, started);
                 futures::future::try_join(
                     self.broker.publish(transformed),
                     self.broker.publish(archived),
@@ -118,7 +118,9 @@ impl Transformer {
         }
     }
 
-    async fn transform(&self, env: &Envelope) -> Result<(Processed, Part)> {
+    /// Run the job on the pool; also hash both images there (hashing a few
+    /// MB is CPU work that must not stall the async threads).
+    async fn transform(&self, env: &Envelope) -> Result<(Processed, (String, String), Part)> {
         let original = env
             .part(parts::ORIGINAL)
             .cloned()
@@ -130,11 +132,15 @@ impl Transformer {
         };
         let processor = self.processor.clone();
         let data = original.data.clone();
-        let processed = self
+        let (processed, hashes) = self
             .pool
-            .run(move || processor.process(&data, &spec))
+            .run(move || {
+                let p = processor.process(&data, &spec)?;
+                let hashes = (sha256_hex(&data), sha256_hex(&p.data));
+                Ok((p, hashes))
+            })
             .await?;
-        Ok((processed, original))
+        Ok((processed, hashes, original))
     }
 
     fn info(
@@ -158,6 +164,7 @@ impl Transformer {
         env: &Envelope,
         original: &Part,
         p: Processed,
+        (original_sha, result_sha): (String, String),
         started: Instant,
     ) -> (Envelope, Envelope) {
         let original_info = MediaInfo {
@@ -166,7 +173,7 @@ impl Transformer {
             width: p.source.width,
             height: p.source.height,
             size: original.data.len() as u64,
-            sha256: sha256_hex(&original.data),
+            sha256: original_sha,
         };
         let result_type = content_type(p.format);
         let result_info = MediaInfo {
@@ -175,7 +182,7 @@ impl Transformer {
             width: p.width,
             height: p.height,
             size: p.data.len() as u64,
-            sha256: sha256_hex(&p.data),
+            sha256: result_sha,
         };
         let info = self.info(Some(original_info), Some(result_info), Some(&p));
         let info_part = Part::new(parts::INFO, "application/json", json_bytes(&info));
