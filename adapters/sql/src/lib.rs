@@ -109,6 +109,10 @@ impl SqlArchive {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(30))
+                    // Images are stored as blobs of hundreds of KB: large
+                    // pages mean fewer overflow pages to chain, checksum and
+                    // checkpoint (applies to new database files).
+                    .page_size(65536)
             });
         } else {
             opts.max_connections(16);

@@ -292,10 +292,12 @@ pub async fn bench(args: BenchArgs) -> Result<(), Error> {
         let serve = ServeArgs {
             listen: "127.0.0.1:0".into(),
             broker_url: "memory://".into(),
-            database_url: format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("bench.db").display()
-            ),
+            database_url: args.database_url.clone().unwrap_or_else(|| {
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("bench.db").display()
+                )
+            }),
             results_url: "memory://".into(),
             namespace: "bench".into(),
             default_transform: args.transform.clone(),
