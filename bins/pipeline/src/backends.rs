@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryResultStore};
+use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryBrokerConfig, MemoryResultStore};
 use pipeline_core::{ActivityLog, Broker, Error, ImageStore, ResultStore};
 use pipeline_sql::{SqlArchive, redact_url};
 
@@ -14,12 +14,44 @@ fn scheme(url: &str) -> &str {
 /// The broker for `url`.
 pub fn broker(url: &str, drain_timeout: Duration) -> Result<Arc<dyn Broker>, Error> {
     match scheme(url) {
-        "memory" => Ok(Arc::new(MemoryBroker::with_drain_timeout(drain_timeout))),
+        "memory" => {
+            let mut config = MemoryBrokerConfig {
+                drain_timeout,
+                ..MemoryBrokerConfig::default()
+            };
+            for (key, value) in query_pairs(url) {
+                match key {
+                    "max_depth" => {
+                        config.max_depth =
+                            value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                                Error::Config(format!(
+                                    "memory broker: max_depth {value:?} is not a positive number"
+                                ))
+                            })?;
+                    }
+                    other => {
+                        return Err(Error::Config(format!(
+                            "memory broker: unknown option {other:?} (known: max_depth)"
+                        )));
+                    }
+                }
+            }
+            Ok(Arc::new(MemoryBroker::with_config(config)))
+        }
         _ => Err(Error::Config(format!(
             "unsupported broker URL {}; supported schemes: memory://",
             redact_url(url)
         ))),
     }
+}
+
+fn query_pairs(url: &str) -> impl Iterator<Item = (&str, &str)> {
+    url.split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
 }
 
 /// The result store for `url`.

@@ -56,6 +56,9 @@ pub struct BenchArgs {
     /// Upload checks of the in-process server.
     #[arg(long, value_enum, default_value = "structure")]
     pub validate: ValidateMode,
+    /// Transforms at once in the in-process server (default: the cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Archive of the in-process server (default: a new SQLite file).
     #[arg(long)]
     pub database_url: Option<String>,
@@ -306,7 +309,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), Error> {
             max_dimension: 16_384,
             max_in_flight: 4096,
             validate: args.validate,
-            concurrency: None,
+            concurrency: args.workers,
             result_ttl: 600,
             max_attempts: 5,
             batch: 64,

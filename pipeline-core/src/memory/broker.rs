@@ -36,7 +36,31 @@ struct Inner {
     closed: AtomicBool,
     /// Woken whenever a queue gets a message or a delivery is settled.
     changed: Notify,
-    drain_timeout: Duration,
+    config: MemoryBrokerConfig,
+}
+
+/// Limits of a [`MemoryBroker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBrokerConfig {
+    /// How long `close` waits for the queues to drain.
+    pub drain_timeout: Duration,
+    /// Messages a queue holds (waiting plus unsettled) before `publish`
+    /// waits for room: the backpressure that keeps memory bounded when a
+    /// consumer falls behind.
+    pub max_depth: usize,
+    /// How long `publish` waits for room before failing with `Unavailable`.
+    pub publish_timeout: Duration,
+}
+
+impl Default for MemoryBrokerConfig {
+    /// Drain 30 s, 1024 messages per queue, publish waits up to 30 s.
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(30),
+            max_depth: 1024,
+            publish_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -70,19 +94,27 @@ impl Default for MemoryBroker {
 }
 
 impl MemoryBroker {
-    /// A broker whose `close` waits up to 30 s for its queues to drain.
+    /// A broker with the default limits.
     pub fn new() -> Self {
-        Self::with_drain_timeout(Duration::from_secs(30))
+        Self::with_config(MemoryBrokerConfig::default())
     }
 
     /// A broker whose `close` waits up to `drain_timeout` for its queues to drain.
     pub fn with_drain_timeout(drain_timeout: Duration) -> Self {
+        Self::with_config(MemoryBrokerConfig {
+            drain_timeout,
+            ..MemoryBrokerConfig::default()
+        })
+    }
+
+    /// A broker with `config`.
+    pub fn with_config(config: MemoryBrokerConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 closed: AtomicBool::new(false),
                 changed: Notify::new(),
-                drain_timeout,
+                config,
             }),
         }
     }
@@ -209,32 +241,58 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, envelope: Envelope) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed("memory broker is closed".into()));
-        }
-        let mut state = self.inner.lock();
-        let targets: Vec<String> = state
-            .queues
-            .iter()
-            .filter(|(_, q)| q.patterns.iter().any(|p| topic_matches(p, &envelope.event)))
-            .map(|(name, _)| name.clone())
-            .collect();
-        if targets.is_empty() {
-            return Err(Error::NotFound(format!(
-                "no queue is bound to routing key {:?}",
-                envelope.event
-            )));
-        }
-        for name in &targets {
-            if let Some(q) = state.queues.get_mut(name) {
-                let mut copy = envelope.clone();
-                copy.attempt = 1;
-                q.ready.push_back(copy);
+        let deadline = tokio::time::Instant::now() + self.inner.config.publish_timeout;
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.inner.closed.load(Ordering::Acquire) {
+                return Err(Error::Closed("memory broker is closed".into()));
+            }
+            let full = {
+                let mut state = self.inner.lock();
+                let targets: Vec<String> = state
+                    .queues
+                    .iter()
+                    .filter(|(_, q)| q.patterns.iter().any(|p| topic_matches(p, &envelope.event)))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                if targets.is_empty() {
+                    return Err(Error::NotFound(format!(
+                        "no queue is bound to routing key {:?}",
+                        envelope.event
+                    )));
+                }
+                let max = self.inner.config.max_depth;
+                let full = targets.iter().find(|name| {
+                    state
+                        .queues
+                        .get(*name)
+                        .is_some_and(|q| q.ready.len() + q.outstanding >= max)
+                });
+                match full {
+                    Some(name) => name.clone(),
+                    None => {
+                        for name in &targets {
+                            if let Some(q) = state.queues.get_mut(name) {
+                                let mut copy = envelope.clone();
+                                copy.attempt = 1;
+                                q.ready.push_back(copy);
+                            }
+                        }
+                        drop(state);
+                        self.inner.changed.notify_waiters();
+                        return Ok(());
+                    }
+                }
+            };
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(Error::Unavailable(format!(
+                    "queue {full:?} is full ({} messages) and did not drain within {:?}",
+                    self.inner.config.max_depth, self.inner.config.publish_timeout
+                )));
             }
         }
-        drop(state);
-        self.inner.changed.notify_waiters();
-        Ok(())
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
@@ -266,7 +324,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn close(&self) -> Result<()> {
-        let drained = tokio::time::timeout(self.inner.drain_timeout, async {
+        let drained = tokio::time::timeout(self.inner.config.drain_timeout, async {
             loop {
                 let changed = self.inner.changed.notified();
                 tokio::pin!(changed);
@@ -378,5 +436,42 @@ impl Drop for MemoryAcker {
                 "delivery dropped without being settled".into(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use futures::StreamExt;
+    use uuid::Uuid;
+
+    #[tokio::test]
+    async fn a_full_queue_makes_publish_wait_until_there_is_room() {
+        let broker = MemoryBroker::with_config(MemoryBrokerConfig {
+            max_depth: 2,
+            publish_timeout: Duration::from_millis(300),
+            ..MemoryBrokerConfig::default()
+        });
+        broker
+            .declare(&[QueueSpec::new("q", &["k"], 3)])
+            .await
+            .unwrap();
+        let msg = || Envelope::new("k", Uuid::now_v7(), "t");
+        broker.publish(msg()).await.unwrap();
+        broker.publish(msg()).await.unwrap();
+        let err = broker.publish(msg()).await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("full"), "{err}");
+
+        // A waiting publish goes through as soon as a consumer settles one.
+        let waiting = tokio::spawn({
+            let b = broker.clone();
+            async move { b.publish(msg()).await }
+        });
+        let mut s = broker.subscribe(Subscription::new("q", 1)).await.unwrap();
+        s.next().await.unwrap().unwrap().ack().await.unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(broker.depth("q"), 2);
     }
 }

@@ -7,7 +7,7 @@ mod results;
 
 pub use archive::MemoryArchive;
 pub use blobs::MemoryBlobStore;
-pub use broker::MemoryBroker;
+pub use broker::{MemoryBroker, MemoryBrokerConfig};
 pub use results::MemoryResultStore;
 
 use std::sync::{Mutex, MutexGuard};
