@@ -79,3 +79,167 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(Arc::new(state))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryResultStore};
+    use pipeline_core::services::{SubmitConfig, Submitter, topology};
+    use pipeline_core::transform::BlockingPool;
+    use pipeline_core::{Broker, ResultStore, TransformRegistry};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn app() -> Router {
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+        broker.declare(&topology(3)).await.unwrap();
+        let results: Arc<dyn ResultStore> = Arc::new(MemoryResultStore::new());
+        let submitter = Submitter::new(
+            broker.clone(),
+            results.clone(),
+            Arc::new(TransformRegistry::with_builtins()),
+            BlockingPool::new(1),
+            SubmitConfig::default(),
+        )
+        .await
+        .unwrap();
+        router(ApiState {
+            submitter,
+            results,
+            archive: Arc::new(MemoryArchive::new()),
+            broker,
+            config: ApiConfig::default(),
+        })
+    }
+
+    async fn json(resp: axum::response::Response) -> serde_json::Value {
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn png() -> Vec<u8> {
+        let img = image::DynamicImage::ImageRgb8(image::RgbImage::new(8, 8));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[tokio::test]
+    async fn health_ready_openapi() {
+        let app = app().await;
+        let r = app
+            .clone()
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = app
+            .clone()
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(json(r).await["status"], "ready");
+        let r = app
+            .clone()
+            .oneshot(Request::get("/openapi.json").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let doc = json(r).await;
+        assert!(doc["paths"]["/v1/images"]["post"].is_object());
+        let r = app
+            .oneshot(Request::get("/nope").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(json(r).await["error"]["code"], "not_found");
+    }
+
+    #[tokio::test]
+    async fn upload_is_pending_until_a_transformer_runs() {
+        let app = app().await;
+        let r = app
+            .clone()
+            .oneshot(
+                Request::post("/v1/images?preset=thumbnail")
+                    .header("content-type", "image/png")
+                    .body(Body::from(png()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let body = json(r).await;
+        let id = body["images"][0]["id"].as_str().unwrap().to_string();
+        assert_eq!(body["images"][0]["spec"], "auto-orient,thumbnail:256");
+        let r = app
+            .clone()
+            .oneshot(
+                Request::get(format!("/v1/images/{id}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(json(r).await["status"], "pending");
+        let r = app
+            .clone()
+            .oneshot(
+                Request::get(format!("/image/{id}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let r = app
+            .clone()
+            .oneshot(
+                Request::get(format!("/v1/images/{id}/result"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        assert_eq!(r.headers()["retry-after"], "1");
+        // Another tenant does not see it.
+        let r = app
+            .oneshot(
+                Request::get(format!("/v1/images/{id}"))
+                    .header("x-tenant", "other")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn transform_and_preset_together_is_a_400() {
+        let app = app().await;
+        let r = app
+            .oneshot(
+                Request::post("/v1/images?preset=web&transform=grayscale")
+                    .header("content-type", "image/png")
+                    .body(Body::from(png()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(
+            json(r).await["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not both")
+        );
+    }
+}
