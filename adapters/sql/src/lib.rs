@@ -38,6 +38,13 @@ const BLOB_STATEMENT_BYTES: usize = 8 * 1024 * 1024;
 /// Most rows in one multi-row INSERT.
 const ROWS_PER_STATEMENT: usize = 200;
 
+/// Whether a database error is a transaction conflict worth running again.
+fn is_conflict(message: &str) -> bool {
+    message.contains("Deadlock found")
+        || message.contains("40001")
+        || message.contains("could not serialize")
+}
+
 /// A record with the content keys of its original and result.
 type Keyed<'a> = (&'a ArchiveRecord, Option<String>, Option<String>);
 
@@ -412,6 +419,50 @@ impl SqlArchive {
         })
     }
 
+    async fn save_once(&self, fresh: &[&ArchiveRecord]) -> Result<()> {
+        let txn = self.begin().await?;
+        let known = self
+            .existing(
+                &txn,
+                &self.tables.images,
+                "job_id",
+                fresh.iter().map(|r| r.job_id.to_string()).collect(),
+            )
+            .await?;
+        let fresh: Vec<Keyed<'_>> = fresh
+            .iter()
+            .copied()
+            .filter(|r| !known.contains(&r.job_id.to_string()))
+            .map(|r| {
+                let (original_key, result_key) = r.blob_keys();
+                (r, original_key, result_key)
+            })
+            .collect();
+        let mut blobs: HashMap<String, &Blob> = HashMap::new();
+        for (r, original_key, result_key) in &fresh {
+            for (key, blob) in [(original_key, &r.original), (result_key, &r.result)] {
+                if let (Some(k), Some(b)) = (key, blob) {
+                    blobs.entry(k.clone()).or_insert(b);
+                }
+            }
+        }
+        let stored = self
+            .existing(
+                &txn,
+                &self.tables.blobs,
+                "sha256",
+                blobs.keys().cloned().collect(),
+            )
+            .await?;
+        let missing: Vec<(String, &Blob)> = blobs
+            .into_iter()
+            .filter(|(k, _)| !stored.contains(k))
+            .collect();
+        self.insert_blobs(&txn, missing).await?;
+        self.insert_images(&txn, &fresh).await?;
+        txn.commit().await.map_err(|e| self.err(e))
+    }
+
     async fn blob_of(&self, job_id: Uuid, column: &str) -> Result<Option<Blob>> {
         let images = Alias::new(&self.tables.images);
         let blobs = Alias::new(&self.tables.blobs);
@@ -448,46 +499,21 @@ impl ImageStore for SqlArchive {
         if fresh.is_empty() {
             return Ok(());
         }
-        let txn = self.begin().await?;
-        let known = self
-            .existing(
-                &txn,
-                &self.tables.images,
-                "job_id",
-                fresh.iter().map(|r| r.job_id.to_string()).collect(),
-            )
-            .await?;
-        let fresh: Vec<Keyed<'_>> = fresh
-            .into_iter()
-            .filter(|r| !known.contains(&r.job_id.to_string()))
-            .map(|r| {
-                let (original_key, result_key) = r.blob_keys();
-                (r, original_key, result_key)
-            })
-            .collect();
-        let mut blobs: HashMap<String, &Blob> = HashMap::new();
-        for (r, original_key, result_key) in &fresh {
-            for (key, blob) in [(original_key, &r.original), (result_key, &r.result)] {
-                if let (Some(k), Some(b)) = (key, blob) {
-                    blobs.entry(k.clone()).or_insert(b);
+        // Concurrent writers of the same keys can deadlock on InnoDB's gap
+        // locks (or fail serialization on PostgreSQL): the database rolled
+        // the transaction back, so running it again is safe.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.save_once(&fresh).await {
+                Err(Error::Backend { message, .. }) if attempt < 5 && is_conflict(&message) => {
+                    tracing::debug!(attempt, %message, "archive transaction conflicted; retrying");
+                    let jitter = fastrand::u64(1..=10 * attempt);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
+                other => return other,
             }
         }
-        let stored = self
-            .existing(
-                &txn,
-                &self.tables.blobs,
-                "sha256",
-                blobs.keys().cloned().collect(),
-            )
-            .await?;
-        let missing: Vec<(String, &Blob)> = blobs
-            .into_iter()
-            .filter(|(k, _)| !stored.contains(k))
-            .collect();
-        self.insert_blobs(&txn, missing).await?;
-        self.insert_images(&txn, &fresh).await?;
-        txn.commit().await.map_err(|e| self.err(e))
     }
 
     async fn get(&self, job_id: Uuid) -> Result<Option<ImageRecord>> {

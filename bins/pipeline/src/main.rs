@@ -34,12 +34,13 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-fn init_tracing(json: bool) {
+fn init_tracing(json: bool, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -63,11 +64,14 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
-                init_tracing(args.log_json);
+                init_tracing(args.log_json, "info,sqlx=warn,sea_orm=warn");
                 serve::run(args).await
             }
             Command::Load(args) => bench::load(args).await,
-            Command::Bench(args) => bench::bench(args).await,
+            Command::Bench(args) => {
+                init_tracing(false, "warn");
+                bench::bench(args).await
+            }
         }
     });
     match result {
