@@ -12,7 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 use futures::StreamExt;
 use pipeline_core::results::JobStatus;
 use pipeline_core::services::{Accepted, Upload};
-use pipeline_core::store::{Blob, ImageRecord, JobState};
+use pipeline_core::store::{Blob, ImageRecord, JobFailure, JobState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -351,9 +351,14 @@ fn bytes_response(blob: Blob) -> Response {
     resp
 }
 
-fn failed(code: &str, message: &str) -> Response {
-    let body =
-        Json(json!({ "error": { "code": "job_failed", "message": message, "reason": code } }));
+fn failed(error: Option<JobFailure>) -> Response {
+    let err = error.unwrap_or_else(|| JobFailure {
+        code: "failed".into(),
+        message: "the job failed without a reason".into(),
+    });
+    let body = Json(
+        json!({ "error": { "code": "job_failed", "message": err.message, "reason": err.code } }),
+    );
     (StatusCode::UNPROCESSABLE_ENTITY, body).into_response()
 }
 
@@ -427,30 +432,31 @@ pub(crate) async fn result(
     let id = job_id(&raw)?;
     let tenant = tenant(&headers)?;
     let wait = wait_of(&state, query(q)?)?;
-    match find(&state, id, &tenant, wait).await? {
-        Some(Found::Live(s)) => match (s.state, s.result, s.error) {
-            (JobState::Done, Some(blob), _) => Ok(bytes_response(blob)),
-            (JobState::Failed, _, err) => {
-                let err = err.unwrap_or_else(|| pipeline_core::store::JobFailure {
-                    code: "failed".into(),
-                    message: "the job failed".into(),
-                });
-                Ok(failed(&err.code, &err.message))
-            }
-            _ => Ok(pending(id)),
+    let found = find(&state, id, &tenant, wait).await?;
+    result_of(&state, found, &raw, pending(id)).await
+}
+
+/// The result bytes of a found job, its failure, or `not_ready` while pending.
+async fn result_of(
+    state: &ApiState,
+    found: Option<Found>,
+    raw: &str,
+    not_ready: Response,
+) -> ApiResult<Response> {
+    match found {
+        Some(Found::Live(s)) => match (s.state, s.result) {
+            (JobState::Done, Some(blob)) => Ok(bytes_response(blob)),
+            (JobState::Failed, _) => Ok(failed(s.error)),
+            _ => Ok(not_ready),
         },
-        Some(Found::Archived(r)) => archived_result(&state, r).await,
-        None => Err(ApiError::not_found(&raw)),
+        Some(Found::Archived(r)) => archived_result(state, r).await,
+        None => Err(ApiError::not_found(raw)),
     }
 }
 
 async fn archived_result(state: &ApiState, r: ImageRecord) -> ApiResult<Response> {
     if r.state == JobState::Failed {
-        let err = r.error.unwrap_or_else(|| pipeline_core::store::JobFailure {
-            code: "failed".into(),
-            message: "the job failed".into(),
-        });
-        return Ok(failed(&err.code, &err.message));
+        return Ok(failed(r.error));
     }
     match state.archive.result(r.job_id).await? {
         Some(blob) => Ok(bytes_response(blob)),
@@ -547,21 +553,8 @@ pub(crate) async fn legacy_get(
 ) -> ApiResult<Response> {
     let id = job_id(&raw)?;
     let tenant = tenant(&headers)?;
-    match find(&state, id, &tenant, Duration::ZERO).await? {
-        Some(Found::Live(s)) => match (s.state, s.result, s.error) {
-            (JobState::Done, Some(blob), _) => Ok(bytes_response(blob)),
-            (JobState::Failed, _, err) => {
-                let err = err.unwrap_or_else(|| pipeline_core::store::JobFailure {
-                    code: "failed".into(),
-                    message: "the job failed".into(),
-                });
-                Ok(failed(&err.code, &err.message))
-            }
-            _ => Ok(StatusCode::NO_CONTENT.into_response()),
-        },
-        Some(Found::Archived(r)) => archived_result(&state, r).await,
-        None => Err(ApiError::not_found(&raw)),
-    }
+    let found = find(&state, id, &tenant, Duration::ZERO).await?;
+    result_of(&state, found, &raw, StatusCode::NO_CONTENT.into_response()).await
 }
 
 pub(crate) async fn healthz() -> Response {

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::batch::{Parsed, consume_batches};
+use super::consume::{Parsed, consume_batches};
 use super::{RetryPolicy, queues};
 use crate::broker::{Broker, Delivery};
 use crate::envelope::headers;

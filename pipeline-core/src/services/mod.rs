@@ -10,7 +10,7 @@
 //! ```
 
 mod activity;
-mod batch;
+mod consume;
 mod results;
 mod save2db;
 mod submit;

@@ -4,10 +4,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-
+use super::consume::consume_concurrently;
 use super::{RetryPolicy, queues};
-use crate::broker::{Broker, Delivery, Subscription};
+use crate::broker::{Broker, Delivery};
 use crate::envelope::{Envelope, events, headers, now_ms, parts};
 use crate::error::Result;
 use crate::results::{JobStatus, ResultStore};
@@ -43,23 +42,17 @@ impl ResultsConsumer {
 
     /// Consume until `shutdown` resolves or the broker closes.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let stream = self
-            .broker
-            .subscribe(Subscription::new(queues::API_RESULTS, self.prefetch))
-            .await?;
-        stream
-            .take_until(shutdown)
-            .for_each_concurrent(self.prefetch, |item| {
+        consume_concurrently(
+            self.broker.as_ref(),
+            queues::API_RESULTS,
+            self.prefetch,
+            shutdown,
+            |d| {
                 let this = self.clone();
-                async move {
-                    match item {
-                        Ok(d) => this.handle(d).await,
-                        Err(e) => tracing::warn!(error = %e, "broker error while consuming"),
-                    }
-                }
-            })
-            .await;
-        Ok(())
+                async move { this.handle(d).await }
+            },
+        )
+        .await
     }
 
     async fn handle(&self, delivery: Delivery) {

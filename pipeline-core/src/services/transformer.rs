@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::StreamExt;
 
+use super::consume::consume_concurrently;
 use super::{RetryPolicy, queues};
-use crate::broker::{Broker, Delivery, Subscription};
+use crate::broker::{Broker, Delivery};
 use crate::envelope::{Envelope, Part, events, headers, parts};
 use crate::error::{Error, Result};
 use crate::store::{JobInfo, MediaInfo, sha256_hex};
@@ -60,23 +60,18 @@ impl Transformer {
     /// Consume until `shutdown` resolves or the broker closes; in-flight jobs finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let prefetch = self.config.prefetch.max(1);
-        let stream = self
-            .broker
-            .subscribe(Subscription::new(queues::TRANSFORM, prefetch))
-            .await?;
         tracing::info!(worker = %self.config.worker_id, prefetch, pool = self.pool.size(), "transformer started");
-        stream
-            .take_until(shutdown)
-            .for_each_concurrent(prefetch, |item| {
+        consume_concurrently(
+            self.broker.as_ref(),
+            queues::TRANSFORM,
+            prefetch,
+            shutdown,
+            |d| {
                 let this = self.clone();
-                async move {
-                    match item {
-                        Ok(d) => this.handle(d).await,
-                        Err(e) => tracing::warn!(error = %e, "broker error while consuming"),
-                    }
-                }
-            })
-            .await;
+                async move { this.handle(d).await }
+            },
+        )
+        .await?;
         tracing::info!(worker = %self.config.worker_id, "transformer stopped");
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! Consuming a queue in batches: whatever is waiting, up to a size.
+//! The two ways the roles consume a queue: one delivery at a time with a
+//! bounded number in flight, or in batches of whatever is waiting.
 
 use std::future::Future;
 
@@ -7,6 +8,36 @@ use futures::StreamExt;
 use super::RetryPolicy;
 use crate::broker::{Broker, Delivery, Subscription};
 use crate::error::{Error, Result};
+
+/// Consume `queue`, handling up to `prefetch` deliveries at once, until
+/// `shutdown` resolves or the broker ends the stream; in-flight ones finish.
+pub(crate) async fn consume_concurrently<H, F>(
+    broker: &dyn Broker,
+    queue: &str,
+    prefetch: usize,
+    shutdown: impl Future<Output = ()> + Send,
+    handle: H,
+) -> Result<()>
+where
+    H: Fn(Delivery) -> F,
+    F: Future<Output = ()>,
+{
+    let prefetch = prefetch.max(1);
+    let stream = broker.subscribe(Subscription::new(queue, prefetch)).await?;
+    stream
+        .take_until(shutdown)
+        .for_each_concurrent(prefetch, |item| {
+            let handled = item.map(&handle);
+            async move {
+                match handled {
+                    Ok(f) => f.await,
+                    Err(e) => tracing::warn!(queue, error = %e, "broker error while consuming"),
+                }
+            }
+        })
+        .await;
+    Ok(())
+}
 
 /// A delivery turned into a record, or the reason it cannot be.
 pub(crate) type Parsed<T> = std::result::Result<T, String>;
