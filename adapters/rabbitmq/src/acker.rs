@@ -1,0 +1,183 @@
+//! Turning lapin deliveries into pipeline deliveries, and settling them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::{Channel, Consumer};
+use pipeline_core::broker::{Acker, Delivery};
+use pipeline_core::{Envelope, Error, Result, wire};
+
+use crate::{Inner, malformed};
+
+pub(crate) struct ConsumerState {
+    pub inner: Arc<Inner>,
+    pub full: String,
+    pub channel: Channel,
+    pub consumer: Consumer,
+}
+
+impl ConsumerState {
+    /// The next delivery for the caller; malformed frames and broker
+    /// redeliveries are dealt with here and never reach it.
+    pub async fn next(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            let mut d = match self.consumer.next().await? {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(queue = %self.full, error = %e, "consumer interrupted; waiting for recovery");
+                    if let Err(e) = self.channel.wait_for_recovery(e).await {
+                        return Some(Err(Error::Unavailable(format!(
+                            "consuming {:?}: {e}",
+                            self.full
+                        ))));
+                    }
+                    continue;
+                }
+            };
+            let frame = Bytes::from(std::mem::take(&mut d.data));
+            let envelope = match wire::decode(frame.clone()) {
+                Ok(env) => env,
+                Err(e) => {
+                    let (env, reason) = malformed(frame, &e);
+                    tracing::warn!(queue = %self.full, %reason, "dead-lettering a malformed message");
+                    self.forward(&d.acker, self.inner.send_dead(&self.full, env, &reason))
+                        .await;
+                    continue;
+                }
+            };
+            if d.redelivered {
+                // The server redelivered it (a consumer died, a channel
+                // closed, or it was dropped unsettled): count it as an
+                // attempt, so a message that kills its consumer cannot loop.
+                let mut env = envelope;
+                let max = self.inner.max_attempts_of(&self.full);
+                if env.attempt >= max {
+                    let reason = format!(
+                        "delivered {} times without being settled (its consumer died or dropped it)",
+                        env.attempt
+                    );
+                    self.forward(&d.acker, self.inner.send_dead(&self.full, env, &reason))
+                        .await;
+                } else {
+                    env.attempt += 1;
+                    self.forward(&d.acker, self.inner.send_to_queue(&self.full, &env, None))
+                        .await;
+                }
+                continue;
+            }
+            let acker = RabbitAcker {
+                acker: Some(d.acker),
+                inner: Arc::clone(&self.inner),
+                full: self.full.clone(),
+                envelope: Some(envelope.clone()),
+            };
+            return Some(Ok(Delivery::new(envelope, Box::new(acker))));
+        }
+    }
+
+    /// Ack the original once its replacement is confirmed; otherwise leave
+    /// it unacked (the server redelivers it).
+    async fn forward(
+        &self,
+        acker: &lapin::Acker,
+        sent: impl std::future::Future<Output = Result<()>>,
+    ) {
+        match sent.await {
+            Ok(()) => {
+                if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(queue = %self.full, error = %e, "ack after forwarding failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.full, error = %e, "forwarding failed; the message stays unacked")
+            }
+        }
+    }
+}
+
+struct RabbitAcker {
+    acker: Option<lapin::Acker>,
+    inner: Arc<Inner>,
+    full: String,
+    /// `Some` until settled.
+    envelope: Option<Envelope>,
+}
+
+impl RabbitAcker {
+    async fn ack_original(&mut self) -> Result<()> {
+        let Some(acker) = self.acker.take() else {
+            return Ok(());
+        };
+        match acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Unavailable(format!(
+                "stale delivery from {:?}: its channel was recovered, so RabbitMQ will deliver it again",
+                self.full
+            ))),
+            Err(e) => Err(Error::Unavailable(format!("ack on {:?}: {e}", self.full))),
+        }
+    }
+}
+
+#[async_trait]
+impl Acker for RabbitAcker {
+    async fn ack(mut self: Box<Self>) -> Result<()> {
+        self.envelope = None;
+        self.ack_original().await
+    }
+
+    async fn nack(mut self: Box<Self>, delay: Duration, reason: String) -> Result<()> {
+        let Some(mut env) = self.envelope.take() else {
+            return Ok(());
+        };
+        let max = self.inner.max_attempts_of(&self.full);
+        let sent = if env.attempt >= max {
+            let reason = format!("gave up after {} attempts: {reason}", env.attempt);
+            self.inner.send_dead(&self.full, env, &reason).await
+        } else {
+            env.attempt += 1;
+            let target = if delay.is_zero() {
+                self.full.clone()
+            } else {
+                self.inner.retry_queue(&self.full, delay)
+            };
+            self.inner.send_to_queue(&target, &env, None).await
+        };
+        // If the copy could not be sent, the original stays unacked and
+        // comes back when the channel goes: nothing is lost.
+        sent?;
+        self.ack_original().await
+    }
+
+    async fn dead_letter(mut self: Box<Self>, reason: String) -> Result<()> {
+        let Some(env) = self.envelope.take() else {
+            return Ok(());
+        };
+        self.inner.send_dead(&self.full, env, &reason).await?;
+        self.ack_original().await
+    }
+}
+
+impl Drop for RabbitAcker {
+    fn drop(&mut self) {
+        if self.envelope.is_none() {
+            return;
+        }
+        // Dropped unsettled: hand it back now rather than when the channel closes.
+        if let (Some(acker), Ok(rt)) = (self.acker.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                if let Err(e) = acker.nack(requeue).await {
+                    tracing::debug!(error = %e, "requeue of a dropped delivery failed; the channel will return it");
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! # pipeline-rabbitmq
+//!
+//! A [`Broker`] on RabbitMQ through `lapin`: one durable topic exchange per
+//! namespace, one durable queue per role with its bindings, a dead-letter
+//! queue and delayed-retry queues per role (message TTL that dead-letters
+//! back to the work queue, no plugin needed). Publishes wait for publisher
+//! confirms and are `mandatory`; consumers use manual acks and `basic.qos`.
+//! The connection recovers by itself (exponential backoff, topology and
+//! consumers replayed) and publishes wait for it. See `docs/backends/rabbitmq.md`.
+
+mod acker;
+mod config;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use pipeline_core::broker::{
+    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue, mark_dead,
+};
+use pipeline_core::envelope::Part;
+use pipeline_core::{Envelope, Error, Result, wire};
+
+pub use config::{QueueType, RabbitConfig, redact};
+
+/// Delays of the retry queues; a nack waits for the smallest one at least
+/// as long as asked (each queue has one TTL, so no message waits behind a
+/// longer one).
+pub const RETRY_DELAYS_MS: [u64; 6] = [1_000, 2_000, 5_000, 10_000, 30_000, 60_000];
+
+/// Content type of pipeline frames on the wire.
+const FRAME_TYPE: &str = "application/x-pipeline-frame";
+
+/// RabbitMQ broker. Cheap to clone.
+#[derive(Clone)]
+pub struct RabbitBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RabbitBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitBroker")
+            .field("namespace", &self.inner.namespace)
+            .field("connection_name", &self.inner.connection_name)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    conn: Connection,
+    publishers: Vec<Channel>,
+    next_publisher: AtomicUsize,
+    namespace: String,
+    connection_name: String,
+    config: RabbitConfig,
+    /// Full queue name -> deliveries before dead-lettering.
+    max_attempts: Mutex<HashMap<String, u32>>,
+    consumers: Mutex<Vec<(Channel, ShortString)>>,
+    closed: AtomicBool,
+}
+
+fn unavailable(what: &str, e: &lapin::Error) -> Error {
+    if e.is_amqp_soft_error() {
+        Error::backend("rabbitmq", format!("{what}: {e}"), false)
+    } else {
+        Error::Unavailable(format!("{what}: {e}"))
+    }
+}
+
+fn table(pairs: Vec<(&str, AMQPValue)>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(k.into(), v);
+    }
+    t
+}
+
+impl RabbitBroker {
+    /// Connect to `url` (see [`RabbitConfig::parse`]) for `namespace`; the
+    /// connection shows as `connection_name` in the management tools.
+    pub async fn connect(url: &str, namespace: &str, connection_name: &str) -> Result<Self> {
+        let config = RabbitConfig::parse(url)?;
+        if namespace.is_empty() || namespace.contains(char::is_whitespace) {
+            return Err(Error::Config(format!(
+                "namespace {namespace:?} is not usable as a RabbitMQ name prefix"
+            )));
+        }
+        let props = ConnectionProperties::default()
+            .with_connection_name(connection_name.to_string().into())
+            .enable_auto_recover()
+            .configure_backoff(|b| {
+                b.with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(100_000)
+            });
+        let mut last = None;
+        let mut conn = None;
+        for uri in &config.uris {
+            match Connection::connect(uri, props.clone()).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(uri = %redact(uri), error = %e, "RabbitMQ host unreachable");
+                    last = Some(format!("{}: {e}", redact(uri)));
+                }
+            }
+        }
+        let conn = conn.ok_or_else(|| {
+            Error::Unavailable(format!(
+                "cannot connect to RabbitMQ ({})",
+                last.unwrap_or_default()
+            ))
+        })?;
+        let mut events = conn.events_listener();
+        let name = connection_name.to_string();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    lapin::Event::Connected => {
+                        tracing::info!(connection = %name, "connected to RabbitMQ")
+                    }
+                    lapin::Event::Error(e) => {
+                        tracing::warn!(connection = %name, error = %e, "RabbitMQ connection error; recovering")
+                    }
+                    lapin::Event::ConnectionBlocked(why) => {
+                        tracing::warn!(connection = %name, %why, "RabbitMQ blocked publishing")
+                    }
+                    other => tracing::debug!(connection = %name, ?other, "RabbitMQ event"),
+                }
+            }
+        });
+        let mut publishers = Vec::new();
+        for _ in 0..config.publish_channels {
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|e| unavailable("open a channel", &e))?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| unavailable("enable publisher confirms", &e))?;
+            publishers.push(ch);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                publishers,
+                next_publisher: AtomicUsize::new(0),
+                namespace: namespace.to_string(),
+                connection_name: connection_name.to_string(),
+                config,
+                max_attempts: Mutex::new(HashMap::new()),
+                consumers: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The name this connection shows in `rabbitmqctl list_connections`.
+    pub fn connection_name(&self) -> &str {
+        &self.inner.connection_name
+    }
+
+    /// The full name of a role queue.
+    pub fn queue_name(&self, queue: &str) -> String {
+        self.inner.full(queue)
+    }
+}
+
+impl Inner {
+    fn full(&self, queue: &str) -> String {
+        format!("{}.{queue}", self.namespace)
+    }
+
+    fn max_attempts_of(&self, full: &str) -> u32 {
+        self.max_attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(full)
+            .copied()
+            .unwrap_or(u32::MAX)
+    }
+
+    fn queue_args(&self, extra: Vec<(&str, AMQPValue)>) -> FieldTable {
+        let mut pairs = extra;
+        if self.config.queue_type == QueueType::Quorum {
+            pairs.push(("x-queue-type", AMQPValue::LongString("quorum".into())));
+        }
+        if let Some(exp) = self.config.queue_expiry {
+            pairs.push(("x-expires", AMQPValue::LongLongInt(exp.as_millis() as i64)));
+        }
+        table(pairs)
+    }
+
+    /// Publish `payload` and wait for the confirm; while the connection
+    /// recovers, wait (up to the publish timeout) and try again.
+    pub(crate) async fn send(
+        &self,
+        exchange: &str,
+        key: &str,
+        payload: &[u8],
+        message_id: &str,
+        expiration: Option<u64>,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(FRAME_TYPE.into())
+            .with_message_id(message_id.into());
+        if let Some(ms) = expiration {
+            props = props.with_expiration(ms.to_string().into());
+        }
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        loop {
+            let n = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
+            let channel = &self.publishers[n];
+            let attempt = async {
+                channel
+                    .basic_publish(exchange.into(), key.into(), options, payload, props.clone())
+                    .await?
+                    .await
+            };
+            let err = match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "publishing to {key:?}: no confirm within {:?}",
+                        self.config.publish_timeout
+                    )));
+                }
+                Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
+                Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                    return Err(Error::NotFound(format!(
+                        "no queue is bound to routing key {key:?} (message returned)"
+                    )));
+                }
+                Ok(Ok(Confirmation::Nack(_))) => {
+                    Error::Unavailable(format!("RabbitMQ refused to store a message for {key:?}"))
+                }
+                Ok(Ok(Confirmation::NotRequested)) => {
+                    return Err(Error::backend(
+                        "rabbitmq",
+                        "publisher confirms are off on this channel",
+                        false,
+                    ));
+                }
+                Ok(Err(e)) => {
+                    let err = unavailable(&format!("publishing to {key:?}"), &e);
+                    if !err.is_retryable() {
+                        return Err(err);
+                    }
+                    // Recoverable: wait for the connection to come back.
+                    let _ = tokio::time::timeout_at(deadline, channel.wait_for_recovery(e)).await;
+                    err
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Send `envelope` straight to the queue called `full` (default exchange).
+    pub(crate) async fn send_to_queue(
+        &self,
+        full: &str,
+        envelope: &Envelope,
+        expiration: Option<u64>,
+    ) -> Result<()> {
+        let frame = wire::encode(envelope)?;
+        self.send("", full, &frame, &envelope.id.to_string(), expiration)
+            .await
+    }
+
+    /// Move `envelope` to the dead-letter queue of `full`, reason kept.
+    pub(crate) async fn send_dead(
+        &self,
+        full: &str,
+        mut envelope: Envelope,
+        reason: &str,
+    ) -> Result<()> {
+        mark_dead(&mut envelope, full, reason);
+        self.send_to_queue(&format!("{full}.dead"), &envelope, None)
+            .await
+    }
+
+    /// The retry queue whose delay is the smallest at least `delay`.
+    pub(crate) fn retry_queue(&self, full: &str, delay: Duration) -> String {
+        let ms = delay.as_millis() as u64;
+        let bucket = RETRY_DELAYS_MS
+            .iter()
+            .copied()
+            .find(|b| *b >= ms)
+            .unwrap_or(RETRY_DELAYS_MS[RETRY_DELAYS_MS.len() - 1]);
+        format!("{full}.retry.{bucket}")
+    }
+}
+
+#[async_trait]
+impl Broker for RabbitBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, true, true, Some(128 * 1024 * 1024))
+    }
+
+    async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
+        let inner = &self.inner;
+        let ch = inner
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("open a channel", &e))?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        ch.exchange_declare(
+            inner.namespace.clone().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                auto_delete: inner.config.queue_expiry.is_some(),
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| unavailable("declare the exchange", &e))?;
+        for spec in queues {
+            let full = inner.full(&spec.name);
+            let dead = inner.full(&dead_letter_queue(&spec.name));
+            let mut main_args = Vec::new();
+            if inner.config.queue_type == QueueType::Quorum {
+                // Safety net for consumers that die over and over on one
+                // message: the server dead-letters it.
+                main_args.push((
+                    "x-delivery-limit",
+                    AMQPValue::LongInt(
+                        spec.max_attempts.saturating_add(2).min(i32::MAX as u32) as i32
+                    ),
+                ));
+                main_args.push(("x-dead-letter-exchange", AMQPValue::LongString("".into())));
+                main_args.push((
+                    "x-dead-letter-routing-key",
+                    AMQPValue::LongString(dead.clone().into()),
+                ));
+            }
+            let what = format!(
+                "declare queue {full:?} (if it exists with other settings, delete it or use another namespace)"
+            );
+            ch.queue_declare(full.clone().into(), durable, inner.queue_args(main_args))
+                .await
+                .map_err(|e| unavailable(&what, &e))?;
+            for pattern in &spec.patterns {
+                ch.queue_bind(
+                    full.clone().into(),
+                    inner.namespace.clone().into(),
+                    pattern.clone().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| unavailable(&format!("bind {full:?} to {pattern:?}"), &e))?;
+            }
+            ch.queue_declare(dead.clone().into(), durable, inner.queue_args(Vec::new()))
+                .await
+                .map_err(|e| unavailable(&format!("declare queue {dead:?}"), &e))?;
+            for ms in RETRY_DELAYS_MS {
+                let retry = format!("{full}.retry.{ms}");
+                let args = inner.queue_args(vec![
+                    ("x-message-ttl", AMQPValue::LongLongInt(ms as i64)),
+                    ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+                    (
+                        "x-dead-letter-routing-key",
+                        AMQPValue::LongString(full.clone().into()),
+                    ),
+                ]);
+                ch.queue_declare(retry.clone().into(), durable, args)
+                    .await
+                    .map_err(|e| unavailable(&format!("declare queue {retry:?}"), &e))?;
+            }
+            inner
+                .max_attempts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(full, spec.max_attempts);
+        }
+        let _ = ch.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    async fn publish(&self, envelope: Envelope) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("RabbitMQ broker is closed".into()));
+        }
+        let frame = wire::encode(&envelope)?;
+        self.inner
+            .send(
+                &self.inner.namespace,
+                &envelope.event,
+                &frame,
+                &envelope.id.to_string(),
+                None,
+            )
+            .await
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+        let inner = Arc::clone(&self.inner);
+        let full = inner.full(&subscription.queue);
+        let channel = inner
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("open a channel", &e))?;
+        let prefetch = u16::try_from(subscription.prefetch).unwrap_or(u16::MAX);
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| unavailable("set the prefetch", &e))?;
+        let tag = format!("{}.{}", inner.connection_name, fastrand::u64(..));
+        let consumer = channel
+            .basic_consume(
+                full.clone().into(),
+                tag.clone().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable(&format!("consume {full:?}"), &e))?;
+        inner
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((channel.clone(), tag.into()));
+        let state = acker::ConsumerState {
+            inner,
+            full,
+            channel,
+            consumer,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |mut s| async move {
+                let item = s.next().await?;
+                Some((item, s))
+            },
+        )))
+    }
+
+    async fn ready(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("RabbitMQ broker is closed".into()));
+        }
+        let status = self.inner.conn.status();
+        if status.connected() {
+            Ok(())
+        } else if status.blocked() {
+            Err(Error::Unavailable(
+                "RabbitMQ blocked this connection (resource alarm)".into(),
+            ))
+        } else {
+            Err(Error::Unavailable(
+                "not connected to RabbitMQ (reconnecting)".into(),
+            ))
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        let consumers: Vec<(Channel, ShortString)> = std::mem::take(
+            &mut *self
+                .inner
+                .consumers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (channel, tag) in consumers {
+            if let Err(e) = channel
+                .basic_cancel(tag.clone(), BasicCancelOptions::default())
+                .await
+            {
+                tracing::debug!(error = %e, "cancelling a consumer failed (the channel is gone)");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A message whose frame cannot be decoded, wrapped so the dead-letter
+/// queue stays readable: the raw bytes are its `frame` part.
+fn malformed(frame: Bytes, error: &Error) -> (Envelope, String) {
+    let env = Envelope::new("pipeline.malformed", uuid::Uuid::nil(), "").with_part(Part::new(
+        "frame",
+        "application/octet-stream",
+        frame,
+    ));
+    (env, format!("cannot decode the message: {error}"))
+}
