@@ -476,9 +476,16 @@ impl Broker for RabbitBroker {
                 "RabbitMQ blocked this connection (resource alarm)".into(),
             ))
         } else {
-            Err(Error::Unavailable(
-                "not connected to RabbitMQ (reconnecting)".into(),
-            ))
+            let state = if status.reconnecting() {
+                "reconnecting"
+            } else if status.connecting() {
+                "connecting"
+            } else {
+                "disconnected"
+            };
+            Err(Error::Unavailable(format!(
+                "not connected to RabbitMQ ({state})"
+            )))
         }
     }
 

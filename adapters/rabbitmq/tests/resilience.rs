@@ -1,0 +1,210 @@
+//! RabbitMQ beyond the shared suite: connections closed under load,
+//! malformed frames, quorum queues.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use pipeline_core::broker::{QueueSpec, Subscription, dead_letter_queue};
+use pipeline_core::envelope::headers;
+use pipeline_core::{Broker, Envelope, Part};
+use pipeline_rabbitmq::RabbitBroker;
+use uuid::Uuid;
+
+fn url(extra: &str) -> String {
+    let base = std::env::var("PIPELINE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}expires_ms=60000&publish_timeout_ms=60000{extra}")
+}
+
+async fn connect(extra: &str) -> (RabbitBroker, String) {
+    let ns = pipeline_core::testkit::unique("res");
+    let b = RabbitBroker::connect(&url(extra), &ns, &format!("{ns}-conn"))
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ is unreachable ({e})"));
+    (b, ns)
+}
+
+/// Close every server-side connection whose client name contains `needle`.
+async fn close_connections(needle: &str) -> usize {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .await
+        .expect("rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.split('\t').next().map(str::to_string))
+        .collect();
+    for name in &names {
+        let status = tokio::process::Command::new("rabbitmqctl")
+            .args(["-q", "close_connection", name, "resilience test"])
+            .status()
+            .await
+            .expect("rabbitmqctl");
+        assert!(status.success());
+    }
+    names.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_when_the_connection_is_closed_under_load() {
+    let (broker, ns) = connect("").await;
+    let broker = Arc::new(broker);
+    broker
+        .declare(&[QueueSpec::new("work", &["job.*"], 5)])
+        .await
+        .unwrap();
+    let mut stream = broker
+        .subscribe(Subscription::new("work", 20))
+        .await
+        .unwrap();
+    let total = 400;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let Ok(d) = item else { continue };
+            let id = d.envelope().id;
+            // A stale ack (channel recovered) is reported; the message comes again.
+            if d.ack().await.is_ok() && tx.send(id).is_err() {
+                break;
+            }
+        }
+    });
+    let publisher = {
+        let b = broker.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for n in 0..total {
+                let env = Envelope::new("job.x", Uuid::now_v7(), "t").with_part(Part::new(
+                    "p",
+                    "application/octet-stream",
+                    Bytes::from(vec![n as u8; 2048]),
+                ));
+                sent.push(env.id);
+                b.publish(env)
+                    .await
+                    .expect("publish survives the reconnect");
+                // Spread the traffic so the cut lands in the middle of it.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        })
+    };
+    // Let some traffic flow, then cut the adapter's connection.
+    let mut seen = HashSet::new();
+    while seen.len() < total / 4 {
+        seen.insert(
+            tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("stalled")
+                .expect("closed"),
+        );
+    }
+    let closed = close_connections(&ns).await;
+    assert!(closed >= 1, "no connection of {ns} found");
+    assert!(
+        !publisher.is_finished(),
+        "the cut came after the last publish: the test proves nothing"
+    );
+    let sent: HashSet<Uuid> = publisher.await.unwrap().into_iter().collect();
+    while !sent.is_subset(&seen) {
+        let id = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} messages missing after the reconnect",
+                    sent.difference(&seen).count()
+                )
+            })
+            .expect("closed");
+        seen.insert(id);
+    }
+    let mut ready = broker.ready().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while ready.is_err() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ready = broker.ready().await;
+    }
+    assert!(ready.is_ok(), "ready again after recovery: {ready:?}");
+    consumer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_goes_to_the_dead_letter_queue_and_the_queue_flows_on() {
+    let (broker, ns) = connect("").await;
+    broker
+        .declare(&[QueueSpec::new("work", &["job.*"], 3)])
+        .await
+        .unwrap();
+    // Garbage straight onto the queue, then a good message behind it.
+    let conn = lapin::Connection::connect(&url(""), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let garbage = b"PPLN\x01\x00\xff\xff\xff\xff not a frame".to_vec();
+    ch.basic_publish(
+        "".into(),
+        broker.queue_name("work").into(),
+        lapin::options::BasicPublishOptions::default(),
+        &garbage,
+        lapin::BasicProperties::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let good = Envelope::new("job.ok", Uuid::now_v7(), "t");
+    broker.publish(good.clone()).await.unwrap();
+
+    let mut work = broker
+        .subscribe(Subscription::new("work", 5))
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), work.next())
+        .await
+        .expect("stalled")
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.envelope().id, good.id, "the good message is not blocked");
+    d.ack().await.unwrap();
+
+    let mut dead = broker
+        .subscribe(Subscription::new(dead_letter_queue("work"), 5))
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), dead.next())
+        .await
+        .expect("stalled")
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.envelope().event, "pipeline.malformed");
+    assert_eq!(
+        d.envelope().part("frame").unwrap().data.as_ref(),
+        garbage.as_slice()
+    );
+    let reason = d
+        .envelope()
+        .header(headers::DEAD_LETTER_REASON)
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("cannot decode"), "{reason}");
+    d.ack().await.unwrap();
+    drop(ns);
+}
+
+mod quorum {
+    use super::*;
+
+    async fn rabbit_quorum() -> Arc<RabbitBroker> {
+        Arc::new(connect("&queue_type=quorum").await.0)
+    }
+
+    pipeline_core::broker_conformance!(rabbit_quorum());
+}
