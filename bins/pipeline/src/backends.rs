@@ -5,15 +5,25 @@ use std::time::Duration;
 
 use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryBrokerConfig, MemoryResultStore};
 use pipeline_core::{ActivityLog, Broker, Error, ImageStore, ResultStore};
+use pipeline_rabbitmq::RabbitBroker;
+pub use pipeline_sql::redact_url as redact;
 use pipeline_sql::{SqlArchive, redact_url};
 
 fn scheme(url: &str) -> &str {
     url.split_once("://").map_or(url, |(s, _)| s)
 }
 
-/// The broker for `url`.
-pub fn broker(url: &str, drain_timeout: Duration) -> Result<Arc<dyn Broker>, Error> {
+/// The broker for `url`; `connection_name` identifies this process on the server.
+pub async fn broker(
+    url: &str,
+    namespace: &str,
+    connection_name: &str,
+    drain_timeout: Duration,
+) -> Result<Arc<dyn Broker>, Error> {
     match scheme(url) {
+        "amqp" | "amqps" => Ok(Arc::new(
+            RabbitBroker::connect(url, namespace, connection_name).await?,
+        )),
         "memory" => {
             let mut config = MemoryBrokerConfig {
                 drain_timeout,
@@ -39,7 +49,7 @@ pub fn broker(url: &str, drain_timeout: Duration) -> Result<Arc<dyn Broker>, Err
             Ok(Arc::new(MemoryBroker::with_config(config)))
         }
         _ => Err(Error::Config(format!(
-            "unsupported broker URL {}; supported schemes: memory://",
+            "unsupported broker URL {}; supported schemes: memory://, amqp://, amqps://",
             redact_url(url)
         ))),
     }

@@ -13,7 +13,7 @@ use pipeline_core::TransformRegistry;
 use pipeline_core::transform::{ImageLimits, Processor};
 use tokio::sync::watch;
 
-use crate::serve::{ServeArgs, ValidateMode};
+use crate::serve::{Roles, ServeArgs, ValidateMode};
 
 /// Settings of `pipeline load`.
 #[derive(Debug, Clone, Args)]
@@ -318,9 +318,16 @@ pub async fn bench(args: BenchArgs) -> Result<(), Error> {
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let server = tokio::spawn(crate::serve::run_until(serve, stop_rx, move |addr| {
-            let _ = addr_tx.send(addr);
-        }));
+        let server = tokio::spawn(crate::serve::run_until(
+            serve,
+            Roles::ALL,
+            stop_rx,
+            move |addr| {
+                if let Some(addr) = addr {
+                    let _ = addr_tx.send(addr);
+                }
+            },
+        ));
         let addr = addr_rx
             .await
             .map_err(|_| Error::Config("the in-process server did not start".into()))?;

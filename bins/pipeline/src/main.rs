@@ -7,11 +7,8 @@
 //! - `pipeline bench`: the bare transform rate and an in-process server under
 //!   load, in one run.
 
-mod backends;
-mod bench;
-mod serve;
-
 use clap::{Parser, Subcommand};
+use pipeline::{bench, block_on, init_tracing, serve};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,38 +31,13 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-fn init_tracing(json: bool, default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    block_on(async move {
         match cli.command {
             Command::Serve(args) => {
-                init_tracing(args.log_json, "info,sqlx=warn,sea_orm=warn");
-                serve::run(args).await
+                init_tracing(args.log_json, "info,sqlx=warn,sea_orm=warn,lapin=warn");
+                serve::run(args, serve::Roles::ALL).await
             }
             Command::Load(args) => bench::load(args).await,
             Command::Bench(args) => {
@@ -73,12 +45,5 @@ fn main() -> std::process::ExitCode {
                 bench::bench(args).await
             }
         }
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -1,4 +1,5 @@
-//! `pipeline serve`: every role in one process.
+//! Running roles: every role in one process (`pipeline serve`) or one
+//! role per process (`pipeline-api`, `pipeline-transformer`...).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use pipeline_core::{Error, TransformRegistry};
 use pipeline_http::{ApiConfig, ApiState};
 use tokio::sync::watch;
 
-use crate::backends;
+use crate::backends::{self, redact};
 
 /// Upload checks.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -34,7 +35,7 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "PIPELINE_LISTEN", default_value = "127.0.0.1:4555")]
     pub listen: String,
-    /// Broker: memory://
+    /// Broker: memory://, amqp://, amqps://
     #[arg(long, env = "PIPELINE_BROKER_URL", default_value = "memory://")]
     pub broker_url: String,
     /// Archive database: sqlite://, postgres://, mysql:// (or memory://).
@@ -73,7 +74,7 @@ pub struct ServeArgs {
         default_value = "structure"
     )]
     pub validate: ValidateMode,
-    /// Transforms run at once (default: the number of cores).
+    /// Transforms at once in a transformer (default: the number of cores).
     #[arg(long, env = "PIPELINE_CONCURRENCY")]
     pub concurrency: Option<usize>,
     /// Seconds a result stays in the result store before GET falls back to the archive.
@@ -93,32 +94,111 @@ pub struct ServeArgs {
     pub log_json: bool,
 }
 
-/// Run until Ctrl-C or SIGTERM, then drain.
-pub async fn run(args: ServeArgs) -> Result<(), Error> {
+/// The roles a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// HTTP API with its results consumer.
+    pub api: bool,
+    /// Transformer workers.
+    pub transformer: bool,
+    /// Archive writer.
+    pub save2db: bool,
+    /// Activity log writer.
+    pub activity: bool,
+}
+
+impl Roles {
+    /// Everything, as `pipeline serve` runs.
+    pub const ALL: Roles = Roles {
+        api: true,
+        transformer: true,
+        save2db: true,
+        activity: true,
+    };
+    /// Only the API (`pipeline-api`).
+    pub const API: Roles = Roles {
+        api: true,
+        transformer: false,
+        save2db: false,
+        activity: false,
+    };
+    /// Only transformers (`pipeline-transformer`).
+    pub const TRANSFORMER: Roles = Roles {
+        api: false,
+        transformer: true,
+        save2db: false,
+        activity: false,
+    };
+    /// Only the archive writer (`pipeline-save2db`).
+    pub const SAVE2DB: Roles = Roles {
+        api: false,
+        transformer: false,
+        save2db: true,
+        activity: false,
+    };
+    /// Only the activity log (`pipeline-activity`).
+    pub const ACTIVITY: Roles = Roles {
+        api: false,
+        transformer: false,
+        save2db: false,
+        activity: true,
+    };
+
+    fn name(self) -> &'static str {
+        match (self.api, self.transformer, self.save2db, self.activity) {
+            (true, true, true, true) => "all",
+            (true, false, false, false) => "api",
+            (false, true, false, false) => "transformer",
+            (false, false, true, false) => "save2db",
+            (false, false, false, true) => "activity",
+            _ => "mixed",
+        }
+    }
+}
+
+/// Run `roles` until Ctrl-C or SIGTERM, then stop without losing accepted work.
+pub async fn run(args: ServeArgs, roles: Roles) -> Result<(), Error> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested; finishing accepted work");
         let _ = tx.send(true);
     });
-    run_until(args, rx, |addr| {
-        println!("pipeline listening on http://{addr}")
+    run_until(args, roles, rx, |addr| {
+        if let Some(addr) = addr {
+            println!("pipeline listening on http://{addr}");
+        } else {
+            println!("pipeline worker running");
+        }
     })
     .await
 }
 
-/// Run until `stop` turns true; `on_listen` is told the bound address.
+/// Run `roles` until `stop` turns true; `on_start` is told the bound
+/// address (for a process with the API) once everything runs.
 pub async fn run_until(
     args: ServeArgs,
+    roles: Roles,
     mut stop: watch::Receiver<bool>,
-    on_listen: impl FnOnce(SocketAddr),
+    on_start: impl FnOnce(Option<SocketAddr>),
 ) -> Result<(), Error> {
-    let broker = backends::broker(&args.broker_url, Duration::from_secs(args.drain_timeout))?;
-    let results = backends::results(&args.results_url)?;
-    let (archive, activity) = backends::archive(&args.database_url, &args.namespace).await?;
+    let connection_name = format!("{}-{}-{}", args.namespace, roles.name(), std::process::id());
+    let broker = backends::broker(
+        &args.broker_url,
+        &args.namespace,
+        &connection_name,
+        Duration::from_secs(args.drain_timeout),
+    )
+    .await?;
     broker
         .declare(&services::topology(args.max_attempts))
         .await?;
+    let needs_archive = roles.api || roles.save2db || roles.activity;
+    let archive = if needs_archive {
+        Some(backends::archive(&args.database_url, &args.namespace).await?)
+    } else {
+        None
+    };
 
     let registry = Arc::new(TransformRegistry::with_builtins());
     let limits = ImageLimits {
@@ -127,91 +207,116 @@ pub async fn run_until(
         max_pixels: args.max_pixels,
         ..ImageLimits::default()
     };
-    let pool = match args.concurrency {
-        Some(n) => BlockingPool::new(n),
-        None => BlockingPool::per_core(),
-    };
     let ttl = Duration::from_secs(args.result_ttl);
-    let submitter = Submitter::new(
-        broker.clone(),
-        results.clone(),
-        registry.clone(),
-        // Uploads are checked on their own pool so they never queue behind
-        // long transforms.
-        BlockingPool::per_core(),
-        SubmitConfig {
-            default_spec: args.default_transform.clone(),
-            validation: match args.validate {
-                ValidateMode::Structure => Validation::Structure,
-                ValidateMode::Full => Validation::Full,
-                ValidateMode::Header => Validation::Header,
-            },
-            limits: limits.clone(),
-            result_ttl: ttl,
-            max_in_flight: args.max_in_flight,
-            ..SubmitConfig::default()
-        },
-    )
-    .await?;
-    let default_spec = registry.parse(&args.default_transform)?;
-    let transformer = Transformer::new(
-        broker.clone(),
-        Processor::new(registry.clone(), limits),
-        pool.clone(),
-        TransformerConfig {
-            worker_id: services::worker_id("transformer"),
-            default_spec,
-            prefetch: pool.size() * 2,
-            retry: services::RetryPolicy::default(),
-        },
-    );
-
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", args.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Config(format!("cannot read the bound address: {e}")))?;
-
-    // Workers stop when the broker closes (after draining), so they get no
-    // shutdown future of their own.
+    // Workers stop when the broker closes (after draining, for the memory
+    // broker), so they get no shutdown future of their own.
     let never = futures::future::pending::<()>;
-    let workers = vec![
-        tokio::spawn(transformer.run(never())),
-        tokio::spawn(ResultsConsumer::new(broker.clone(), results.clone(), ttl, 64).run(never())),
-        tokio::spawn(Save2Db::new(broker.clone(), archive.clone(), args.batch).run(never())),
-        tokio::spawn(ActivityRecorder::new(broker.clone(), activity, args.batch).run(never())),
-    ];
+    let mut workers = Vec::new();
 
-    let app = pipeline_http::router(ApiState {
-        submitter,
-        results,
-        archive,
-        broker: broker.clone(),
-        config: ApiConfig {
-            max_upload_bytes: args.max_upload_bytes,
-            ..ApiConfig::default()
-        },
-    });
-    on_listen(addr);
-    tracing::info!(%addr, broker = %args.broker_url, namespace = %args.namespace, "serving");
-    let mut http_stop = stop.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = http_stop.wait_for(|s| *s).await;
-    });
-    // Open event streams and long polls never end by themselves: give
-    // requests in progress a bounded time after the stop.
-    let grace = async {
-        let _ = stop.wait_for(|s| *s).await;
-        tokio::time::sleep(Duration::from_secs(10)).await;
+    if roles.transformer {
+        let pool = match args.concurrency {
+            Some(n) => BlockingPool::new(n),
+            None => BlockingPool::per_core(),
+        };
+        let transformer = Transformer::new(
+            broker.clone(),
+            Processor::new(registry.clone(), limits.clone()),
+            pool.clone(),
+            TransformerConfig {
+                worker_id: services::worker_id("transformer"),
+                default_spec: registry.parse(&args.default_transform)?,
+                prefetch: pool.size() * 2,
+                retry: services::RetryPolicy::default(),
+            },
+        );
+        workers.push(tokio::spawn(transformer.run(never())));
+    }
+    if let Some((store, log)) = &archive {
+        if roles.save2db {
+            workers.push(tokio::spawn(
+                Save2Db::new(broker.clone(), store.clone(), args.batch).run(never()),
+            ));
+        }
+        if roles.activity {
+            workers.push(tokio::spawn(
+                ActivityRecorder::new(broker.clone(), log.clone(), args.batch).run(never()),
+            ));
+        }
+    }
+
+    let mut api = None;
+    if let (true, Some((store, _))) = (roles.api, &archive) {
+        let results = backends::results(&args.results_url)?;
+        let submitter = Submitter::new(
+            broker.clone(),
+            results.clone(),
+            registry.clone(),
+            // Uploads are checked on their own pool so they never queue
+            // behind long transforms.
+            BlockingPool::per_core(),
+            SubmitConfig {
+                default_spec: args.default_transform.clone(),
+                validation: match args.validate {
+                    ValidateMode::Structure => Validation::Structure,
+                    ValidateMode::Full => Validation::Full,
+                    ValidateMode::Header => Validation::Header,
+                },
+                limits: limits.clone(),
+                result_ttl: ttl,
+                max_in_flight: args.max_in_flight,
+                ..SubmitConfig::default()
+            },
+        )
+        .await?;
+        workers.push(tokio::spawn(
+            ResultsConsumer::new(broker.clone(), results.clone(), ttl, 64).run(never()),
+        ));
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", args.listen)))?;
+        let app = pipeline_http::router(ApiState {
+            submitter,
+            results,
+            archive: store.clone(),
+            broker: broker.clone(),
+            config: ApiConfig {
+                max_upload_bytes: args.max_upload_bytes,
+                ..ApiConfig::default()
+            },
+        });
+        api = Some((listener, app));
+    }
+
+    let addr = match &api {
+        Some((listener, _)) => Some(
+            listener
+                .local_addr()
+                .map_err(|e| Error::Config(format!("cannot read the bound address: {e}")))?,
+        ),
+        None => None,
     };
-    tokio::select! {
-        r = server => r.map_err(|e| Error::Unavailable(format!("HTTP server failed: {e}")))?,
-        () = grace => tracing::warn!("requests still open after 10 s; closing them"),
+    on_start(addr);
+    tracing::info!(roles = roles.name(), ?addr, broker = %redact(&args.broker_url), namespace = %args.namespace, "running");
+
+    if let Some((listener, app)) = api {
+        let mut http_stop = stop.clone();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        });
+        // Open event streams and long polls never end by themselves: give
+        // requests in progress a bounded time after the stop.
+        let grace = async {
+            let _ = stop.clone().wait_for(|s| *s).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        };
+        tokio::select! {
+            r = server => r.map_err(|e| Error::Unavailable(format!("HTTP server failed: {e}")))?,
+            () = grace => tracing::warn!("requests still open after 10 s; closing them"),
+        }
     }
     let _ = stop.wait_for(|s| *s).await;
 
-    // No more uploads: let the workers finish what was accepted, then stop.
+    // No more uploads: let the workers finish what they hold, then stop.
     broker.close().await?;
     for w in workers {
         match w.await {
