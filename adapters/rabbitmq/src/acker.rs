@@ -16,6 +16,7 @@ use crate::{Inner, malformed};
 pub(crate) struct ConsumerState {
     pub inner: Arc<Inner>,
     pub full: String,
+    pub prefetch: u16,
     pub channel: Channel,
     pub consumer: Consumer,
 }
@@ -25,16 +26,22 @@ impl ConsumerState {
     /// redeliveries are dealt with here and never reach it.
     pub async fn next(&mut self) -> Option<Result<Delivery>> {
         loop {
-            let mut d = match self.consumer.next().await? {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(queue = %self.full, error = %e, "consumer interrupted; waiting for recovery");
-                    if let Err(e) = self.channel.wait_for_recovery(e).await {
-                        return Some(Err(Error::Unavailable(format!(
-                            "consuming {:?}: {e}",
-                            self.full
-                        ))));
-                    }
+            let next = self.consumer.next().await;
+            if next.is_none() && self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
+            let mut d = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    tracing::warn!(queue = %self.full, error = %e, "consumer interrupted; subscribing again");
+                    self.resubscribe().await?;
+                    continue;
+                }
+                // Cancelled by the server (queue deleted, node gone...)
+                // while messages are still wanted: subscribe again.
+                None => {
+                    tracing::warn!(queue = %self.full, "consumer cancelled by the server; subscribing again");
+                    self.resubscribe().await?;
                     continue;
                 }
             };
@@ -76,6 +83,29 @@ impl ConsumerState {
                 envelope: Some(envelope.clone()),
             };
             return Some(Ok(Delivery::new(envelope, Box::new(acker))));
+        }
+    }
+
+    /// A new channel and consumer, retried with backoff until it works or
+    /// the broker is closed (`None`).
+    async fn resubscribe(&mut self) -> Option<()> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
+            match self.inner.open_consumer(&self.full, self.prefetch).await {
+                Ok((channel, consumer)) => {
+                    self.channel = channel;
+                    self.consumer = consumer;
+                    return Some(());
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.full, error = %e, ?delay, "subscribing again failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
         }
     }
 

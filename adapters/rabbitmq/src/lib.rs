@@ -10,23 +10,20 @@
 
 mod acker;
 mod config;
+mod link;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 use pipeline_core::broker::{
     Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue, mark_dead,
 };
@@ -60,14 +57,13 @@ impl std::fmt::Debug for RabbitBroker {
 }
 
 pub(crate) struct Inner {
-    conn: Connection,
-    publishers: Vec<Channel>,
+    links: link::Links,
     next_publisher: AtomicUsize,
     namespace: String,
     connection_name: String,
     config: RabbitConfig,
-    /// Full queue name -> deliveries before dead-lettering.
-    max_attempts: Mutex<HashMap<String, u32>>,
+    /// What `declare` was asked for, declared again on every new connection.
+    declared: Mutex<Vec<QueueSpec>>,
     consumers: Mutex<Vec<(Channel, ShortString)>>,
     closed: AtomicBool,
 }
@@ -98,76 +94,19 @@ impl RabbitBroker {
                 "namespace {namespace:?} is not usable as a RabbitMQ name prefix"
             )));
         }
-        let props = ConnectionProperties::default()
-            .with_connection_name(connection_name.to_string().into())
-            .enable_auto_recover()
-            .configure_backoff(|b| {
-                b.with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_max_times(100_000)
-            });
-        let mut last = None;
-        let mut conn = None;
-        for uri in &config.uris {
-            match Connection::connect(uri, props.clone()).await {
-                Ok(c) => {
-                    conn = Some(c);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(uri = %redact(uri), error = %e, "RabbitMQ host unreachable");
-                    last = Some(format!("{}: {e}", redact(uri)));
-                }
-            }
-        }
-        let conn = conn.ok_or_else(|| {
-            Error::Unavailable(format!(
-                "cannot connect to RabbitMQ ({})",
-                last.unwrap_or_default()
-            ))
-        })?;
-        let mut events = conn.events_listener();
-        let name = connection_name.to_string();
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                match event {
-                    lapin::Event::Connected => {
-                        tracing::info!(connection = %name, "connected to RabbitMQ")
-                    }
-                    lapin::Event::Error(e) => {
-                        tracing::warn!(connection = %name, error = %e, "RabbitMQ connection error; recovering")
-                    }
-                    lapin::Event::ConnectionBlocked(why) => {
-                        tracing::warn!(connection = %name, %why, "RabbitMQ blocked publishing")
-                    }
-                    other => tracing::debug!(connection = %name, ?other, "RabbitMQ event"),
-                }
-            }
+        let inner = Arc::new(Inner {
+            links: link::Links::new(),
+            next_publisher: AtomicUsize::new(0),
+            namespace: namespace.to_string(),
+            connection_name: connection_name.to_string(),
+            config,
+            declared: Mutex::new(Vec::new()),
+            consumers: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
         });
-        let mut publishers = Vec::new();
-        for _ in 0..config.publish_channels {
-            let ch = conn
-                .create_channel()
-                .await
-                .map_err(|e| unavailable("open a channel", &e))?;
-            ch.confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| unavailable("enable publisher confirms", &e))?;
-            publishers.push(ch);
-        }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                conn,
-                publishers,
-                next_publisher: AtomicUsize::new(0),
-                namespace: namespace.to_string(),
-                connection_name: connection_name.to_string(),
-                config,
-                max_attempts: Mutex::new(HashMap::new()),
-                consumers: Mutex::new(Vec::new()),
-                closed: AtomicBool::new(false),
-            }),
-        })
+        inner.link().await?;
+        link::supervise(Arc::downgrade(&inner));
+        Ok(Self { inner })
     }
 
     /// The name this connection shows in `rabbitmqctl list_connections`.
@@ -187,12 +126,19 @@ impl Inner {
     }
 
     fn max_attempts_of(&self, full: &str) -> u32 {
-        self.max_attempts
+        self.declared
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(full)
-            .copied()
-            .unwrap_or(u32::MAX)
+            .iter()
+            .find(|q| self.full(&q.name) == full)
+            .map_or(u32::MAX, |q| q.max_attempts)
+    }
+
+    fn declared_specs(&self) -> Vec<QueueSpec> {
+        self.declared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn queue_args(&self, extra: Vec<(&str, AMQPValue)>) -> FieldTable {
@@ -228,52 +174,64 @@ impl Inner {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
+        let mut backoff = Duration::from_millis(100);
         loop {
-            let n = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
-            let channel = &self.publishers[n];
-            let attempt = async {
-                channel
-                    .basic_publish(exchange.into(), key.into(), options, payload, props.clone())
-                    .await?
-                    .await
-            };
-            let err = match tokio::time::timeout_at(deadline, attempt).await {
-                Err(_) => {
-                    return Err(Error::Timeout(format!(
-                        "publishing to {key:?}: no confirm within {:?}",
-                        self.config.publish_timeout
-                    )));
-                }
-                Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
-                Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                    return Err(Error::NotFound(format!(
-                        "no queue is bound to routing key {key:?} (message returned)"
-                    )));
-                }
-                Ok(Ok(Confirmation::Nack(_))) => {
-                    Error::Unavailable(format!("RabbitMQ refused to store a message for {key:?}"))
-                }
-                Ok(Ok(Confirmation::NotRequested)) => {
-                    return Err(Error::backend(
-                        "rabbitmq",
-                        "publisher confirms are off on this channel",
-                        false,
-                    ));
-                }
-                Ok(Err(e)) => {
-                    let err = unavailable(&format!("publishing to {key:?}"), &e);
-                    if !err.is_retryable() {
-                        return Err(err);
+            let err = match self.link().await {
+                Err(e) => e,
+                Ok(link) => {
+                    let n =
+                        self.next_publisher.fetch_add(1, Ordering::Relaxed) % link.publishers.len();
+                    let channel = &link.publishers[n];
+                    let attempt = async {
+                        channel
+                            .basic_publish(
+                                exchange.into(),
+                                key.into(),
+                                options,
+                                payload,
+                                props.clone(),
+                            )
+                            .await?
+                            .await
+                    };
+                    match tokio::time::timeout_at(deadline, attempt).await {
+                        Err(_) => {
+                            return Err(Error::Timeout(format!(
+                                "publishing to {key:?}: no confirm within {:?}",
+                                self.config.publish_timeout
+                            )));
+                        }
+                        Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
+                        Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                            return Err(Error::NotFound(format!(
+                                "no queue is bound to routing key {key:?} (message returned)"
+                            )));
+                        }
+                        Ok(Ok(Confirmation::Nack(_))) => Error::Unavailable(format!(
+                            "RabbitMQ refused to store a message for {key:?}"
+                        )),
+                        Ok(Ok(Confirmation::NotRequested)) => {
+                            return Err(Error::backend(
+                                "rabbitmq",
+                                "publisher confirms are off on this channel",
+                                false,
+                            ));
+                        }
+                        Ok(Err(e)) => {
+                            // The channel or the connection failed: rebuild
+                            // them (topology included) and try again.
+                            self.links.invalidate(link.generation);
+                            unavailable(&format!("publishing to {key:?}"), &e)
+                        }
                     }
-                    // Recoverable: wait for the connection to come back.
-                    let _ = tokio::time::timeout_at(deadline, channel.wait_for_recovery(e)).await;
-                    err
                 }
             };
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() + backoff >= deadline {
                 return Err(err);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tracing::debug!(key, error = %err, ?backoff, "publish failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -301,27 +259,11 @@ impl Inner {
             .await
     }
 
-    /// The retry queue whose delay is the smallest at least `delay`.
-    pub(crate) fn retry_queue(&self, full: &str, delay: Duration) -> String {
-        let ms = delay.as_millis() as u64;
-        let bucket = RETRY_DELAYS_MS
-            .iter()
-            .copied()
-            .find(|b| *b >= ms)
-            .unwrap_or(RETRY_DELAYS_MS[RETRY_DELAYS_MS.len() - 1]);
-        format!("{full}.retry.{bucket}")
-    }
-}
-
-#[async_trait]
-impl Broker for RabbitBroker {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new(true, true, true, Some(128 * 1024 * 1024))
-    }
-
-    async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
-        let inner = &self.inner;
-        let ch = inner
+    /// Declare the exchange and `queues` (with their dead-letter and retry
+    /// queues) on `link`.
+    pub(crate) async fn declare_on(&self, link: &link::Link, queues: &[QueueSpec]) -> Result<()> {
+        let inner = self;
+        let ch = link
             .conn
             .create_channel()
             .await
@@ -395,14 +337,76 @@ impl Broker for RabbitBroker {
                     .await
                     .map_err(|e| unavailable(&format!("declare queue {retry:?}"), &e))?;
             }
-            inner
-                .max_attempts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(full, spec.max_attempts);
         }
         let _ = ch.close(200, "declared".into()).await;
         Ok(())
+    }
+
+    /// A channel with `prefetch` and a consumer on the queue called `full`.
+    pub(crate) async fn open_consumer(
+        &self,
+        full: &str,
+        prefetch: u16,
+    ) -> Result<(Channel, lapin::Consumer)> {
+        let link = self.link().await?;
+        let channel = link
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("open a channel", &e))?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| unavailable("set the prefetch", &e))?;
+        let tag = format!("{}.{}", self.connection_name, fastrand::u64(..));
+        let consumer = channel
+            .basic_consume(
+                full.into(),
+                tag.clone().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable(&format!("consume {full:?}"), &e))?;
+        self.consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((channel.clone(), tag.into()));
+        Ok((channel, consumer))
+    }
+
+    /// The retry queue whose delay is the smallest at least `delay`.
+    pub(crate) fn retry_queue(&self, full: &str, delay: Duration) -> String {
+        let ms = delay.as_millis() as u64;
+        let bucket = RETRY_DELAYS_MS
+            .iter()
+            .copied()
+            .find(|b| *b >= ms)
+            .unwrap_or(RETRY_DELAYS_MS[RETRY_DELAYS_MS.len() - 1]);
+        format!("{full}.retry.{bucket}")
+    }
+}
+
+#[async_trait]
+impl Broker for RabbitBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, true, true, Some(128 * 1024 * 1024))
+    }
+
+    async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
+        {
+            let mut declared = self
+                .inner
+                .declared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for spec in queues {
+                declared.retain(|q| q.name != spec.name);
+                declared.push(spec.clone());
+            }
+        }
+        let link = self.inner.link().await?;
+        self.inner.declare_on(&link, queues).await
     }
 
     async fn publish(&self, envelope: Envelope) -> Result<()> {
@@ -424,34 +428,12 @@ impl Broker for RabbitBroker {
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         let inner = Arc::clone(&self.inner);
         let full = inner.full(&subscription.queue);
-        let channel = inner
-            .conn
-            .create_channel()
-            .await
-            .map_err(|e| unavailable("open a channel", &e))?;
         let prefetch = u16::try_from(subscription.prefetch).unwrap_or(u16::MAX);
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| unavailable("set the prefetch", &e))?;
-        let tag = format!("{}.{}", inner.connection_name, fastrand::u64(..));
-        let consumer = channel
-            .basic_consume(
-                full.clone().into(),
-                tag.clone().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| unavailable(&format!("consume {full:?}"), &e))?;
-        inner
-            .consumers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((channel.clone(), tag.into()));
+        let (channel, consumer) = inner.open_consumer(&full, prefetch).await?;
         let state = acker::ConsumerState {
             inner,
             full,
+            prefetch,
             channel,
             consumer,
         };
@@ -468,24 +450,14 @@ impl Broker for RabbitBroker {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("RabbitMQ broker is closed".into()));
         }
-        let status = self.inner.conn.status();
-        if status.connected() {
-            Ok(())
-        } else if status.blocked() {
-            Err(Error::Unavailable(
+        match self.inner.links.current() {
+            Some(link) if link.alive() && link.conn.status().blocked() => Err(Error::Unavailable(
                 "RabbitMQ blocked this connection (resource alarm)".into(),
-            ))
-        } else {
-            let state = if status.reconnecting() {
-                "reconnecting"
-            } else if status.connecting() {
-                "connecting"
-            } else {
-                "disconnected"
-            };
-            Err(Error::Unavailable(format!(
-                "not connected to RabbitMQ ({state})"
-            )))
+            )),
+            Some(link) if link.alive() => Ok(()),
+            _ => Err(Error::Unavailable(
+                "not connected to RabbitMQ (reconnecting)".into(),
+            )),
         }
     }
 
