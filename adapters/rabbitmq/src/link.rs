@@ -58,12 +58,12 @@ impl Links {
     /// Forget `generation` if it is still the current link (it failed).
     pub fn invalidate(&self, generation: u64) {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if current.as_ref().is_some_and(|l| l.generation == generation) {
-            if let Some(old) = current.take() {
-                tokio::spawn(async move {
-                    let _ = old.conn.close(320, "replaced".into()).await;
-                });
-            }
+        if current.as_ref().is_some_and(|l| l.generation == generation)
+            && let Some(old) = current.take()
+        {
+            tokio::spawn(async move {
+                let _ = old.conn.close(320, "replaced".into()).await;
+            });
         }
     }
 }

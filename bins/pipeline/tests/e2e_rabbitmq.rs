@@ -62,6 +62,27 @@ impl Drop for BrokerGuard {
     }
 }
 
+/// The status code of `GET path` on `addr` (plain HTTP/1.1, blocking).
+fn http_status(addr: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut head = [0u8; 12];
+    if conn.read_exact(&mut head).is_err() {
+        return 0;
+    }
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 fn rabbitmqctl(args: &[&str]) {
     let status = Command::new("rabbitmqctl")
         .args(args)
@@ -260,11 +281,27 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
 
     // Batch 2: restart the broker application mid-batch.
     let _guard = BrokerGuard;
-    let second = upload_batch(&base, 300, || {
+    let addr = base.trim_start_matches("http://").to_string();
+    let not_ready_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = not_ready_seen.clone();
+    let second = upload_batch(&base, 300, move || {
         rabbitmqctl(&["-q", "stop_app"]);
+        // The API notices the lost connection and says so.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if http_status(&addr, "/readyz") == 503 {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         rabbitmqctl(&["-q", "start_app"]);
     })
     .await;
+    assert!(
+        not_ready_seen.load(std::sync::atomic::Ordering::SeqCst),
+        "/readyz never reported the broker outage"
+    );
     eprintln!("batch 2: 300 accepted");
     fetch_all(&base, &second).await;
     eprintln!("batch 2: all results fetched");
@@ -275,21 +312,32 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
             "job {id} not archived"
         );
     }
-    // Every job has its submitted, transformed and archived events (a job
-    // redelivered after the kill may have been transformed twice).
+    // Every job gets its submitted, transformed and archived events (the
+    // activity log may lag the archive; a job redelivered after the kill may
+    // have been transformed twice).
     use pipeline_core::ActivityLog;
+    let deadline = Instant::now() + Duration::from_secs(120);
     for id in first.iter().chain(&second) {
-        let events: HashSet<String> = archive
-            .for_job(*id)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.event)
-            .collect();
-        assert!(
-            events.contains("image.submitted") && events.contains("image.archived"),
-            "job {id}: {events:?}"
-        );
+        loop {
+            let events: HashSet<String> = archive
+                .for_job(*id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event)
+                .collect();
+            if ["image.submitted", "image.transformed", "image.archived"]
+                .iter()
+                .all(|e| events.contains(*e))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id}: activity incomplete after 120 s: {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(
