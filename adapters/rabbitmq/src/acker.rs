@@ -77,6 +77,7 @@ impl ConsumerState {
                 continue;
             }
             let acker = RabbitAcker {
+                _channel: self.channel.clone(),
                 acker: Some(d.acker),
                 inner: Arc::clone(&self.inner),
                 full: self.full.clone(),
@@ -130,6 +131,10 @@ impl ConsumerState {
 }
 
 struct RabbitAcker {
+    /// Keeps the channel open while this delivery is unsettled (lapin closes
+    /// a channel when its last handle goes, e.g. when the stream ends at
+    /// shutdown while jobs are still finishing).
+    _channel: Channel,
     acker: Option<lapin::Acker>,
     inner: Arc<Inner>,
     full: String,

@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// Transforms at once in the in-process server (default: the cores).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Broker of the in-process server.
+    #[arg(long, default_value = "memory://")]
+    pub broker_url: String,
     /// Archive of the in-process server (default: a new SQLite file).
     #[arg(long)]
     pub database_url: Option<String>,
@@ -294,7 +297,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), Error> {
         let dir = tempfile::tempdir().map_err(|e| Error::Config(format!("temp dir: {e}")))?;
         let serve = ServeArgs {
             listen: "127.0.0.1:0".into(),
-            broker_url: "memory://".into(),
+            broker_url: args.broker_url.clone(),
             database_url: args.database_url.clone().unwrap_or_else(|| {
                 format!(
                     "sqlite://{}?mode=rwc",
@@ -302,7 +305,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), Error> {
                 )
             }),
             results_url: "memory://".into(),
-            namespace: "bench".into(),
+            namespace: format!("bench_{}", std::process::id()),
             default_transform: args.transform.clone(),
             max_upload_bytes: 64 * 1024 * 1024,
             max_pixels: 100_000_000,
@@ -340,9 +343,10 @@ pub async fn bench(args: BenchArgs) -> Result<(), Error> {
         )
         .await?;
         report.print(&format!(
-            "{}: in-process pipeline over HTTP ({} clients)",
+            "{}: in-process pipeline over HTTP ({} clients, broker {})",
             file.display(),
-            args.concurrency
+            args.concurrency,
+            crate::backends::redact(&args.broker_url)
         ));
         println!(
             "{}: pipeline / bare transform = {:.0}%",
