@@ -18,9 +18,6 @@ pub mod events {
     pub const ARCHIVED: &str = "image.archived";
     /// A job failed permanently; carries the reason (and the original).
     pub const FAILED: &str = "image.failed";
-    /// Prefix of the metadata-only copies the activity log consumes
-    /// (`activity.image.submitted`...).
-    pub const ACTIVITY_PREFIX: &str = "activity.";
 }
 
 /// Well-known header names.
@@ -41,8 +38,6 @@ pub mod headers {
     pub const SUBMITTED_AT_MS: &str = "submitted-at-ms";
     /// Original file name given by the client, if any.
     pub const FILENAME: &str = "filename";
-    /// Bytes of parts the original message carried (on activity copies).
-    pub const PAYLOAD_BYTES: &str = "payload-bytes";
 }
 
 /// Well-known part names.
@@ -149,28 +144,6 @@ impl Envelope {
         self.parts.iter().map(|p| p.data.len()).sum()
     }
 
-    /// The metadata-only copy of this message for the activity log: same id,
-    /// job, time and headers, event `activity.<event>`, no parts (their size
-    /// in the `payload-bytes` header). Image bytes never travel to the log.
-    pub fn activity_copy(&self) -> Self {
-        let mut headers = self.headers.clone();
-        headers.insert(
-            headers::PAYLOAD_BYTES.to_string(),
-            self.payload_len().to_string(),
-        );
-        Self {
-            id: self.id,
-            event: format!("{}{}", events::ACTIVITY_PREFIX, self.event),
-            job_id: self.job_id,
-            tenant: self.tenant.clone(),
-            attempt: 1,
-            created_at_ms: self.created_at_ms,
-            spec: self.spec.clone(),
-            headers,
-            parts: Vec::new(),
-        }
-    }
-
     /// A copy of this message as a new event of the same job: fresh id and
     /// time, same tenant, spec and headers, no parts.
     pub fn follow_up(&self, event: impl Into<String>) -> Self {
@@ -191,31 +164,4 @@ impl Envelope {
 /// Current time as Unix milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn activity_copy_carries_metadata_not_bytes() {
-        let env = Envelope::new(events::ARCHIVED, Uuid::now_v7(), "t")
-            .with_header(headers::WORKER, "w1")
-            .with_part(Part::new(
-                parts::ORIGINAL,
-                "image/png",
-                Bytes::from(vec![1u8; 1000]),
-            ))
-            .with_part(Part::new(
-                parts::RESULT,
-                "image/png",
-                Bytes::from(vec![2u8; 500]),
-            ));
-        let copy = env.activity_copy();
-        assert_eq!(copy.event, "activity.image.archived");
-        assert_eq!((copy.id, copy.job_id), (env.id, env.job_id));
-        assert!(copy.parts.is_empty());
-        assert_eq!(copy.header(headers::PAYLOAD_BYTES), Some("1500"));
-        assert_eq!(copy.header(headers::WORKER), Some("w1"));
-    }
 }

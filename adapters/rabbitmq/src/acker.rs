@@ -110,8 +110,8 @@ impl ConsumerState {
         }
     }
 
-    /// Ack the original once its replacement is confirmed; otherwise leave
-    /// it unacked (the server redelivers it).
+    /// Ack the original once its replacement is confirmed; otherwise hand
+    /// it back to the queue (it comes round again).
     async fn forward(
         &self,
         acker: &lapin::Acker,
@@ -124,9 +124,24 @@ impl ConsumerState {
                 }
             }
             Err(e) => {
-                tracing::warn!(queue = %self.full, error = %e, "forwarding failed; the message stays unacked")
+                tracing::warn!(queue = %self.full, error = %e, "forwarding failed; handing the message back");
+                requeue(acker).await;
             }
         }
+    }
+}
+
+/// Give a delivery back to its queue (after a short pause, so a failing
+/// send does not spin).
+async fn requeue(acker: &lapin::Acker) {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let options = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(e) = acker.nack(options).await {
+        // The channel is gone: the server returns the message by itself.
+        tracing::debug!(error = %e, "requeue failed; the channel will return the message");
     }
 }
 
@@ -158,6 +173,22 @@ impl RabbitAcker {
     }
 }
 
+impl RabbitAcker {
+    /// Ack the original if its copy was sent; otherwise hand it back to the
+    /// queue so nothing is lost, and report the failure.
+    async fn settle_after(&mut self, sent: Result<()>) -> Result<()> {
+        match sent {
+            Ok(()) => self.ack_original().await,
+            Err(e) => {
+                if let Some(acker) = self.acker.take() {
+                    requeue(&acker).await;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Acker for RabbitAcker {
     async fn ack(mut self: Box<Self>) -> Result<()> {
@@ -182,18 +213,15 @@ impl Acker for RabbitAcker {
             };
             self.inner.send_to_queue(&target, &env, None).await
         };
-        // If the copy could not be sent, the original stays unacked and
-        // comes back when the channel goes: nothing is lost.
-        sent?;
-        self.ack_original().await
+        self.settle_after(sent).await
     }
 
     async fn dead_letter(mut self: Box<Self>, reason: String) -> Result<()> {
         let Some(env) = self.envelope.take() else {
             return Ok(());
         };
-        self.inner.send_dead(&self.full, env, &reason).await?;
-        self.ack_original().await
+        let sent = self.inner.send_dead(&self.full, env, &reason).await;
+        self.settle_after(sent).await
     }
 }
 

@@ -208,9 +208,15 @@ pub async fn run_until(
         ..ImageLimits::default()
     };
     let ttl = Duration::from_secs(args.result_ttl);
-    // Workers stop when the broker closes (after draining, for the memory
-    // broker), so they get no shutdown future of their own.
-    let never = futures::future::pending::<()>;
+    // Workers stop on `workers_stop` (a persistent broker keeps what is
+    // queued) or when the broker closes (the memory broker drains first).
+    let (workers_stop, workers_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = workers_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
     let mut workers = Vec::new();
 
     if roles.transformer {
@@ -229,17 +235,17 @@ pub async fn run_until(
                 retry: services::RetryPolicy::default(),
             },
         );
-        workers.push(tokio::spawn(transformer.run(never())));
+        workers.push(tokio::spawn(transformer.run(stopped())));
     }
     if let Some((store, log)) = &archive {
         if roles.save2db {
             workers.push(tokio::spawn(
-                Save2Db::new(broker.clone(), store.clone(), args.batch).run(never()),
+                Save2Db::new(broker.clone(), store.clone(), args.batch).run(stopped()),
             ));
         }
         if roles.activity {
             workers.push(tokio::spawn(
-                ActivityRecorder::new(broker.clone(), log.clone(), args.batch).run(never()),
+                ActivityRecorder::new(broker.clone(), log.clone(), args.batch).run(stopped()),
             ));
         }
     }
@@ -269,7 +275,7 @@ pub async fn run_until(
         )
         .await?;
         workers.push(tokio::spawn(
-            ResultsConsumer::new(broker.clone(), results.clone(), ttl, 64).run(never()),
+            ResultsConsumer::new(broker.clone(), results.clone(), ttl, 64).run(stopped()),
         ));
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
@@ -316,14 +322,25 @@ pub async fn run_until(
     }
     let _ = stop.wait_for(|s| *s).await;
 
-    // No more uploads: let the workers finish what they hold, then stop.
-    broker.close().await?;
+    // No more uploads. A persistent broker keeps what is queued: stop
+    // pulling, finish (and publish, and ack) what is in hand, then close.
+    // The memory broker would lose its queues: it drains them while the
+    // workers still run, then closes, which ends them.
+    let persistent = broker.capabilities().persistent;
+    if persistent {
+        let _ = workers_stop.send(true);
+    } else {
+        broker.close().await?;
+    }
     for w in workers {
         match w.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "a worker stopped with an error"),
             Err(e) => tracing::error!(error = %e, "a worker task failed"),
         }
+    }
+    if persistent {
+        broker.close().await?;
     }
     tracing::info!("stopped");
     Ok(())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::consume::{Parsed, consume_batches};
 use super::{RetryPolicy, queues};
 use crate::broker::{Broker, Delivery};
-use crate::envelope::{events, headers};
+use crate::envelope::headers;
 use crate::error::Result;
 use crate::store::{ActivityEntry, ActivityLog};
 
@@ -66,22 +66,14 @@ impl ActivityRecorder {
 
 fn entry_of(d: &Delivery) -> Parsed<ActivityEntry> {
     let env = d.envelope();
-    let event = env
-        .event
-        .strip_prefix(events::ACTIVITY_PREFIX)
-        .unwrap_or(&env.event);
-    let size = env
-        .header(headers::PAYLOAD_BYTES)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(env.payload_len() as u64);
     Ok(ActivityEntry {
         message_id: env.id,
         at_ms: env.created_at_ms,
-        event: event.to_string(),
+        event: env.event.clone(),
         job_id: env.job_id,
         tenant: env.tenant.clone(),
         worker: env.header(headers::WORKER).map(str::to_string),
-        size,
+        size: env.payload_len() as u64,
         duration_ms: env
             .header(headers::DURATION_MS)
             .and_then(|v| v.parse().ok()),

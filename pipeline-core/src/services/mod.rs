@@ -6,7 +6,7 @@
 //! api --image.submitted--> [transform] --> Transformer
 //! Transformer --image.transformed / image.failed--> [api.results] --> ResultsConsumer --> ResultStore
 //! Transformer --image.archived / image.failed--> [save2db] --> Save2Db --> ImageStore
-//! every event, as a metadata-only copy --> [activity] --> ActivityRecorder --> ActivityLog + tracing
+//! every event --> [activity] --> ActivityRecorder --> ActivityLog + tracing
 //! ```
 
 mod activity;
@@ -24,9 +24,8 @@ pub use save2db::Save2Db;
 pub use submit::{Accepted, InFlight, SubmitConfig, Submitter, Upload, Validation};
 pub use transformer::{Transformer, TransformerConfig};
 
-use crate::broker::{Broker, QueueSpec};
-use crate::envelope::{Envelope, events};
-use crate::error::Result;
+use crate::broker::QueueSpec;
+use crate::envelope::events;
 
 /// Queue names of the standard topology (the backend adds the namespace).
 pub mod queues {
@@ -54,16 +53,8 @@ pub fn topology(max_attempts: u32) -> Vec<QueueSpec> {
             &[events::ARCHIVED, events::FAILED],
             max_attempts,
         ),
-        QueueSpec::new(queues::ACTIVITY, &["activity.#"], max_attempts),
+        QueueSpec::new(queues::ACTIVITY, &["#"], max_attempts),
     ]
-}
-
-/// Publish an event, then its metadata-only copy for the activity log (so
-/// the log never records an event that was not published).
-pub async fn publish_event(broker: &dyn Broker, envelope: Envelope) -> Result<()> {
-    let copy = envelope.activity_copy();
-    broker.publish(envelope).await?;
-    broker.publish(copy).await
 }
 
 /// Exponential backoff for transient failures.

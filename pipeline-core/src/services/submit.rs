@@ -294,7 +294,7 @@ impl Submitter {
         if let Some(name) = upload.filename.filter(|n| !n.is_empty()) {
             env = env.with_header(headers::FILENAME, name);
         }
-        if let Err(e) = super::publish_event(self.broker.as_ref(), env).await {
+        if let Err(e) = self.broker.publish(env).await {
             self.in_flight.release(job_id);
             let failed = JobStatus {
                 state: JobState::Failed,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::consume::consume_concurrently;
-use super::{RetryPolicy, publish_event, queues};
+use super::{RetryPolicy, queues};
 use crate::broker::{Broker, Delivery};
 use crate::envelope::{Envelope, Part, events, headers, parts};
 use crate::error::{Error, Result};
@@ -86,8 +86,8 @@ impl Transformer {
                 let (transformed, archived) =
                     self.success_events(&env, &original, processed, hashes, started);
                 futures::future::try_join(
-                    publish_event(self.broker.as_ref(), transformed),
-                    publish_event(self.broker.as_ref(), archived),
+                    self.broker.publish(transformed),
+                    self.broker.publish(archived),
                 )
                 .await
                 .map(|_| ())
@@ -95,7 +95,9 @@ impl Transformer {
             Err(e) if e.is_retryable() => Err(e),
             Err(e) => {
                 tracing::info!(job_id = %env.job_id, code = e.code(), error = %e, "job failed");
-                publish_event(self.broker.as_ref(), self.failure_event(&env, &e, started)).await
+                self.broker
+                    .publish(self.failure_event(&env, &e, started))
+                    .await
             }
         };
         let settled = match published {
