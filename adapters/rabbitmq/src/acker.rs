@@ -11,7 +11,7 @@ use lapin::{Channel, Consumer};
 use pipeline_core::broker::{Acker, Delivery};
 use pipeline_core::{Envelope, Error, Result, wire};
 
-use crate::{Inner, malformed};
+use crate::{Inner, bounded, malformed};
 
 pub(crate) struct ConsumerState {
     pub inner: Arc<Inner>,
@@ -19,6 +19,8 @@ pub(crate) struct ConsumerState {
     pub prefetch: u16,
     pub channel: Channel,
     pub consumer: Consumer,
+    /// The link the consumer lives on.
+    pub generation: u64,
 }
 
 impl ConsumerState {
@@ -26,7 +28,18 @@ impl ConsumerState {
     /// redeliveries are dealt with here and never reach it.
     pub async fn next(&mut self) -> Option<Result<Delivery>> {
         loop {
-            let next = self.consumer.next().await;
+            // lapin does not always wake a consumer whose connection died:
+            // watch the link too.
+            let lost = link_lost(Arc::clone(&self.inner), self.generation);
+            let next = tokio::select! {
+                next = self.consumer.next() => Some(next),
+                () = lost => None,
+            };
+            let Some(next) = next else {
+                tracing::warn!(queue = %self.full, "connection lost; subscribing again");
+                self.resubscribe().await?;
+                continue;
+            };
             if next.is_none() && self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
                 return None;
             }
@@ -67,6 +80,7 @@ impl ConsumerState {
                         "delivered {} times without being settled (its consumer died or dropped it)",
                         env.attempt
                     );
+                    tracing::warn!(queue = %self.full, job_id = %env.job_id, %reason, "dead-lettering");
                     self.forward(&d.acker, self.inner.send_dead(&self.full, env, &reason))
                         .await;
                 } else {
@@ -96,9 +110,10 @@ impl ConsumerState {
                 return None;
             }
             match self.inner.open_consumer(&self.full, self.prefetch).await {
-                Ok((channel, consumer)) => {
+                Ok((channel, consumer, generation)) => {
                     self.channel = channel;
                     self.consumer = consumer;
+                    self.generation = generation;
                     return Some(());
                 }
                 Err(e) => {
@@ -118,15 +133,30 @@ impl ConsumerState {
         sent: impl std::future::Future<Output = Result<()>>,
     ) {
         match sent.await {
-            Ok(()) => {
-                if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(queue = %self.full, error = %e, "ack after forwarding failed");
+            Ok(()) => match bounded("ack", acker.ack(BasicAckOptions::default())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(queue = %self.full, error = %e, "ack after forwarding failed")
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(queue = %self.full, error = %e, "ack after forwarding failed")
+                }
+            },
             Err(e) => {
                 tracing::warn!(queue = %self.full, error = %e, "forwarding failed; handing the message back");
                 requeue(acker).await;
             }
+        }
+    }
+}
+
+/// Resolves once link `generation` of `inner` is dead or replaced.
+async fn link_lost(inner: Arc<Inner>, generation: u64) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let current = inner.links.current();
+        if !current.is_some_and(|l| l.generation == generation && l.alive()) {
+            return;
         }
     }
 }
@@ -139,9 +169,9 @@ async fn requeue(acker: &lapin::Acker) {
         requeue: true,
         ..BasicNackOptions::default()
     };
-    if let Err(e) = acker.nack(options).await {
+    if !matches!(bounded("requeue", acker.nack(options)).await, Ok(Ok(_))) {
         // The channel is gone: the server returns the message by itself.
-        tracing::debug!(error = %e, "requeue failed; the channel will return the message");
+        tracing::debug!("requeue failed; the channel will return the message");
     }
 }
 
@@ -162,7 +192,7 @@ impl RabbitAcker {
         let Some(acker) = self.acker.take() else {
             return Ok(());
         };
-        match acker.ack(BasicAckOptions::default()).await {
+        match bounded("ack", acker.ack(BasicAckOptions::default())).await? {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::Unavailable(format!(
                 "stale delivery from {:?}: its channel was recovered, so RabbitMQ will deliver it again",
@@ -237,8 +267,10 @@ impl Drop for RabbitAcker {
                     requeue: true,
                     ..BasicNackOptions::default()
                 };
-                if let Err(e) = acker.nack(requeue).await {
-                    tracing::debug!(error = %e, "requeue of a dropped delivery failed; the channel will return it");
+                if !matches!(bounded("requeue", acker.nack(requeue)).await, Ok(Ok(_))) {
+                    tracing::debug!(
+                        "requeue of a dropped delivery failed; the channel will return it"
+                    );
                 }
             });
         }

@@ -37,6 +37,19 @@ pub use config::{QueueType, RabbitConfig, redact};
 /// longer one).
 pub const RETRY_DELAYS_MS: [u64; 6] = [1_000, 2_000, 5_000, 10_000, 30_000, 60_000];
 
+/// Longest wait for one answer from the server (lapin does not always
+/// resolve a pending call when its connection dies).
+pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `fut`, or a timeout error after [`RPC_TIMEOUT`].
+pub(crate) async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(RPC_TIMEOUT, fut).await.map_err(|_| {
+        Error::Timeout(format!(
+            "{what}: no answer from RabbitMQ within {RPC_TIMEOUT:?}"
+        ))
+    })
+}
+
 /// Content type of pipeline frames on the wire.
 const FRAME_TYPE: &str = "application/x-pipeline-frame";
 
@@ -338,7 +351,7 @@ impl Inner {
                     .map_err(|e| unavailable(&format!("declare queue {retry:?}"), &e))?;
             }
         }
-        let _ = ch.close(200, "declared".into()).await;
+        let _ = bounded("close a channel", ch.close(200, "declared".into())).await;
         Ok(())
     }
 
@@ -347,7 +360,15 @@ impl Inner {
         &self,
         full: &str,
         prefetch: u16,
-    ) -> Result<(Channel, lapin::Consumer)> {
+    ) -> Result<(Channel, lapin::Consumer, u64)> {
+        bounded("subscribe", self.open_consumer_unbounded(full, prefetch)).await?
+    }
+
+    async fn open_consumer_unbounded(
+        &self,
+        full: &str,
+        prefetch: u16,
+    ) -> Result<(Channel, lapin::Consumer, u64)> {
         let link = self.link().await?;
         let channel = link
             .conn
@@ -372,7 +393,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((channel.clone(), tag.into()));
-        Ok((channel, consumer))
+        Ok((channel, consumer, link.generation))
     }
 
     /// The retry queue whose delay is the smallest at least `delay`.
@@ -429,13 +450,14 @@ impl Broker for RabbitBroker {
         let inner = Arc::clone(&self.inner);
         let full = inner.full(&subscription.queue);
         let prefetch = u16::try_from(subscription.prefetch).unwrap_or(u16::MAX);
-        let (channel, consumer) = inner.open_consumer(&full, prefetch).await?;
+        let (channel, consumer, generation) = inner.open_consumer(&full, prefetch).await?;
         let state = acker::ConsumerState {
             inner,
             full,
             prefetch,
             channel,
             consumer,
+            generation,
         };
         Ok(Box::pin(futures::stream::unfold(
             state,
@@ -471,11 +493,13 @@ impl Broker for RabbitBroker {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         for (channel, tag) in consumers {
-            if let Err(e) = channel
-                .basic_cancel(tag.clone(), BasicCancelOptions::default())
-                .await
-            {
-                tracing::debug!(error = %e, "cancelling a consumer failed (the channel is gone)");
+            let cancel = channel.basic_cancel(tag.clone(), BasicCancelOptions::default());
+            match bounded("cancel a consumer", cancel).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cancelling a consumer failed (the channel is gone)")
+                }
+                Err(e) => tracing::debug!(error = %e, "cancelling a consumer timed out"),
             }
         }
         Ok(())

@@ -81,6 +81,25 @@ impl Inner {
         if let Some(old) = self.links.current() {
             self.links.invalidate(old.generation);
         }
+        // A connection that dies while we set it up must not hold the lock
+        // for ever.
+        let link = tokio::time::timeout(Duration::from_secs(30), self.build_link())
+            .await
+            .map_err(|_| {
+                Error::Timeout("setting up the RabbitMQ connection took over 30 s".into())
+            })??;
+        *self
+            .links
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&link));
+        if link.generation > 1 {
+            tracing::info!(connection = %self.connection_name, generation = link.generation, "reconnected to RabbitMQ; topology declared again");
+        }
+        Ok(link)
+    }
+
+    async fn build_link(&self) -> Result<Arc<Link>> {
         let conn = self.open_connection().await?;
         let mut publishers = Vec::with_capacity(self.config.publish_channels);
         for _ in 0..self.config.publish_channels {

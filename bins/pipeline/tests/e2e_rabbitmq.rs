@@ -83,6 +83,28 @@ fn http_status(addr: &str, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Print the namespace's queues (for diagnosing a failure).
+fn dump_queues(ns: &str) {
+    if let Ok(out) = Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        ])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(ns))
+        {
+            eprintln!("queue: {line}");
+        }
+    }
+}
+
 fn rabbitmqctl(args: &[&str]) {
     let status = Command::new("rabbitmqctl")
         .args(args)
@@ -332,10 +354,10 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
             {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "job {id}: activity incomplete after 120 s: {events:?}"
-            );
+            if Instant::now() >= deadline {
+                dump_queues(&ns);
+                panic!("job {id}: activity incomplete after 120 s: {events:?}");
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
