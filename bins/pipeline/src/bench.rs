@@ -318,6 +318,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), Error> {
             batch: 64,
             drain_timeout: 60,
             log_json: false,
+            health_listen: None,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();

@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long, env = "PIPELINE_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// For worker processes (no API): serve `/healthz` and `/readyz` on
+    /// this address (broker and archive readiness).
+    #[arg(long, env = "PIPELINE_HEALTH_LISTEN")]
+    pub health_listen: Option<String>,
 }
 
 /// The roles a process runs.
@@ -301,6 +305,23 @@ pub async fn run_until(
         ),
         None => None,
     };
+    if let (None, Some(health)) = (&api, &args.health_listen) {
+        let listener = tokio::net::TcpListener::bind(health)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {health}: {e}")))?;
+        let archive_ready = archive.as_ref().map(|(store, _)| store.clone());
+        let app = health_router(broker.clone(), archive_ready);
+        tracing::info!(addr = %health, "health endpoints up");
+        let mut health_stop = stop.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = health_stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = served.await {
+                tracing::warn!(error = %e, "health endpoint failed");
+            }
+        });
+    }
     on_start(addr);
     tracing::info!(roles = roles.name(), ?addr, broker = %redact(&args.broker_url), namespace = %args.namespace, "running");
 
@@ -344,6 +365,47 @@ pub async fn run_until(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `/healthz` and `/readyz` for a worker process.
+fn health_router(
+    broker: Arc<dyn pipeline_core::Broker>,
+    archive: Option<Arc<dyn pipeline_core::ImageStore>>,
+) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let readyz = move || {
+        let (broker, archive) = (broker.clone(), archive.clone());
+        async move {
+            let broker_state = broker.ready().await;
+            let archive_state = match &archive {
+                Some(a) => a.ready().await,
+                None => Ok(()),
+            };
+            let show = |r: &Result<(), Error>| match r {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            };
+            let ok = broker_state.is_ok() && archive_state.is_ok();
+            let body = axum::Json(serde_json::json!({
+                "status": if ok { "ready" } else { "not_ready" },
+                "broker": show(&broker_state),
+                "archive": show(&archive_state),
+            }));
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, body)
+        }
+    };
+    axum::Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
 }
 
 async fn shutdown_signal() {

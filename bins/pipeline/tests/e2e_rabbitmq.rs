@@ -275,7 +275,14 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
         "transformer-2",
         &env,
     );
-    let (_save, _) = spawn(env!("CARGO_BIN_EXE_pipeline-save2db"), "save2db", &env);
+    let health = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut save_env = env.clone();
+    save_env.push(("PIPELINE_HEALTH_LISTEN", health.clone()));
+    let (_save, _) = spawn(env!("CARGO_BIN_EXE_pipeline-save2db"), "save2db", &save_env);
+    assert_eq!(http_status(&health, "/readyz"), 200, "save2db is ready");
     let (_activity, _) = spawn(env!("CARGO_BIN_EXE_pipeline-activity"), "activity", &env);
 
     // Batch 1: SIGKILL a transformer once half the uploads are in.
@@ -306,12 +313,14 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
     let addr = base.trim_start_matches("http://").to_string();
     let not_ready_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = not_ready_seen.clone();
+    let worker_health = health.clone();
     let second = upload_batch(&base, 300, move || {
         rabbitmqctl(&["-q", "stop_app"]);
         // The API notices the lost connection and says so.
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if http_status(&addr, "/readyz") == 503 {
+            if http_status(&addr, "/readyz") == 503 && http_status(&worker_health, "/readyz") == 503
+            {
                 seen.store(true, std::sync::atomic::Ordering::SeqCst);
                 break;
             }
@@ -322,8 +331,16 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
     .await;
     assert!(
         not_ready_seen.load(std::sync::atomic::Ordering::SeqCst),
-        "/readyz never reported the broker outage"
+        "/readyz of the API and of save2db never reported the broker outage"
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_status(&health, "/readyz") != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "save2db not ready 30 s after the broker came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     eprintln!("batch 2: 300 accepted");
     fetch_all(&base, &second).await;
     eprintln!("batch 2: all results fetched");
