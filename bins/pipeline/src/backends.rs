@@ -24,6 +24,9 @@ pub async fn broker(
         "amqp" | "amqps" => Ok(Arc::new(
             RabbitBroker::connect(url, namespace, connection_name).await?,
         )),
+        "redis" | "rediss" | "redis-cluster" | "redis-sentinel" => Ok(Arc::new(
+            pipeline_redis::RedisBroker::connect(url, namespace).await?,
+        )),
         "memory" => {
             let mut config = MemoryBrokerConfig {
                 drain_timeout,
@@ -49,7 +52,7 @@ pub async fn broker(
             Ok(Arc::new(MemoryBroker::with_config(config)))
         }
         _ => Err(Error::Config(format!(
-            "unsupported broker URL {}; supported schemes: memory://, amqp://, amqps://",
+            "unsupported broker URL {}; supported schemes: memory://, amqp://, amqps://, redis://, rediss://",
             redact_url(url)
         ))),
     }

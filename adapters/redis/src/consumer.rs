@@ -1,0 +1,254 @@
+//! Consuming a stream through the consumer group, and settling deliveries.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::prelude::{ClientLike, LuaInterface, SortedSetsInterface, StreamsInterface};
+use fred::types::streams::XReadResponse;
+use pipeline_core::broker::{Acker, Delivery, DeliveryStream, Subscription};
+use pipeline_core::envelope::{Envelope, Part, now_ms};
+use pipeline_core::{Result, wire};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{FIELD, GROUP, Inner, MIN_DELAY, new_client, redis_error};
+
+/// Moves due delayed entries back to their stream, atomically.
+const MOVE_DUE: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, frame in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', 'f', frame)
+  redis.call('ZREM', KEYS[1], frame)
+end
+return #due
+"#;
+
+struct State {
+    inner: Arc<Inner>,
+    /// A client of its own: a blocking XREADGROUP stalls every other
+    /// command on its connection.
+    reader: fred::clients::Client,
+    queue: String,
+    stream: String,
+    consumer: String,
+    permits: Arc<Semaphore>,
+    buffer: VecDeque<(String, Envelope)>,
+}
+
+pub(crate) async fn subscribe(inner: Arc<Inner>, sub: Subscription) -> Result<DeliveryStream> {
+    let reader = new_client(&inner.config)?;
+    reader
+        .init()
+        .await
+        .map_err(|e| redis_error("connect a reader", e))?;
+    let state = State {
+        stream: inner.stream(&sub.queue),
+        consumer: format!("c-{}", uuid::Uuid::now_v7()),
+        queue: sub.queue,
+        permits: Arc::new(Semaphore::new(sub.prefetch)),
+        buffer: VecDeque::new(),
+        inner,
+        reader,
+    };
+    Ok(Box::pin(futures::stream::unfold(
+        state,
+        |mut s| async move {
+            let item = s.next().await?;
+            Some((item, s))
+        },
+    )))
+}
+
+impl State {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+        loop {
+            if self.inner.closed.load(Ordering::Acquire) {
+                let _ = self.reader.quit().await;
+                return None;
+            }
+            if let Some((id, envelope)) = self.buffer.pop_front() {
+                let acker = RedisAcker {
+                    inner: Arc::clone(&self.inner),
+                    queue: self.queue.clone(),
+                    stream: self.stream.clone(),
+                    id,
+                    envelope: Some(envelope.clone()),
+                    _permit: permit,
+                };
+                return Some(Ok(Delivery::new(envelope, Box::new(acker))));
+            }
+            if let Err(e) = self.move_due().await {
+                tracing::warn!(queue = %self.queue, error = %e, "moving delayed entries failed");
+            }
+            let count = (self.permits.available_permits() + 1) as u64;
+            let read: std::result::Result<XReadResponse<String, String, String, Bytes>, _> = self
+                .reader
+                .xreadgroup_map(
+                    GROUP,
+                    self.consumer.as_str(),
+                    Some(count),
+                    Some(500),
+                    false,
+                    self.stream.as_str(),
+                    ">",
+                )
+                .await;
+            match read {
+                Ok(response) => {
+                    for (_, entries) in response {
+                        for (id, fields) in entries {
+                            self.accept(id, fields).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "reading the stream failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Decode an entry into the buffer; a malformed one is dead-lettered.
+    async fn accept(&mut self, id: String, mut fields: HashMap<String, Bytes>) {
+        let frame = fields.remove(FIELD).unwrap_or_default();
+        match wire::decode(frame.clone()) {
+            Ok(env) => self.buffer.push_back((id, env)),
+            Err(e) => {
+                let env = Envelope::new("pipeline.malformed", uuid::Uuid::nil(), "")
+                    .with_part(Part::new("frame", "application/octet-stream", frame));
+                let reason = format!("cannot decode the message: {e}");
+                match self.inner.add_dead(&self.queue, env, &reason).await {
+                    Ok(()) => {
+                        let _ = remove(&self.inner, &self.stream, &id).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %self.queue, error = %e, "dead-lettering a malformed entry failed")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn move_due(&self) -> Result<()> {
+        let keys = vec![self.inner.delayed(&self.queue), self.stream.clone()];
+        let _: i64 = self
+            .inner
+            .client
+            .eval(MOVE_DUE, keys, vec![now_ms().to_string()])
+            .await
+            .map_err(|e| redis_error("move delayed entries", e))?;
+        Ok(())
+    }
+}
+
+/// XACK then XDEL: a settled entry leaves the stream, so streams hold only
+/// what is waiting or in flight and never lose a pending entry to trimming.
+async fn remove(inner: &Inner, stream: &str, id: &str) -> Result<()> {
+    let _: i64 = inner
+        .client
+        .xack(stream, GROUP, id)
+        .await
+        .map_err(|e| redis_error("XACK", e))?;
+    let _: i64 = inner
+        .client
+        .xdel(stream, id)
+        .await
+        .map_err(|e| redis_error("XDEL", e))?;
+    Ok(())
+}
+
+struct RedisAcker {
+    inner: Arc<Inner>,
+    queue: String,
+    stream: String,
+    id: String,
+    envelope: Option<Envelope>,
+    _permit: OwnedSemaphorePermit,
+}
+
+async fn retry(
+    inner: &Inner,
+    queue: &str,
+    mut env: Envelope,
+    delay: Duration,
+    reason: &str,
+) -> Result<()> {
+    if env.attempt >= inner.max_attempts(queue) {
+        let reason = format!("gave up after {} attempts: {reason}", env.attempt);
+        return inner.add_dead(queue, env, &reason).await;
+    }
+    env.attempt += 1;
+    let frame = wire::encode(&env)?;
+    if delay < MIN_DELAY {
+        inner.add(queue, frame).await
+    } else {
+        let due = now_ms() + delay.as_millis() as i64;
+        let _: i64 = inner
+            .client
+            .zadd(
+                inner.delayed(queue),
+                None,
+                None,
+                false,
+                false,
+                (due as f64, frame),
+            )
+            .await
+            .map_err(|e| redis_error("ZADD", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Acker for RedisAcker {
+    async fn ack(mut self: Box<Self>) -> Result<()> {
+        self.envelope = None;
+        remove(&self.inner, &self.stream, &self.id).await
+    }
+
+    async fn nack(mut self: Box<Self>, delay: Duration, reason: String) -> Result<()> {
+        let Some(env) = self.envelope.take() else {
+            return Ok(());
+        };
+        retry(&self.inner, &self.queue, env, delay, &reason).await?;
+        remove(&self.inner, &self.stream, &self.id).await
+    }
+
+    async fn dead_letter(mut self: Box<Self>, reason: String) -> Result<()> {
+        let Some(env) = self.envelope.take() else {
+            return Ok(());
+        };
+        self.inner.add_dead(&self.queue, env, &reason).await?;
+        remove(&self.inner, &self.stream, &self.id).await
+    }
+}
+
+impl Drop for RedisAcker {
+    fn drop(&mut self) {
+        let Some(env) = self.envelope.take() else {
+            return;
+        };
+        let (inner, queue, stream, id) = (
+            Arc::clone(&self.inner),
+            self.queue.clone(),
+            self.stream.clone(),
+            self.id.clone(),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let done = retry(&inner, &queue, env, Duration::ZERO, "delivery dropped without being settled").await;
+                match done {
+                    Ok(()) => {
+                        let _ = remove(&inner, &stream, &id).await;
+                    }
+                    Err(e) => tracing::warn!(%queue, error = %e, "handing back a dropped delivery failed; it stays pending"),
+                }
+            });
+        }
+    }
+}

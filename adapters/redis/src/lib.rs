@@ -1,0 +1,298 @@
+//! # pipeline-redis
+//!
+//! A [`Broker`] on Redis Streams through `fred` (work in progress: the
+//! broker passes the shared suite; the result store, crash recovery with
+//! `XAUTOCLAIM` and the documentation come next).
+//!
+//! Layout for a namespace `ns`: one stream per queue, `{ns.queue}`, with a
+//! consumer group `pipeline`; dead letters in `{ns.queue}:dead`; delayed
+//! retries in the sorted set `{ns.queue}:delayed` (score = due time), moved
+//! back by a script; routing patterns in the hash `{ns}:bindings`. Keys of
+//! one queue share a hash tag, so they live in one cluster slot.
+
+mod consumer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::prelude::{
+    Builder, ClientLike, Config, HashesInterface, KeysInterface, ReconnectPolicy, StreamsInterface,
+};
+use pipeline_core::broker::{
+    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue, mark_dead,
+    topic_matches,
+};
+use pipeline_core::{Envelope, Error, Result, wire};
+
+/// Consumer group of every stream.
+const GROUP: &str = "pipeline";
+/// Field holding the frame in a stream entry.
+const FIELD: &str = "f";
+
+/// Redis Streams broker. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("namespace", &self.inner.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    client: fred::clients::Client,
+    config: Config,
+    namespace: String,
+    /// (queue, patterns, max attempts) known to this process.
+    bindings: RwLock<Vec<(String, Vec<String>, u32)>>,
+    closed: AtomicBool,
+    /// Keys created by `declare` expire after this (tests, ephemeral setups).
+    key_ttl: Option<Duration>,
+}
+
+pub(crate) fn redis_error(what: &str, e: fred::error::Error) -> Error {
+    Error::Unavailable(format!("{what}: {e}"))
+}
+
+/// The URL with its password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{hosts}{path}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl RedisBroker {
+    /// Connect to `url` (`redis://`, `rediss://`, or a cluster / sentinel
+    /// URL as fred reads it) for `namespace`.
+    pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
+        Self::connect_with_key_ttl(url, namespace, None).await
+    }
+
+    /// Like [`connect`](Self::connect); the keys `declare` creates expire
+    /// after `key_ttl` (for tests and ephemeral environments).
+    pub async fn connect_with_key_ttl(
+        url: &str,
+        namespace: &str,
+        key_ttl: Option<Duration>,
+    ) -> Result<Self> {
+        let config = Config::from_url(url)
+            .map_err(|e| Error::Config(format!("Redis URL {}: {e}", redact(url))))?;
+        let client = new_client(&config)?;
+        client
+            .init()
+            .await
+            .map_err(|e| redis_error(&format!("connect to {}", redact(url)), e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                namespace: namespace.to_string(),
+                bindings: RwLock::new(Vec::new()),
+                closed: AtomicBool::new(false),
+                key_ttl,
+            }),
+        })
+    }
+}
+
+/// A client that reconnects by itself (exponential backoff, no limit).
+pub(crate) fn new_client(config: &Config) -> Result<fred::clients::Client> {
+    Builder::from_config(config.clone())
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()
+        .map_err(|e| Error::Config(format!("Redis client: {e}")))
+}
+
+impl Inner {
+    /// Stream of a queue; a dead-letter queue lives beside its queue.
+    pub(crate) fn stream(&self, queue: &str) -> String {
+        match queue.strip_suffix(".dead") {
+            Some(base) => format!("{{{}.{base}}}:dead", self.namespace),
+            None => format!("{{{}.{queue}}}", self.namespace),
+        }
+    }
+
+    pub(crate) fn delayed(&self, queue: &str) -> String {
+        format!("{}:delayed", self.stream(queue))
+    }
+
+    fn bindings_key(&self) -> String {
+        format!("{{{}}}:bindings", self.namespace)
+    }
+
+    pub(crate) fn max_attempts(&self, queue: &str) -> u32 {
+        self.bindings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(q, _, _)| q == queue)
+            .map_or(u32::MAX, |(_, _, m)| *m)
+    }
+
+    fn targets(&self, key: &str) -> Vec<String> {
+        self.bindings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, patterns, _)| patterns.iter().any(|p| topic_matches(p, key)))
+            .map(|(q, _, _)| q.clone())
+            .collect()
+    }
+
+    /// Reload the bindings other processes declared.
+    async fn load_bindings(&self) -> Result<()> {
+        let all: std::collections::HashMap<String, String> = self
+            .client
+            .hgetall(self.bindings_key())
+            .await
+            .map_err(|e| redis_error("read bindings", e))?;
+        let mut b = self.bindings.write().unwrap_or_else(|e| e.into_inner());
+        for (queue, value) in all {
+            let (max, patterns) = value.split_once(' ').unwrap_or(("5", ""));
+            let patterns: Vec<String> = patterns
+                .split(' ')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
+            let max = max.parse().unwrap_or(5);
+            b.retain(|(q, _, _)| q != &queue);
+            b.push((queue, patterns, max));
+        }
+        Ok(())
+    }
+
+    /// Append `frame` to the stream of `queue`.
+    pub(crate) async fn add(&self, queue: &str, frame: Bytes) -> Result<()> {
+        let _: String = self
+            .client
+            .xadd(self.stream(queue), false, None, "*", vec![(FIELD, frame)])
+            .await
+            .map_err(|e| redis_error(&format!("XADD to {queue:?}"), e))?;
+        Ok(())
+    }
+
+    /// Move `envelope` to the dead-letter stream of `queue`.
+    pub(crate) async fn add_dead(
+        &self,
+        queue: &str,
+        mut envelope: Envelope,
+        reason: &str,
+    ) -> Result<()> {
+        mark_dead(&mut envelope, queue, reason);
+        self.add(&dead_letter_queue(queue), wire::encode(&envelope)?)
+            .await
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, true, true, Some(512 * 1024 * 1024))
+    }
+
+    async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
+        let inner = &self.inner;
+        for spec in queues {
+            for queue in [spec.name.clone(), dead_letter_queue(&spec.name)] {
+                let created: std::result::Result<(), fred::error::Error> = inner
+                    .client
+                    .xgroup_create(inner.stream(&queue), GROUP, "0", true)
+                    .await;
+                if let Err(e) = created
+                    && !e.to_string().contains("BUSYGROUP")
+                {
+                    return Err(redis_error(&format!("create the group of {queue:?}"), e));
+                }
+            }
+            let value = format!("{} {}", spec.max_attempts, spec.patterns.join(" "));
+            let _: i64 = inner
+                .client
+                .hset(inner.bindings_key(), (spec.name.clone(), value))
+                .await
+                .map_err(|e| redis_error("store bindings", e))?;
+            if let Some(ttl) = inner.key_ttl {
+                for key in [
+                    inner.stream(&spec.name),
+                    inner.stream(&dead_letter_queue(&spec.name)),
+                    inner.bindings_key(),
+                ] {
+                    let _: i64 = inner
+                        .client
+                        .expire(key, ttl.as_secs().max(1) as i64, None)
+                        .await
+                        .map_err(|e| redis_error("EXPIRE", e))?;
+                }
+            }
+            let mut b = inner.bindings.write().unwrap_or_else(|e| e.into_inner());
+            b.retain(|(q, _, _)| q != &spec.name);
+            b.push((spec.name.clone(), spec.patterns.clone(), spec.max_attempts));
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, envelope: Envelope) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("Redis broker is closed".into()));
+        }
+        let mut targets = inner.targets(&envelope.event);
+        if targets.is_empty() {
+            inner.load_bindings().await?;
+            targets = inner.targets(&envelope.event);
+        }
+        if targets.is_empty() {
+            return Err(Error::NotFound(format!(
+                "no queue is bound to routing key {:?}",
+                envelope.event
+            )));
+        }
+        let frame = wire::encode(&envelope)?;
+        // One XADD per bound stream: not atomic across streams (they may
+        // live in different cluster slots). A failure part-way is an error;
+        // the caller retries and consumers are idempotent.
+        for queue in targets {
+            inner.add(&queue, frame.clone()).await?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+        consumer::subscribe(Arc::clone(&self.inner), subscription).await
+    }
+
+    async fn ready(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("Redis broker is closed".into()));
+        }
+        let _: String = self
+            .inner
+            .client
+            .ping(None)
+            .await
+            .map_err(|e| redis_error("PING", e))?;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Delays shorter than this are retried at once.
+pub(crate) const MIN_DELAY: Duration = Duration::from_millis(1);
