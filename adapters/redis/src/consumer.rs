@@ -26,6 +26,9 @@ end
 return #due
 "#;
 
+/// A stream entry: its id and fields.
+type Entry = (String, HashMap<String, Bytes>);
+
 struct State {
     inner: Arc<Inner>,
     /// A client of its own: a blocking XREADGROUP stalls every other
@@ -36,6 +39,7 @@ struct State {
     consumer: String,
     permits: Arc<Semaphore>,
     buffer: VecDeque<(String, Envelope)>,
+    last_claim: tokio::time::Instant,
 }
 
 pub(crate) async fn subscribe(inner: Arc<Inner>, sub: Subscription) -> Result<DeliveryStream> {
@@ -50,6 +54,7 @@ pub(crate) async fn subscribe(inner: Arc<Inner>, sub: Subscription) -> Result<De
         queue: sub.queue,
         permits: Arc::new(Semaphore::new(sub.prefetch)),
         buffer: VecDeque::new(),
+        last_claim: tokio::time::Instant::now(),
         inner,
         reader,
     };
@@ -83,6 +88,12 @@ impl State {
             }
             if let Err(e) = self.move_due().await {
                 tracing::warn!(queue = %self.queue, error = %e, "moving delayed entries failed");
+            }
+            if self.last_claim.elapsed() >= self.inner.claim_idle / 4 {
+                self.last_claim = tokio::time::Instant::now();
+                if let Err(e) = self.claim_abandoned().await {
+                    tracing::warn!(queue = %self.queue, error = %e, "claiming abandoned entries failed");
+                }
             }
             let count = (self.permits.available_permits() + 1) as u64;
             let read: std::result::Result<XReadResponse<String, String, String, Bytes>, _> = self
@@ -132,6 +143,53 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Take over entries another consumer left pending for `claim_idle`
+    /// (it died): each counts as an attempt, so an entry that kills its
+    /// consumers ends in the dead-letter stream.
+    async fn claim_abandoned(&mut self) -> Result<()> {
+        let idle = self.inner.claim_idle.as_millis() as u64;
+        let (_, claimed): (String, Vec<Entry>) = self
+            .inner
+            .client
+            .xautoclaim_values(
+                self.stream.as_str(),
+                GROUP,
+                self.consumer.as_str(),
+                idle,
+                "0-0",
+                Some(100),
+                false,
+            )
+            .await
+            .map_err(|e| redis_error("XAUTOCLAIM", e))?;
+        for (id, mut fields) in claimed {
+            let frame = fields.remove(FIELD).unwrap_or_default();
+            let handled = match wire::decode(frame) {
+                Ok(env) => {
+                    tracing::warn!(queue = %self.queue, job_id = %env.job_id, "took over an entry of a dead consumer");
+                    retry(
+                        &self.inner,
+                        &self.queue,
+                        env,
+                        Duration::ZERO,
+                        "its consumer died before settling it",
+                    )
+                    .await
+                }
+                Err(e) => {
+                    let env = Envelope::new("pipeline.malformed", uuid::Uuid::nil(), "");
+                    self.inner
+                        .add_dead(&self.queue, env, &format!("cannot decode the message: {e}"))
+                        .await
+                }
+            };
+            if handled.is_ok() {
+                remove(&self.inner, &self.stream, &id).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn move_due(&self) -> Result<()> {

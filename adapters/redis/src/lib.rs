@@ -55,6 +55,9 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     /// Keys created by `declare` expire after this (tests, ephemeral setups).
     key_ttl: Option<Duration>,
+    /// Entries pending this long with a consumer are taken over (its
+    /// consumer is presumed dead).
+    pub(crate) claim_idle: Duration,
 }
 
 pub(crate) fn redis_error(what: &str, e: fred::error::Error) -> Error {
@@ -90,6 +93,17 @@ impl RedisBroker {
         namespace: &str,
         key_ttl: Option<Duration>,
     ) -> Result<Self> {
+        Self::connect_with(url, namespace, key_ttl, Duration::from_secs(60)).await
+    }
+
+    /// Full control: `key_ttl` as above; entries left pending for
+    /// `claim_idle` by a consumer (presumed dead) are claimed by live ones.
+    pub async fn connect_with(
+        url: &str,
+        namespace: &str,
+        key_ttl: Option<Duration>,
+        claim_idle: Duration,
+    ) -> Result<Self> {
         let config = Config::from_url(url)
             .map_err(|e| Error::Config(format!("Redis URL {}: {e}", redact(url))))?;
         let client = new_client(&config)?;
@@ -105,6 +119,7 @@ impl RedisBroker {
                 bindings: RwLock::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 key_ttl,
+                claim_idle,
             }),
         })
     }

@@ -24,3 +24,55 @@ async fn redis() -> Arc<RedisBroker> {
 }
 
 pipeline_core::broker_conformance!(redis());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_a_dead_consumer_are_claimed_by_a_live_one() {
+    use futures::StreamExt;
+    use pipeline_core::broker::{QueueSpec, Subscription};
+    use pipeline_core::{Broker, Envelope};
+    let url = std::env::var("PIPELINE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let ns = pipeline_core::testkit::unique("claim");
+    let ttl = Some(std::time::Duration::from_secs(300));
+    let idle = std::time::Duration::from_millis(800);
+    let a = RedisBroker::connect_with(&url, &ns, ttl, idle)
+        .await
+        .expect("connect");
+    a.declare(&[QueueSpec::new("work", &["job"], 5)])
+        .await
+        .expect("declare");
+    let sent = Envelope::new("job", uuid::Uuid::now_v7(), "t");
+    a.publish(sent.clone()).await.expect("publish");
+    // Consumer A takes it and dies without settling (no Drop runs).
+    let mut sa = a
+        .subscribe(Subscription::new("work", 1))
+        .await
+        .expect("subscribe");
+    let d = tokio::time::timeout(std::time::Duration::from_secs(10), sa.next())
+        .await
+        .expect("stalled")
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.envelope().id, sent.id);
+    std::mem::forget(d);
+    std::mem::forget(sa);
+    // Consumer B, in another "process", gets it after the idle time.
+    let b = RedisBroker::connect_with(&url, &ns, ttl, idle)
+        .await
+        .expect("connect");
+    b.declare(&[QueueSpec::new("work", &["job"], 5)])
+        .await
+        .expect("declare");
+    let mut sb = b
+        .subscribe(Subscription::new("work", 1))
+        .await
+        .expect("subscribe");
+    let d = tokio::time::timeout(std::time::Duration::from_secs(15), sb.next())
+        .await
+        .expect("never claimed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.envelope().id, sent.id);
+    assert_eq!(d.attempt(), 2, "the lost delivery counts as an attempt");
+    d.ack().await.expect("ack");
+}
