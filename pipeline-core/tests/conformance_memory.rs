@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use pipeline_core::memory::{MemoryArchive, MemoryBroker};
+use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryResultStore};
 
 mod broker {
     use super::*;
@@ -17,4 +17,9 @@ mod broker {
 mod store {
     use super::*;
     pipeline_core::store_conformance!(async { Arc::new(MemoryArchive::new()) });
+}
+
+mod results {
+    use super::*;
+    pipeline_core::results_conformance!(async { Arc::new(MemoryResultStore::new()) });
 }

@@ -11,6 +11,9 @@
 //! one queue share a hash tag, so they live in one cluster slot.
 
 mod consumer;
+mod results;
+
+pub use results::RedisResultStore;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};

@@ -76,3 +76,20 @@ async fn entries_of_a_dead_consumer_are_claimed_by_a_live_one() {
     assert_eq!(d.attempt(), 2, "the lost delivery counts as an attempt");
     d.ack().await.expect("ack");
 }
+
+mod results {
+    use super::*;
+
+    async fn store() -> Arc<pipeline_redis::RedisResultStore> {
+        let url = std::env::var("PIPELINE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let ns = pipeline_core::testkit::unique("res");
+        Arc::new(
+            pipeline_redis::RedisResultStore::connect(&url, &ns)
+                .await
+                .expect("Redis is unreachable"),
+        )
+    }
+
+    pipeline_core::results_conformance!(store());
+}

@@ -68,11 +68,14 @@ fn query_pairs(url: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// The result store for `url`.
-pub fn results(url: &str) -> Result<Arc<dyn ResultStore>, Error> {
+pub async fn results(url: &str, namespace: &str) -> Result<Arc<dyn ResultStore>, Error> {
     match scheme(url) {
         "memory" => Ok(Arc::new(MemoryResultStore::new())),
+        "redis" | "rediss" | "redis-cluster" | "redis-sentinel" => Ok(Arc::new(
+            pipeline_redis::RedisResultStore::connect(url, namespace).await?,
+        )),
         _ => Err(Error::Config(format!(
-            "unsupported results URL {}; supported schemes: memory://",
+            "unsupported results URL {}; supported schemes: memory://, redis://, rediss://",
             redact_url(url)
         ))),
     }

@@ -45,7 +45,7 @@ pub struct ServeArgs {
         default_value = "sqlite://./pipeline-data/pipeline.db?mode=rwc"
     )]
     pub database_url: String,
-    /// Result store: memory://
+    /// Result store: memory://, redis://
     #[arg(long, env = "PIPELINE_RESULTS_URL", default_value = "memory://")]
     pub results_url: String,
     /// Prefix of every queue, key and table this system creates.
@@ -256,7 +256,7 @@ pub async fn run_until(
 
     let mut api = None;
     if let (true, Some((store, _))) = (roles.api, &archive) {
-        let results = backends::results(&args.results_url)?;
+        let results = backends::results(&args.results_url, &args.namespace).await?;
         let submitter = Submitter::new(
             broker.clone(),
             results.clone(),

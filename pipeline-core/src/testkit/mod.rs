@@ -14,6 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod broker;
+pub mod results;
 pub mod store;
 
 /// A random lower-case suffix for names that must not collide between runs.
@@ -77,6 +78,31 @@ macro_rules! store_conformance {
             async fn $case() {
                 let store = $make.await;
                 $crate::testkit::store::$case(store.clone(), store).await;
+            }
+        )*
+    };
+}
+
+/// Expand the result-store suite into tests; `$make` is an expression giving
+/// a future of `Arc<dyn ResultStore>` (or a type coercible to it).
+#[macro_export]
+macro_rules! results_conformance {
+    ($make:expr) => {
+        $crate::results_conformance!(@cases $make;
+            put_and_get,
+            terminal_states_are_final,
+            statuses_expire,
+            wait_is_woken_by_the_result,
+            wait_times_out_with_the_current_status,
+            completions_stream_finished_jobs
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store: ::std::sync::Arc<dyn $crate::ResultStore> = $make.await;
+                $crate::testkit::results::$case(store).await;
             }
         )*
     };

@@ -1,0 +1,246 @@
+//! [`ResultStore`] on Redis: one hash per job with a TTL, completions
+//! announced on a Pub/Sub channel that wakes waiters in every API process.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::clients::{Client, SubscriberClient};
+use fred::prelude::{ClientLike, EventInterface, HashesInterface, LuaInterface, PubsubInterface};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use pipeline_core::results::{JobStatus, JobSummary, ResultStore};
+use pipeline_core::store::{Blob, JobFailure, JobInfo, JobState};
+use pipeline_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::{new_client, redact, redis_error};
+
+/// Writes a status unless a terminal one is there; announces terminal ones.
+const PUT: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'state')
+if cur == 'done' or cur == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2], 'data', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if ARGV[1] ~= 'pending' then redis.call('PUBLISH', ARGV[5], ARGV[2]) end
+return 1
+"#;
+
+/// Everything of a [`JobStatus`] but the bytes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    job_id: Uuid,
+    tenant: String,
+    state: JobState,
+    spec: String,
+    submitted_at_ms: i64,
+    updated_at_ms: i64,
+    info: Option<JobInfo>,
+    error: Option<JobFailure>,
+    result_type: Option<String>,
+}
+
+impl Meta {
+    fn summary(&self) -> JobSummary {
+        JobSummary {
+            id: self.job_id,
+            tenant: self.tenant.clone(),
+            status: self.state,
+            spec: self.spec.clone(),
+            submitted_at_ms: self.submitted_at_ms,
+            updated_at_ms: self.updated_at_ms,
+            info: self.info.clone(),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// Result store shared by every API process through Redis.
+pub struct RedisResultStore {
+    client: Client,
+    namespace: String,
+    channel: String,
+    done: broadcast::Sender<JobSummary>,
+    _subscriber: SubscriberClient,
+}
+
+impl std::fmt::Debug for RedisResultStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisResultStore")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisResultStore {
+    /// Connect to `url` for `namespace`.
+    pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
+        let config = fred::prelude::Config::from_url(url)
+            .map_err(|e| Error::Config(format!("Redis URL {}: {e}", redact(url))))?;
+        let client = new_client(&config)?;
+        client
+            .init()
+            .await
+            .map_err(|e| redis_error(&format!("connect to {}", redact(url)), e))?;
+        let subscriber = fred::prelude::Builder::from_config(config)
+            .set_policy(fred::prelude::ReconnectPolicy::new_exponential(
+                0, 100, 5_000, 2,
+            ))
+            .build_subscriber_client()
+            .map_err(|e| Error::Config(format!("Redis subscriber: {e}")))?;
+        subscriber
+            .init()
+            .await
+            .map_err(|e| redis_error("connect the subscriber", e))?;
+        // Subscriptions are restored after every reconnection.
+        drop(subscriber.manage_subscriptions());
+        let channel = format!("{{{namespace}}}:done");
+        let (done, _) = broadcast::channel(4096);
+        let mut messages = subscriber.message_rx();
+        let tx = done.clone();
+        let wanted = channel.clone();
+        tokio::spawn(async move {
+            loop {
+                match messages.recv().await {
+                    Ok(m) if *m.channel == *wanted => {
+                        let meta: Option<Meta> =
+                            m.value.as_str().and_then(|s| serde_json::from_str(&s).ok());
+                        if let Some(meta) = meta {
+                            let _ = tx.send(meta.summary());
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        subscriber
+            .subscribe(channel.clone())
+            .await
+            .map_err(|e| redis_error("SUBSCRIBE", e))?;
+        Ok(Self {
+            client,
+            namespace: namespace.to_string(),
+            channel,
+            done,
+            _subscriber: subscriber,
+        })
+    }
+
+    fn key(&self, job: Uuid) -> String {
+        format!("{{{}}}:job:{job}", self.namespace)
+    }
+
+    async fn current(&self, job: Uuid) -> Result<Option<JobStatus>> {
+        let fields: HashMap<String, Bytes> = self
+            .client
+            .hgetall(self.key(job))
+            .await
+            .map_err(|e| redis_error("HGETALL", e))?;
+        let Some(meta) = fields.get("meta") else {
+            return Ok(None);
+        };
+        let meta: Meta = serde_json::from_slice(meta).map_err(|e| {
+            Error::backend("redis", format!("bad result record of {job}: {e}"), false)
+        })?;
+        let result = match (&meta.result_type, fields.get("data")) {
+            (Some(t), Some(data)) => Some(Blob {
+                content_type: t.clone(),
+                data: data.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Some(JobStatus {
+            job_id: meta.job_id,
+            tenant: meta.tenant,
+            state: meta.state,
+            spec: meta.spec,
+            submitted_at_ms: meta.submitted_at_ms,
+            updated_at_ms: meta.updated_at_ms,
+            result,
+            info: meta.info,
+            error: meta.error,
+        }))
+    }
+}
+
+#[async_trait]
+impl ResultStore for RedisResultStore {
+    async fn put(&self, status: JobStatus, ttl: Duration) -> Result<()> {
+        let meta = Meta {
+            job_id: status.job_id,
+            tenant: status.tenant.clone(),
+            state: status.state,
+            spec: status.spec.clone(),
+            submitted_at_ms: status.submitted_at_ms,
+            updated_at_ms: status.updated_at_ms,
+            info: status.info.clone(),
+            error: status.error.clone(),
+            result_type: status.result.as_ref().map(|b| b.content_type.clone()),
+        };
+        let meta = serde_json::to_string(&meta)
+            .map_err(|e| Error::backend("redis", format!("encode a status: {e}"), false))?;
+        let data = status.result.map(|b| b.data).unwrap_or_default();
+        let args: Vec<fred::prelude::Value> = vec![
+            status.state.as_str().into(),
+            meta.into(),
+            data.into(),
+            (ttl.as_millis().max(1) as i64).into(),
+            self.channel.clone().into(),
+        ];
+        let _: i64 = self
+            .client
+            .eval(PUT, vec![self.key(status.job_id)], args)
+            .await
+            .map_err(|e| redis_error("store a status", e))?;
+        Ok(())
+    }
+
+    async fn get(&self, job_id: Uuid) -> Result<Option<JobStatus>> {
+        self.current(job_id).await
+    }
+
+    async fn wait(&self, job_id: Uuid, timeout: Duration) -> Result<Option<JobStatus>> {
+        let mut rx = self.done.subscribe();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.current(job_id).await?;
+            match &status {
+                None => return Ok(None),
+                Some(s) if s.state.is_terminal() => return Ok(status),
+                Some(_) => {}
+            }
+            // Woken by the announcement; a missed one (reconnect) is caught
+            // by looking again every few seconds.
+            let wake = Instant::now() + Duration::from_secs(2);
+            loop {
+                match tokio::time::timeout_at(deadline.min(wake), rx.recv()).await {
+                    Err(_) if Instant::now() >= deadline => return self.current(job_id).await,
+                    Err(_) => break,
+                    Ok(Ok(s)) if s.id != job_id => continue,
+                    Ok(_) => break,
+                }
+            }
+        }
+    }
+
+    async fn completions(&self) -> Result<BoxStream<'static, JobSummary>> {
+        let rx = self.done.subscribe();
+        Ok(tokio_stream::wrappers::BroadcastStream::new(rx)
+            .filter_map(|r| async move { r.ok() })
+            .boxed())
+    }
+
+    async fn ready(&self) -> Result<()> {
+        let _: String = self
+            .client
+            .ping(None)
+            .await
+            .map_err(|e| redis_error("PING", e))?;
+        Ok(())
+    }
+}
