@@ -85,8 +85,18 @@ pub fn redact(url: &str) -> String {
 impl RedisBroker {
     /// Connect to `url` (`redis://`, `rediss://`, or a cluster / sentinel
     /// URL as fred reads it) for `namespace`.
+    ///
+    /// Adapter options in the query string (removed before fred reads the
+    /// URL): `claim_idle_ms` (default 60000) and `key_ttl_s` (none).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
-        Self::connect_with_key_ttl(url, namespace, None).await
+        let (url, claim_idle, key_ttl) = split_options(url)?;
+        Self::connect_with(
+            &url,
+            namespace,
+            key_ttl,
+            claim_idle.unwrap_or(Duration::from_secs(60)),
+        )
+        .await
     }
 
     /// Like [`connect`](Self::connect); the keys `declare` creates expire
@@ -126,6 +136,36 @@ impl RedisBroker {
             }),
         })
     }
+}
+
+/// Take the adapter's own options out of `url`.
+fn split_options(url: &str) -> Result<(String, Option<Duration>, Option<Duration>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None, None));
+    };
+    let (mut claim, mut ttl, mut rest) = (None, None, Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || -> Result<u64> {
+            v.parse().map_err(|_| {
+                Error::Config(format!(
+                    "Redis URL {}: {k} {v:?} is not a number",
+                    redact(url)
+                ))
+            })
+        };
+        match k {
+            "claim_idle_ms" => claim = Some(Duration::from_millis(number()?.max(100))),
+            "key_ttl_s" => ttl = Some(Duration::from_secs(number()?.max(1))),
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, claim, ttl))
 }
 
 /// A client that reconnects by itself (exponential backoff, no limit).

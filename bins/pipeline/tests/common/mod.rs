@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 
+pub mod procs;
+
 /// A running `pipeline serve` on a free port with its own data folder.
 pub struct Server {
     pub child: Child,

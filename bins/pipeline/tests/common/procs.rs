@@ -1,0 +1,202 @@
+//! Running the role binaries as separate processes, for end-to-end tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::ImageFormat;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::image_bytes;
+
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn(bin: &str, name: &'static str, env: &[(&str, String)]) -> (Proc, String) {
+    let mut cmd = Command::new(bin);
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("PIPELINE_E2E_LOG").unwrap_or_else(|_| "warn".into()),
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("first line");
+    assert!(
+        !line.is_empty(),
+        "{name} exited before starting (is RabbitMQ up?)"
+    );
+    (Proc { child }, line.trim().to_string())
+}
+
+/// The status code of `GET path` on `addr` (plain HTTP/1.1, blocking).
+pub fn http_status(addr: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut head = [0u8; 12];
+    if conn.read_exact(&mut head).is_err() {
+        return 0;
+    }
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Upload `n` images with 16 clients; `midway` runs once half of them are accepted.
+pub async fn upload_batch(
+    base: &str,
+    n: usize,
+    midway: impl FnOnce() + Send + 'static,
+) -> Vec<Uuid> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let midway = Arc::new(std::sync::Mutex::new(Some(midway)));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (http, next, accepted, midway, base) = (
+            http.clone(),
+            next.clone(),
+            accepted.clone(),
+            midway.clone(),
+            base.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= n {
+                    return;
+                }
+                let format = if i % 2 == 0 {
+                    ImageFormat::Jpeg
+                } else {
+                    ImageFormat::Png
+                };
+                let data = image_bytes(format, 160, 120, (i % 251) as u8);
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let id = loop {
+                    let resp = http
+                        .post(format!("{base}/v1/images"))
+                        .header("content-type", format.to_mime_type())
+                        .body(data.clone())
+                        .send()
+                        .await;
+                    match resp {
+                        Ok(r) if r.status() == 202 => {
+                            let body: Value = r.json().await.unwrap();
+                            break body["images"][0]["id"]
+                                .as_str()
+                                .unwrap()
+                                .parse::<Uuid>()
+                                .unwrap();
+                        }
+                        // Broker outage or backpressure: the API said retry.
+                        Ok(r) if r.status() == 503 => {}
+                        Ok(r) => panic!("upload {i}: {}", r.status()),
+                        Err(e) => panic!("upload {i}: {e}"),
+                    }
+                    assert!(Instant::now() < deadline, "upload {i} refused for 120 s");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                };
+                let count = {
+                    let mut a = accepted.lock().unwrap();
+                    a.push(id);
+                    a.len()
+                };
+                if count == n / 2 {
+                    let f = midway.lock().unwrap().take();
+                    if let Some(f) = f {
+                        tokio::task::spawn_blocking(f).await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(accepted).unwrap().into_inner().unwrap()
+}
+
+pub async fn fetch_all(base: &str, ids: &[Uuid]) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    for id in ids {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let r = http
+                .get(format!("{base}/v1/images/{id}/result?wait=30"))
+                .send()
+                .await
+                .unwrap();
+            match r.status().as_u16() {
+                200 => {
+                    let bytes = r.bytes().await.unwrap();
+                    let img = image::load_from_memory(&bytes).expect("result decodes");
+                    assert_eq!((img.width(), img.height()), (160, 120));
+                    break;
+                }
+                202 => assert!(Instant::now() < deadline, "job {id} not done after 120 s"),
+                other => panic!(
+                    "job {id}: status {other}: {}",
+                    r.text().await.unwrap_or_default()
+                ),
+            }
+        }
+    }
+}
+
+pub async fn wait_archived(
+    db: &str,
+    ns: &str,
+    expected: u64,
+    on_fail: impl Fn(),
+) -> pipeline_sql::SqlArchive {
+    let archive = pipeline_sql::SqlArchive::connect(db, ns).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = archive.image_count().await.unwrap();
+        assert!(
+            n <= expected,
+            "{n} rows for {expected} jobs: something was archived twice"
+        );
+        if n == expected {
+            return archive;
+        }
+        if Instant::now() >= deadline {
+            on_fail();
+            panic!("only {n} of {expected} jobs archived after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
