@@ -1,0 +1,108 @@
+//! Redis connections killed (`CLIENT KILL TYPE normal`) while publishing and
+//! consuming: nothing is lost. Alone in its test binary, because it kills
+//! every normal client of the server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use pipeline_core::broker::{QueueSpec, Subscription};
+use pipeline_core::{Broker, Envelope};
+use pipeline_redis::RedisBroker;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_when_the_connections_are_killed() {
+    let url = std::env::var("PIPELINE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let ns = pipeline_core::testkit::unique("kill");
+    let broker = Arc::new(
+        RedisBroker::connect_with(
+            &url,
+            &ns,
+            Some(Duration::from_secs(300)),
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("Redis is unreachable"),
+    );
+    broker
+        .declare(&[QueueSpec::new("work", &["job"], 10)])
+        .await
+        .unwrap();
+    let mut stream = broker
+        .subscribe(Subscription::new("work", 10))
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let Ok(d) = item else { continue };
+            let id = d.envelope().id;
+            // A failed ack leaves the entry pending: it is claimed again.
+            if d.ack().await.is_ok() && tx.send(id).is_err() {
+                break;
+            }
+        }
+    });
+    let total = 300;
+    let publisher = {
+        let b = broker.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for _ in 0..total {
+                let env = Envelope::new("job", Uuid::now_v7(), "t");
+                sent.push(env.id);
+                // A publish cut by the kill is an error the caller retries.
+                let mut tries = 0;
+                while let Err(e) = b.publish(env.clone()).await {
+                    tries += 1;
+                    assert!(tries < 100, "publish never recovered: {e}");
+                    assert!(e.is_retryable(), "{e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        })
+    };
+    let mut seen = HashSet::new();
+    while seen.len() < total / 3 {
+        seen.insert(
+            tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("stalled")
+                .expect("closed"),
+        );
+    }
+    let killed = std::process::Command::new("redis-cli")
+        .args(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .output()
+        .expect("redis-cli");
+    let n: u32 = String::from_utf8_lossy(&killed.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(n >= 2, "killed {n} connections");
+    assert!(
+        !publisher.is_finished(),
+        "the kill came after the last publish: the test proves nothing"
+    );
+    let sent: HashSet<Uuid> = publisher.await.unwrap().into_iter().collect();
+    while !sent.is_subset(&seen) {
+        let id = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} messages missing after the kill",
+                    sent.difference(&seen).count()
+                )
+            })
+            .expect("closed");
+        seen.insert(id);
+    }
+    assert!(broker.ready().await.is_ok());
+    consumer.abort();
+}
