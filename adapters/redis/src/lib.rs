@@ -168,6 +168,18 @@ fn split_options(url: &str) -> Result<(String, Option<Duration>, Option<Duration
     Ok((url, claim, ttl))
 }
 
+/// PING with a bound: while fred reconnects, commands queue instead of
+/// failing, and readiness must answer during an outage.
+pub(crate) async fn bounded_ping(client: &fred::clients::Client) -> Result<()> {
+    match tokio::time::timeout(Duration::from_secs(2), client.ping::<String>(None)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(redis_error("PING", e)),
+        Err(_) => Err(Error::Unavailable(
+            "Redis did not answer PING within 2 s (reconnecting?)".into(),
+        )),
+    }
+}
+
 /// A client that reconnects by itself (exponential backoff, no limit).
 pub(crate) fn new_client(config: &Config) -> Result<fred::clients::Client> {
     Builder::from_config(config.clone())
@@ -337,13 +349,7 @@ impl Broker for RedisBroker {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("Redis broker is closed".into()));
         }
-        let _: String = self
-            .inner
-            .client
-            .ping(None)
-            .await
-            .map_err(|e| redis_error("PING", e))?;
-        Ok(())
+        crate::bounded_ping(&self.inner.client).await
     }
 
     async fn close(&self) -> Result<()> {

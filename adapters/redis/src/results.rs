@@ -236,11 +236,6 @@ impl ResultStore for RedisResultStore {
     }
 
     async fn ready(&self) -> Result<()> {
-        let _: String = self
-            .client
-            .ping(None)
-            .await
-            .map_err(|e| redis_error("PING", e))?;
-        Ok(())
+        crate::bounded_ping(&self.client).await
     }
 }
