@@ -9,6 +9,7 @@
 
 pub mod blob;
 pub mod broker;
+pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod memory;

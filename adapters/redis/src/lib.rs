@@ -67,20 +67,7 @@ pub(crate) fn redis_error(what: &str, e: fred::error::Error) -> Error {
     Error::Unavailable(format!("{what}: {e}"))
 }
 
-/// The URL with its password replaced by `***`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{hosts}{path}")
-        }
-        _ => url.to_string(),
-    }
-}
+pub use pipeline_core::config::redact_url as redact;
 
 impl RedisBroker {
     /// Connect to `url` (`redis://`, `rediss://`, or a cluster / sentinel

@@ -65,24 +65,7 @@ impl fmt::Debug for SqlArchive {
     }
 }
 
-/// The URL with its password replaced by `***`, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{path}")
-            } else {
-                format!("{scheme}://{user}@{host}{path}")
-            }
-        }
-        None => url.to_string(),
-    }
-}
+pub use pipeline_core::config::redact_url;
 
 impl SqlArchive {
     /// Connect to `url` (`sqlite://`, `postgres://`, `mysql://`), and create
@@ -650,26 +633,5 @@ impl ActivityLog for SqlArchive {
                 })
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redaction() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(
-            redact_url("mysql://root@localhost/test"),
-            "mysql://root@localhost/test"
-        );
-        assert_eq!(
-            redact_url("sqlite://x.db?mode=rwc"),
-            "sqlite://x.db?mode=rwc"
-        );
     }
 }
