@@ -212,6 +212,21 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
     go(&p, &k)
 }
 
+/// Event name of the envelope that wraps a frame that could not be decoded.
+pub const MALFORMED_EVENT: &str = "pipeline.malformed";
+
+/// Wrap a frame that cannot be decoded so a dead-letter queue stays
+/// readable: the raw bytes are its `frame` part. Returns the envelope and
+/// the dead-letter reason.
+pub fn malformed(frame: bytes::Bytes, error: &crate::Error) -> (Envelope, String) {
+    let env = Envelope::new(MALFORMED_EVENT, uuid::Uuid::nil(), "").with_part(crate::Part::new(
+        "frame",
+        "application/octet-stream",
+        frame,
+    ));
+    (env, format!("cannot decode the message: {error}"))
+}
+
 /// Mark `envelope` as dead-lettered from `queue` because of `reason`.
 pub fn mark_dead(envelope: &mut Envelope, queue: &str, reason: &str) {
     envelope

@@ -182,6 +182,20 @@ pub struct Page {
     pub next_cursor: Option<Uuid>,
 }
 
+impl Page {
+    /// A page from up to `limit + 1` records read newest first: the extra
+    /// one only tells that more follow.
+    pub fn from_overfetch(mut items: Vec<ImageRecord>, limit: usize) -> Self {
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|r| r.job_id)
+        } else {
+            None
+        };
+        Self { items, next_cursor }
+    }
+}
+
 /// The permanent archive of jobs.
 ///
 /// # Contract

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Channel, Consumer};
-use pipeline_core::broker::{Acker, Delivery};
+use pipeline_core::broker::{Acker, Delivery, malformed};
 use pipeline_core::{Envelope, Error, Result, wire};
 
-use crate::{Inner, bounded, malformed};
+use crate::{Inner, bounded};
 
 pub(crate) struct ConsumerState {
     pub inner: Arc<Inner>,
@@ -201,9 +201,7 @@ impl RabbitAcker {
             Err(e) => Err(Error::Unavailable(format!("ack on {:?}: {e}", self.full))),
         }
     }
-}
 
-impl RabbitAcker {
     /// Ack the original if its copy was sent; otherwise hand it back to the
     /// queue so nothing is lost, and report the failure.
     async fn settle_after(&mut self, sent: Result<()>) -> Result<()> {

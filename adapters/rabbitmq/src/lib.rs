@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -27,7 +26,6 @@ use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 use pipeline_core::broker::{
     Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue, mark_dead,
 };
-use pipeline_core::envelope::Part;
 use pipeline_core::{Envelope, Error, Result, wire};
 
 pub use config::{QueueType, RabbitConfig, redact};
@@ -504,15 +502,4 @@ impl Broker for RabbitBroker {
         }
         Ok(())
     }
-}
-
-/// A message whose frame cannot be decoded, wrapped so the dead-letter
-/// queue stays readable: the raw bytes are its `frame` part.
-fn malformed(frame: Bytes, error: &Error) -> (Envelope, String) {
-    let env = Envelope::new("pipeline.malformed", uuid::Uuid::nil(), "").with_part(Part::new(
-        "frame",
-        "application/octet-stream",
-        frame,
-    ));
-    (env, format!("cannot decode the message: {error}"))
 }

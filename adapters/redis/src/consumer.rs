@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{ClientLike, LuaInterface, SortedSetsInterface, StreamsInterface};
 use fred::types::streams::XReadResponse;
-use pipeline_core::broker::{Acker, Delivery, DeliveryStream, Subscription};
-use pipeline_core::envelope::{Envelope, Part, now_ms};
+use pipeline_core::broker::{Acker, Delivery, DeliveryStream, Subscription, malformed};
+use pipeline_core::envelope::{Envelope, now_ms};
 use pipeline_core::{Result, wire};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -40,6 +40,7 @@ struct State {
     permits: Arc<Semaphore>,
     buffer: VecDeque<(String, Envelope)>,
     last_claim: tokio::time::Instant,
+    last_move: tokio::time::Instant,
 }
 
 pub(crate) async fn subscribe(inner: Arc<Inner>, sub: Subscription) -> Result<DeliveryStream> {
@@ -55,6 +56,7 @@ pub(crate) async fn subscribe(inner: Arc<Inner>, sub: Subscription) -> Result<De
         permits: Arc::new(Semaphore::new(sub.prefetch)),
         buffer: VecDeque::new(),
         last_claim: tokio::time::Instant::now(),
+        last_move: tokio::time::Instant::now(),
         inner,
         reader,
     };
@@ -86,8 +88,12 @@ impl State {
                 };
                 return Some(Ok(Delivery::new(envelope, Box::new(acker))));
             }
-            if let Err(e) = self.move_due().await {
-                tracing::warn!(queue = %self.queue, error = %e, "moving delayed entries failed");
+            // Due retries are moved at most every 200 ms, not before every read.
+            if self.last_move.elapsed() >= Duration::from_millis(200) {
+                self.last_move = tokio::time::Instant::now();
+                if let Err(e) = self.move_due().await {
+                    tracing::warn!(queue = %self.queue, error = %e, "moving delayed entries failed");
+                }
             }
             if self.last_claim.elapsed() >= self.inner.claim_idle / 4 {
                 self.last_claim = tokio::time::Instant::now();
@@ -130,9 +136,7 @@ impl State {
         match wire::decode(frame.clone()) {
             Ok(env) => self.buffer.push_back((id, env)),
             Err(e) => {
-                let env = Envelope::new("pipeline.malformed", uuid::Uuid::nil(), "")
-                    .with_part(Part::new("frame", "application/octet-stream", frame));
-                let reason = format!("cannot decode the message: {e}");
+                let (env, reason) = malformed(frame, &e);
                 match self.inner.add_dead(&self.queue, env, &reason).await {
                     Ok(()) => {
                         let _ = remove(&self.inner, &self.stream, &id).await;
@@ -166,7 +170,7 @@ impl State {
             .map_err(|e| redis_error("XAUTOCLAIM", e))?;
         for (id, mut fields) in claimed {
             let frame = fields.remove(FIELD).unwrap_or_default();
-            let handled = match wire::decode(frame) {
+            let handled = match wire::decode(frame.clone()) {
                 Ok(env) => {
                     tracing::warn!(queue = %self.queue, job_id = %env.job_id, "took over an entry of a dead consumer");
                     retry(
@@ -179,10 +183,8 @@ impl State {
                     .await
                 }
                 Err(e) => {
-                    let env = Envelope::new("pipeline.malformed", uuid::Uuid::nil(), "");
-                    self.inner
-                        .add_dead(&self.queue, env, &format!("cannot decode the message: {e}"))
-                        .await
+                    let (env, reason) = malformed(frame, &e);
+                    self.inner.add_dead(&self.queue, env, &reason).await
                 }
             };
             if handled.is_ok() {

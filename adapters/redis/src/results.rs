@@ -45,16 +45,17 @@ struct Meta {
 }
 
 impl Meta {
-    fn summary(&self) -> JobSummary {
-        JobSummary {
-            id: self.job_id,
-            tenant: self.tenant.clone(),
-            status: self.state,
-            spec: self.spec.clone(),
+    fn into_status(self, result: Option<Blob>) -> JobStatus {
+        JobStatus {
+            job_id: self.job_id,
+            tenant: self.tenant,
+            state: self.state,
+            spec: self.spec,
             submitted_at_ms: self.submitted_at_ms,
             updated_at_ms: self.updated_at_ms,
-            info: self.info.clone(),
-            error: self.error.clone(),
+            result,
+            info: self.info,
+            error: self.error,
         }
     }
 }
@@ -110,7 +111,7 @@ impl RedisResultStore {
                         let meta: Option<Meta> =
                             m.value.as_str().and_then(|s| serde_json::from_str(&s).ok());
                         if let Some(meta) = meta {
-                            let _ = tx.send(meta.summary());
+                            let _ = tx.send(meta.into_status(None).summary());
                         }
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -154,17 +155,7 @@ impl RedisResultStore {
             }),
             _ => None,
         };
-        Ok(Some(JobStatus {
-            job_id: meta.job_id,
-            tenant: meta.tenant,
-            state: meta.state,
-            spec: meta.spec,
-            submitted_at_ms: meta.submitted_at_ms,
-            updated_at_ms: meta.updated_at_ms,
-            result,
-            info: meta.info,
-            error: meta.error,
-        }))
+        Ok(Some(meta.into_status(result)))
     }
 }
 

@@ -531,17 +531,11 @@ impl ImageStore for SqlArchive {
             q.and_where(Expr::col(Alias::new("job_id")).lt(c.to_string()));
         }
         let rows = self.db.query_all(&q).await.map_err(|e| self.err(e))?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(|r| self.record_of(r))
             .collect::<Result<Vec<_>>>()?;
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|r| r.job_id)
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, limit))
     }
 
     async fn ready(&self) -> Result<()> {

@@ -98,7 +98,7 @@ impl ImageStore for MemoryArchive {
     async fn list(&self, tenant: &str, cursor: Option<Uuid>, limit: usize) -> Result<Page> {
         let state = lock(&self.state);
         let limit = limit.max(1);
-        let mut items: Vec<ImageRecord> = state
+        let items: Vec<ImageRecord> = state
             .images
             .iter()
             .rev()
@@ -107,13 +107,7 @@ impl ImageStore for MemoryArchive {
             .take(limit + 1)
             .map(|(_, (r, _, _))| r.clone())
             .collect();
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|r| r.job_id)
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, limit))
     }
 
     async fn ready(&self) -> Result<()> {
