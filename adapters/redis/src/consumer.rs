@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{ClientLike, LuaInterface, SortedSetsInterface, StreamsInterface};
+use fred::types::Value;
 use fred::types::streams::XReadResponse;
 use pipeline_core::broker::{Acker, Delivery, DeliveryStream, Subscription, malformed};
 use pipeline_core::envelope::{Envelope, now_ms};
@@ -102,9 +103,11 @@ impl State {
                 }
             }
             let count = (self.permits.available_permits() + 1) as u64;
+            // A read that times out is a nil reply, which fred's typed
+            // conversion refuses: take the raw value and treat nil as empty.
             let read: std::result::Result<XReadResponse<String, String, String, Bytes>, _> = self
                 .reader
-                .xreadgroup_map(
+                .xreadgroup::<Value, _, _, _, _>(
                     GROUP,
                     self.consumer.as_str(),
                     Some(count),
@@ -113,13 +116,28 @@ impl State {
                     self.stream.as_str(),
                     ">",
                 )
-                .await;
+                .await
+                .and_then(|v| {
+                    if v.is_null() {
+                        Ok(XReadResponse::default())
+                    } else {
+                        v.into_xread_response()
+                    }
+                });
             match read {
                 Ok(response) => {
                     for (_, entries) in response {
                         for (id, fields) in entries {
                             self.accept(id, fields).await;
                         }
+                    }
+                }
+                Err(e) if e.to_string().contains("NOGROUP") => {
+                    // The server lost its data (restart without persistence).
+                    tracing::warn!(queue = %self.queue, "the consumer group is gone (Redis lost its data?); recreating it");
+                    if let Err(e) = self.inner.restore(&self.queue).await {
+                        tracing::warn!(queue = %self.queue, error = %e, "recreating the consumer group failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
                 Err(e) => {

@@ -1,8 +1,7 @@
 //! # pipeline-redis
 //!
-//! A [`Broker`] on Redis Streams through `fred` (work in progress: the
-//! broker passes the shared suite; the result store, crash recovery with
-//! `XAUTOCLAIM` and the documentation come next).
+//! A [`Broker`] on Redis Streams and a [`ResultStore`](pipeline_core::ResultStore)
+//! on Redis hashes, through `fred`. See `docs/backends/redis.md`.
 //!
 //! Layout for a namespace `ns`: one stream per queue, `{ns.queue}`, with a
 //! consumer group `pipeline`; dead letters in `{ns.queue}:dead`; delayed
@@ -125,6 +124,46 @@ impl RedisBroker {
     }
 }
 
+impl RedisBroker {
+    /// Delete every key of this namespace: the streams, dead-letter streams
+    /// and delayed retries of every bound queue, and the bindings. For tests
+    /// and for decommissioning a namespace; its consumers must be stopped.
+    /// Returns how many keys existed.
+    pub async fn delete_all(&self) -> Result<u64> {
+        let inner = &self.inner;
+        inner.load_bindings().await?;
+        let queues: Vec<String> = inner
+            .bindings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(q, _, _)| q.clone())
+            .collect();
+        let mut keys = vec![inner.bindings_key()];
+        for q in &queues {
+            let dead = dead_letter_queue(q);
+            keys.extend([
+                inner.stream(q),
+                inner.delayed(q),
+                inner.stream(&dead),
+                inner.delayed(&dead),
+            ]);
+        }
+        let mut deleted = 0;
+        // One key per command: the keys of different queues may live in
+        // different cluster slots.
+        for key in keys {
+            let n: u64 = inner
+                .client
+                .del(key)
+                .await
+                .map_err(|e| redis_error("DEL", e))?;
+            deleted += n;
+        }
+        Ok(deleted)
+    }
+}
+
 /// Take the adapter's own options out of `url`.
 fn split_options(url: &str) -> Result<(String, Option<Duration>, Option<Duration>)> {
     let Some((base, query)) = url.split_once('?') else {
@@ -167,10 +206,16 @@ pub(crate) async fn bounded_ping(client: &fred::clients::Client) -> Result<()> {
     }
 }
 
+/// Bound of every command: while fred reconnects, commands wait in its
+/// queue; past this they fail with a retryable error instead of hanging
+/// (an API request during a Redis outage gets a 503, not a stall).
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A client that reconnects by itself (exponential backoff, no limit).
 pub(crate) fn new_client(config: &Config) -> Result<fred::clients::Client> {
     Builder::from_config(config.clone())
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
         .build()
         .map_err(|e| Error::Config(format!("Redis client: {e}")))
 }
@@ -233,6 +278,50 @@ impl Inner {
         Ok(())
     }
 
+    /// Create the consumer groups of `queue` and its dead-letter stream
+    /// (and the streams), keeping groups that exist.
+    pub(crate) async fn create_groups(&self, queue: &str) -> Result<()> {
+        for queue in [queue.to_string(), dead_letter_queue(queue)] {
+            let created: std::result::Result<(), fred::error::Error> = self
+                .client
+                .xgroup_create(self.stream(&queue), GROUP, "0", true)
+                .await;
+            if let Err(e) = created
+                && !e.to_string().contains("BUSYGROUP")
+            {
+                return Err(redis_error(&format!("create the group of {queue:?}"), e));
+            }
+        }
+        Ok(())
+    }
+
+    async fn store_binding(&self, queue: &str, patterns: &[String], max: u32) -> Result<()> {
+        let value = format!("{max} {}", patterns.join(" "));
+        let _: i64 = self
+            .client
+            .hset(self.bindings_key(), (queue.to_string(), value))
+            .await
+            .map_err(|e| redis_error("store bindings", e))?;
+        Ok(())
+    }
+
+    /// After Redis lost its data (a restart without persistence, a
+    /// failover to an empty replica): recreate the groups of `queue` and
+    /// store again every binding this process knows, so consumers and
+    /// publishers carry on.
+    pub(crate) async fn restore(&self, queue: &str) -> Result<()> {
+        self.create_groups(queue).await?;
+        let known = self
+            .bindings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (q, patterns, max) in known {
+            self.store_binding(&q, &patterns, max).await?;
+        }
+        Ok(())
+    }
+
     /// Append `frame` to the stream of `queue`.
     pub(crate) async fn add(&self, queue: &str, frame: Bytes) -> Result<()> {
         let _: String = self
@@ -265,23 +354,10 @@ impl Broker for RedisBroker {
     async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
         let inner = &self.inner;
         for spec in queues {
-            for queue in [spec.name.clone(), dead_letter_queue(&spec.name)] {
-                let created: std::result::Result<(), fred::error::Error> = inner
-                    .client
-                    .xgroup_create(inner.stream(&queue), GROUP, "0", true)
-                    .await;
-                if let Err(e) = created
-                    && !e.to_string().contains("BUSYGROUP")
-                {
-                    return Err(redis_error(&format!("create the group of {queue:?}"), e));
-                }
-            }
-            let value = format!("{} {}", spec.max_attempts, spec.patterns.join(" "));
-            let _: i64 = inner
-                .client
-                .hset(inner.bindings_key(), (spec.name.clone(), value))
-                .await
-                .map_err(|e| redis_error("store bindings", e))?;
+            inner.create_groups(&spec.name).await?;
+            inner
+                .store_binding(&spec.name, &spec.patterns, spec.max_attempts)
+                .await?;
             if let Some(ttl) = inner.key_ttl {
                 for key in [
                     inner.stream(&spec.name),

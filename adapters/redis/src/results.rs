@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::clients::{Client, SubscriberClient};
-use fred::prelude::{ClientLike, EventInterface, HashesInterface, LuaInterface, PubsubInterface};
+use fred::prelude::{
+    ClientLike, EventInterface, HashesInterface, KeysInterface, LuaInterface, PubsubInterface,
+};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use pipeline_core::results::{JobStatus, JobSummary, ResultStore};
@@ -130,6 +132,39 @@ impl RedisResultStore {
             done,
             _subscriber: subscriber,
         })
+    }
+
+    /// Delete every job record of this namespace (tests, decommissioning).
+    /// Returns how many there were.
+    pub async fn delete_all(&self) -> Result<u64> {
+        // Glob-escape the namespace; the records share its hash tag, so a
+        // cluster client scans the one node that holds them.
+        let mut pattern = String::new();
+        for c in format!("{{{}}}:job:", self.namespace).chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let keys: Vec<fred::types::Key> = self
+            .client
+            .scan_buffered(pattern, Some(500), None)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| redis_error("SCAN", e))?;
+        let mut deleted = 0;
+        for chunk in keys.chunks(500) {
+            let n: u64 = self
+                .client
+                .del(chunk.to_vec())
+                .await
+                .map_err(|e| redis_error("DEL", e))?;
+            deleted += n;
+        }
+        Ok(deleted)
     }
 
     fn key(&self, job: Uuid) -> String {

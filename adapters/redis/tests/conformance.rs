@@ -1,7 +1,8 @@
 //! The broker conformance suite on the real Redis (`PIPELINE_TEST_REDIS_URL`,
-//! default the local server). Each test uses its own namespace. An
-//! unreachable server fails the tests. The keys of a test expire five
-//! minutes after it declared them.
+//! default the local server). Each test uses its own namespace and deletes
+//! its keys at the end, passed or failed (they also expire five minutes
+//! after they were declared, should a test be killed). An unreachable server
+//! fails the tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -23,7 +24,11 @@ async fn redis() -> Arc<RedisBroker> {
     }
 }
 
-pipeline_core::broker_conformance!(redis());
+async fn delete_keys(broker: Arc<RedisBroker>) {
+    broker.delete_all().await.expect("delete the test's keys");
+}
+
+pipeline_core::broker_conformance!(redis(), cleanup = delete_keys);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_of_a_dead_consumer_are_claimed_by_a_live_one() {
@@ -75,6 +80,7 @@ async fn entries_of_a_dead_consumer_are_claimed_by_a_live_one() {
     assert_eq!(d.envelope().id, sent.id);
     assert_eq!(d.attempt(), 2, "the lost delivery counts as an attempt");
     d.ack().await.expect("ack");
+    assert!(b.delete_all().await.expect("delete the test's keys") >= 2);
 }
 
 mod results {
@@ -91,5 +97,9 @@ mod results {
         )
     }
 
-    pipeline_core::results_conformance!(store());
+    async fn delete_keys(store: Arc<pipeline_redis::RedisResultStore>) {
+        store.delete_all().await.expect("delete the test's keys");
+    }
+
+    pipeline_core::results_conformance!(store(), cleanup = delete_keys);
 }

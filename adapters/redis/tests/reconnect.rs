@@ -105,4 +105,5 @@ async fn nothing_is_lost_when_the_connections_are_killed() {
     }
     assert!(broker.ready().await.is_ok());
     consumer.abort();
+    broker.delete_all().await.expect("delete the test's keys");
 }

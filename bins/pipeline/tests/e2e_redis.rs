@@ -105,4 +105,15 @@ async fn two_apis_share_results_and_a_killed_transformer_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // Stop every process, then delete the namespace's keys (they also
+    // expire after 15 minutes should the test fail before this point).
+    drop((_api1, _api2, _t2, _save, _activity));
+    let broker = pipeline_redis::RedisBroker::connect(&redis, &ns)
+        .await
+        .unwrap();
+    assert!(broker.delete_all().await.unwrap() >= 1);
+    let results = pipeline_redis::RedisResultStore::connect(&redis, &ns)
+        .await
+        .unwrap();
+    assert!(results.delete_all().await.unwrap() >= 400);
 }

@@ -10,7 +10,14 @@
 //! ```
 //!
 //! Cases use random queue names and routing keys, so they can share one
-//! server with other runs.
+//! server with other runs. A backend on a shared server passes a cleanup,
+//! run after each case whether it passed or panicked:
+//!
+//! ```text
+//! pipeline_core::broker_conformance!(connect(), cleanup = |b: Arc<MyBroker>| async move {
+//!     let _ = b.delete_all().await;
+//! });
+//! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod broker;
@@ -23,12 +30,36 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{s}")
 }
 
+/// Run `case` on the backend `made`, then `cleanup` on it even when the
+/// case panicked (the panic is then resumed).
+pub async fn run_case<T, C, CF, K, KF>(made: T, case: C, cleanup: K)
+where
+    T: Clone,
+    C: FnOnce(T) -> CF,
+    CF: std::future::Future<Output = ()>,
+    K: FnOnce(T) -> KF,
+    KF: std::future::Future<Output = ()>,
+{
+    use futures::FutureExt;
+    let outcome = std::panic::AssertUnwindSafe(case(made.clone()))
+        .catch_unwind()
+        .await;
+    cleanup(made).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// Expand the broker suite into tests; `$make` is an expression giving a
-/// future of `Arc<dyn Broker>` (or a type coercible to it).
+/// future of `Arc<T>` with `T: Broker`; `cleanup = f` (optional) gets that
+/// `Arc<T>` after each case.
 #[macro_export]
 macro_rules! broker_conformance {
     ($make:expr) => {
-        $crate::broker_conformance!(@cases $make;
+        $crate::broker_conformance!($make, cleanup = |_| async {});
+    };
+    ($make:expr, cleanup = $cleanup:expr) => {
+        $crate::broker_conformance!(@cases $make; $cleanup;
             publish_receive_intact,
             routing_patterns_and_isolation,
             unroutable_publish_is_an_error,
@@ -44,23 +75,34 @@ macro_rules! broker_conformance {
             large_payload_20mb
         );
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
+    (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let broker: ::std::sync::Arc<dyn $crate::Broker> = $make.await;
-                $crate::testkit::broker::$case(broker).await;
+                $crate::testkit::run_case(
+                    $make.await,
+                    |made| async move {
+                        let broker: ::std::sync::Arc<dyn $crate::Broker> = made;
+                        $crate::testkit::broker::$case(broker).await;
+                    },
+                    $cleanup,
+                )
+                .await;
             }
         )*
     };
 }
 
 /// Expand the archive suite into tests; `$make` is an expression giving a
-/// future of `Arc<T>` where `T: ImageStore + ActivityLog`.
+/// future of `Arc<T>` where `T: ImageStore + ActivityLog`; `cleanup = f`
+/// (optional) gets that `Arc<T>` after each case.
 #[macro_export]
 macro_rules! store_conformance {
     ($make:expr) => {
-        $crate::store_conformance!(@cases $make;
+        $crate::store_conformance!($make, cleanup = |_| async {});
+    };
+    ($make:expr, cleanup = $cleanup:expr) => {
+        $crate::store_conformance!(@cases $make; $cleanup;
             save_and_read_back,
             unknown_job_is_none,
             save_is_idempotent_under_double_delivery,
@@ -72,23 +114,33 @@ macro_rules! store_conformance {
             activity_is_idempotent
         );
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
+    (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let store = $make.await;
-                $crate::testkit::store::$case(store.clone(), store).await;
+                $crate::testkit::run_case(
+                    $make.await,
+                    |store| async move {
+                        $crate::testkit::store::$case(store.clone(), store).await;
+                    },
+                    $cleanup,
+                )
+                .await;
             }
         )*
     };
 }
 
 /// Expand the result-store suite into tests; `$make` is an expression giving
-/// a future of `Arc<dyn ResultStore>` (or a type coercible to it).
+/// a future of `Arc<T>` with `T: ResultStore`; `cleanup = f` (optional) gets
+/// that `Arc<T>` after each case.
 #[macro_export]
 macro_rules! results_conformance {
     ($make:expr) => {
-        $crate::results_conformance!(@cases $make;
+        $crate::results_conformance!($make, cleanup = |_| async {});
+    };
+    ($make:expr, cleanup = $cleanup:expr) => {
+        $crate::results_conformance!(@cases $make; $cleanup;
             put_and_get,
             terminal_states_are_final,
             statuses_expire,
@@ -97,12 +149,19 @@ macro_rules! results_conformance {
             completions_stream_finished_jobs
         );
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
+    (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let store: ::std::sync::Arc<dyn $crate::ResultStore> = $make.await;
-                $crate::testkit::results::$case(store).await;
+                $crate::testkit::run_case(
+                    $make.await,
+                    |made| async move {
+                        let store: ::std::sync::Arc<dyn $crate::ResultStore> = made;
+                        $crate::testkit::results::$case(store).await;
+                    },
+                    $cleanup,
+                )
+                .await;
             }
         )*
     };
