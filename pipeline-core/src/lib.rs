@@ -8,6 +8,7 @@
 //! depend on this one only.
 
 pub mod blob;
+pub mod blob_file;
 pub mod broker;
 pub mod config;
 pub mod envelope;
@@ -21,7 +22,7 @@ pub mod testkit;
 pub mod transform;
 pub mod wire;
 
-pub use blob::BlobStore;
+pub use blob::{BlobMeta, BlobRef, BlobStore, ClaimCheck};
 pub use broker::{Broker, Capabilities, Delivery, DeliveryStream, QueueSpec, Subscription};
 pub use envelope::{Envelope, Part};
 pub use error::{Error, ImageErrorKind, Result};

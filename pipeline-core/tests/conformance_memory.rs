@@ -1,9 +1,9 @@
-//! The conformance suites on the in-memory backends.
+//! The conformance suites on the in-memory backends (and the file blob store).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 
-use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryResultStore};
+use pipeline_core::memory::{MemoryArchive, MemoryBlobStore, MemoryBroker, MemoryResultStore};
 
 mod broker {
     use super::*;
@@ -22,4 +22,26 @@ mod store {
 mod results {
     use super::*;
     pipeline_core::results_conformance!(async { Arc::new(MemoryResultStore::new()) });
+}
+
+mod blobs {
+    use super::*;
+    pipeline_core::blob_conformance!(async { Arc::new(MemoryBlobStore::new()) });
+}
+
+mod file_blobs {
+    use super::*;
+    use pipeline_core::blob_file::FileBlobStore;
+
+    async fn store() -> Arc<FileBlobStore> {
+        let dir = std::env::temp_dir().join(pipeline_core::testkit::unique("blobs"));
+        Arc::new(FileBlobStore::open(dir).await.unwrap())
+    }
+
+    pipeline_core::blob_conformance!(
+        store(),
+        cleanup = |s: Arc<FileBlobStore>| async move {
+            let _ = std::fs::remove_dir_all(s.root());
+        }
+    );
 }

@@ -20,6 +20,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod blobs;
 pub mod broker;
 pub mod results;
 pub mod store;
@@ -158,6 +159,43 @@ macro_rules! results_conformance {
                     |made| async move {
                         let store: ::std::sync::Arc<dyn $crate::ResultStore> = made;
                         $crate::testkit::results::$case(store).await;
+                    },
+                    $cleanup,
+                )
+                .await;
+            }
+        )*
+    };
+}
+
+/// Expand the blob-store suite into tests; `$make` is an expression giving
+/// a future of `Arc<T>` with `T: BlobStore`; `cleanup = f` (optional) gets
+/// that `Arc<T>` after each case.
+#[macro_export]
+macro_rules! blob_conformance {
+    ($make:expr) => {
+        $crate::blob_conformance!($make, cleanup = |_| async {});
+    };
+    ($make:expr, cleanup = $cleanup:expr) => {
+        $crate::blob_conformance!(@cases $make; $cleanup;
+            put_get_round_trip,
+            unknown_and_deleted_keys,
+            put_again_refreshes,
+            stored_before_lists_only_older,
+            concurrent_puts_of_one_key,
+            large_blob_50mb,
+            bad_keys_are_refused
+        );
+    };
+    (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::testkit::run_case(
+                    $make.await,
+                    |made| async move {
+                        let store: ::std::sync::Arc<dyn $crate::BlobStore> = made;
+                        $crate::testkit::blobs::$case(store).await;
                     },
                     $cleanup,
                 )
