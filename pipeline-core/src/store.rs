@@ -126,12 +126,16 @@ pub struct ArchiveRecord {
 }
 
 impl ArchiveRecord {
-    /// Content keys (hex SHA-256) of the original and the result. Taken from
+    /// Content keys (hex SHA-256) of the original and the result: the key a
+    /// [`BlobRef`](crate::blob::BlobRef) names, or, for bytes, taken from
     /// `info` when it describes the same bytes (the transformer hashed them
     /// already), computed otherwise.
     pub fn blob_keys(&self) -> (Option<String>, Option<String>) {
         fn key(blob: &Option<Blob>, info: &Option<MediaInfo>) -> Option<String> {
             let blob = blob.as_ref()?;
+            if let Ok(Some(r)) = crate::blob::BlobRef::of_blob(blob) {
+                return Some(r.key);
+            }
             match info {
                 Some(i) if i.size == blob.data.len() as u64 && i.sha256.len() == 64 => {
                     Some(i.sha256.clone())
@@ -208,6 +212,11 @@ impl Page {
 ///   for an unknown job (never an error).
 /// - `list` returns a tenant's jobs newest first, never another tenant's,
 ///   and walking the cursors visits each job exactly once.
+/// - A part saved as a [`BlobRef`](crate::blob::BlobRef) (claim check) is
+///   kept as a reference: `original`/`result` return a blob holding the
+///   reference, to resolve with [`ClaimCheck::resolve`](crate::ClaimCheck::resolve)
+///   (a store that is also the blob store may return the bytes).
+/// - `referenced` tells which blob keys a saved job still points to.
 #[async_trait]
 pub trait ImageStore: Send + Sync + fmt::Debug {
     /// Store finished jobs (see the contract).
@@ -222,6 +231,8 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
     async fn list(&self, tenant: &str, cursor: Option<Uuid>, limit: usize) -> Result<Page>;
     /// `Ok` while the store is reachable.
     async fn ready(&self) -> Result<()>;
+    /// Which of `keys` an archived job refers to (original or result).
+    async fn referenced(&self, keys: &[String]) -> Result<std::collections::HashSet<String>>;
 }
 
 /// One event of the activity log.

@@ -7,15 +7,17 @@
 //! Blobs are content-addressed by SHA-256 and stored once; saves are batched
 //! in one transaction and idempotent by job id.
 
+mod blobs;
 mod error;
 mod schema;
+
+pub use blobs::CHUNK_BYTES;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Order, Query};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, QueryResult,
@@ -166,6 +168,7 @@ impl SqlArchive {
         for t in [
             &self.tables.images,
             &self.tables.blobs,
+            &self.tables.chunks,
             &self.tables.activity,
             &self.tables.migrations,
         ] {
@@ -424,7 +427,11 @@ impl SqlArchive {
         let mut blobs: HashMap<String, &Blob> = HashMap::new();
         for (r, original_key, result_key) in &fresh {
             for (key, blob) in [(original_key, &r.original), (result_key, &r.result)] {
-                if let (Some(k), Some(b)) = (key, blob) {
+                // A claim-check reference is kept as the key alone: its bytes
+                // are in the blob store (this table, when it is the store).
+                if let (Some(k), Some(b)) = (key, blob)
+                    && b.content_type != pipeline_core::blob::REF_CONTENT_TYPE
+                {
                     blobs.entry(k.clone()).or_insert(b);
                 }
             }
@@ -437,39 +444,17 @@ impl SqlArchive {
                 blobs.keys().cloned().collect(),
             )
             .await?;
-        let missing: Vec<(String, &Blob)> = blobs
+        let (large, small): (Vec<(String, &Blob)>, Vec<(String, &Blob)>) = blobs
             .into_iter()
             .filter(|(k, _)| !stored.contains(k))
-            .collect();
-        self.insert_blobs(&txn, missing).await?;
+            .partition(|(_, b)| b.data.len() > CHUNK_BYTES);
+        self.insert_blobs(&txn, small).await?;
+        let now = now_ms();
+        for (key, blob) in large {
+            self.insert_chunked(&txn, &key, blob, now).await?;
+        }
         self.insert_images(&txn, &fresh).await?;
         txn.commit().await.map_err(|e| self.err(e))
-    }
-
-    async fn blob_of(&self, job_id: Uuid, column: &str) -> Result<Option<Blob>> {
-        let images = Alias::new(&self.tables.images);
-        let blobs = Alias::new(&self.tables.blobs);
-        let q = Query::select()
-            .column((blobs.clone(), Alias::new("media_type")))
-            .column((blobs.clone(), Alias::new("data")))
-            .from(images.clone())
-            .inner_join(
-                blobs.clone(),
-                Expr::col((blobs.clone(), Alias::new("sha256")))
-                    .equals((images.clone(), Alias::new(column))),
-            )
-            .and_where(Expr::col((images, Alias::new("job_id"))).eq(job_id.to_string()))
-            .to_owned();
-        let Some(row) = self.db.query_one(&q).await.map_err(|e| self.err(e))? else {
-            return Ok(None);
-        };
-        Ok(Some(Blob {
-            content_type: row.try_get("", "media_type").map_err(|e| self.err(e))?,
-            data: Bytes::from(
-                row.try_get::<Vec<u8>>("", "data")
-                    .map_err(|e| self.err(e))?,
-            ),
-        }))
     }
 }
 
@@ -517,6 +502,10 @@ impl ImageStore for SqlArchive {
 
     async fn result(&self, job_id: Uuid) -> Result<Option<Blob>> {
         self.blob_of(job_id, "result_blob").await
+    }
+
+    async fn referenced(&self, keys: &[String]) -> Result<HashSet<String>> {
+        self.referenced_keys(keys).await
     }
 
     async fn list(&self, tenant: &str, cursor: Option<Uuid>, limit: usize) -> Result<Page> {

@@ -13,6 +13,7 @@ use crate::error::db_error;
 pub(crate) struct Tables {
     pub images: String,
     pub blobs: String,
+    pub chunks: String,
     pub activity: String,
     pub migrations: String,
 }
@@ -33,6 +34,7 @@ impl Tables {
         Ok(Self {
             images: format!("{namespace}_images"),
             blobs: format!("{namespace}_blobs"),
+            chunks: format!("{namespace}_blob_chunks"),
             activity: format!("{namespace}_activity"),
             migrations: format!("{namespace}_migrations"),
         })
@@ -155,6 +157,53 @@ fn v1(backend: DatabaseBackend, t: &Tables) -> Vec<Statement> {
     out
 }
 
+/// Migration 2: blobs larger than one statement may carry are split into
+/// chunk rows (MySQL's packet limit); blobs are listed by age for cleanup.
+fn v2(backend: DatabaseBackend, t: &Tables) -> Vec<Statement> {
+    let chunks_col = Table::alter()
+        .table(Alias::new(&t.blobs))
+        .add_column(col("chunks").integer().not_null().default(0))
+        .to_owned();
+    let mut chunks = Table::create();
+    chunks
+        .table(Alias::new(&t.chunks))
+        .if_not_exists()
+        .col(col("sha256").string_len(64).not_null())
+        .col(col("seq").integer().not_null())
+        .col(bytes_col(backend, "data"))
+        .primary_key(
+            Index::create()
+                .col(Alias::new("sha256"))
+                .col(Alias::new("seq")),
+        );
+    let mut by_age = Index::create();
+    by_age
+        .name(format!("{}_created", t.blobs))
+        .table(Alias::new(&t.blobs))
+        .col(Alias::new("created_at"));
+    if backend != DatabaseBackend::MySql {
+        by_age.if_not_exists();
+    }
+    let mut out = vec![
+        backend.build(&chunks_col),
+        backend.build(&chunks),
+        backend.build(&by_age.to_owned()),
+    ];
+    // Cleanup asks which blobs jobs still point to.
+    for column in ["original_blob", "result_blob"] {
+        let mut by_blob = Index::create();
+        by_blob
+            .name(format!("{}_{column}", t.images))
+            .table(Alias::new(&t.images))
+            .col(Alias::new(column));
+        if backend != DatabaseBackend::MySql {
+            by_blob.if_not_exists();
+        }
+        out.push(backend.build(&by_blob.to_owned()));
+    }
+    out
+}
+
 /// Apply the migrations not yet recorded in the namespace's migration table.
 pub(crate) async fn migrate(
     db: &DatabaseConnection,
@@ -173,8 +222,10 @@ pub(crate) async fn migrate(
         .await
         .map_err(|e| db_error(backend_name, e))?;
 
-    let migrations: [(i64, &str, Vec<Statement>); 1] =
-        [(1, "images, blobs, activity", v1(backend, t))];
+    let migrations: [(i64, &str, Vec<Statement>); 2] = [
+        (1, "images, blobs, activity", v1(backend, t)),
+        (2, "blob chunks, blobs by age", v2(backend, t)),
+    ];
     for (version, name, statements) in migrations {
         let q = sea_orm::sea_query::Query::select()
             .column(Alias::new("version"))
@@ -192,8 +243,15 @@ pub(crate) async fn migrate(
         for stmt in statements {
             if let Err(e) = db.execute_raw(stmt).await {
                 let msg = e.to_string();
-                // Another process may have won the race to create an index.
-                if msg.contains("Duplicate key name") || msg.contains("already exists") {
+                // Another process may have won the race to create an index
+                // or add a column.
+                let raced = [
+                    "Duplicate key name",
+                    "already exists",
+                    "Duplicate column",
+                    "duplicate column",
+                ];
+                if raced.iter().any(|m| msg.contains(m)) {
                     continue;
                 }
                 return Err(db_error(backend_name, e));

@@ -1,4 +1,5 @@
-//! The archive conformance suite on the real PostgreSQL and MariaDB servers.
+//! The archive and blob-store conformance suites on the real PostgreSQL and
+//! MariaDB servers.
 //!
 //! URLs come from `PIPELINE_TEST_POSTGRES_URL` and `PIPELINE_TEST_MYSQL_URL`
 //! (defaults: the local servers, database `test`). Each test works in its own
@@ -34,6 +35,11 @@ macro_rules! server_suite {
             use super::*;
 
             pipeline_core::store_conformance!(connect($var, $default), cleanup = drop_tables);
+
+            mod blobs {
+                use super::*;
+                pipeline_core::blob_conformance!(connect($var, $default), cleanup = drop_tables);
+            }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn identical_blobs_are_stored_once() {

@@ -1,4 +1,5 @@
-//! The archive conformance suite on SQLite, one database file per test.
+//! The archive and blob-store conformance suites on SQLite, one database
+//! file per test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -16,6 +17,11 @@ async fn sqlite() -> Arc<SqlArchive> {
 }
 
 pipeline_core::store_conformance!(sqlite());
+
+mod blobs {
+    use super::*;
+    pipeline_core::blob_conformance!(sqlite());
+}
 
 #[tokio::test]
 async fn identical_blobs_are_stored_once() {

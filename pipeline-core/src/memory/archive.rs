@@ -95,6 +95,17 @@ impl ImageStore for MemoryArchive {
             .and_then(|k| state.blobs.get(k).cloned()))
     }
 
+    async fn referenced(&self, keys: &[String]) -> Result<std::collections::HashSet<String>> {
+        let state = lock(&self.state);
+        let used: std::collections::HashSet<&String> = state
+            .images
+            .values()
+            .flat_map(|(_, o, r)| [o.as_ref(), r.as_ref()])
+            .flatten()
+            .collect();
+        Ok(keys.iter().filter(|k| used.contains(k)).cloned().collect())
+    }
+
     async fn list(&self, tenant: &str, cursor: Option<Uuid>, limit: usize) -> Result<Page> {
         let state = lock(&self.state);
         let limit = limit.max(1);

@@ -112,7 +112,8 @@ macro_rules! store_conformance {
             failed_jobs_are_kept,
             list_by_tenant_with_cursor,
             large_blobs,
-            activity_is_idempotent
+            activity_is_idempotent,
+            references_are_kept_and_reported
         );
     };
     (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {

@@ -276,3 +276,41 @@ pub async fn activity_is_idempotent(_: Arc<dyn ImageStore>, log: Arc<dyn Activit
     assert_eq!(log.for_job(job).await.expect("for_job"), vec![a, b]);
     assert!(log.for_job(Uuid::now_v7()).await.expect("none").is_empty());
 }
+
+/// Parts saved as claim-check references stay references: reading them back
+/// gives the reference (or, from a store that also holds the bytes, the
+/// bytes), and `referenced` reports their keys.
+pub async fn references_are_kept_and_reported(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+    use crate::blob::BlobRef;
+    let big = bytes(&unique("big"), 3000);
+    let mut r = record(&unique("tenant"), &big, b"small result");
+    let reference = BlobRef {
+        key: crate::store::sha256_hex(&big),
+        content_type: "image/png".into(),
+        size: big.len() as u64,
+    };
+    r.original = Some(reference.to_blob());
+    store.save(std::slice::from_ref(&r)).await.unwrap();
+    let back = store.original(r.job_id).await.unwrap().expect("original");
+    match BlobRef::of_blob(&back).unwrap() {
+        Some(got) => assert_eq!(got, reference),
+        None => assert_eq!(back.data, big),
+    }
+    let result = store.result(r.job_id).await.unwrap().expect("result");
+    assert_eq!(&result.data[..], b"small result");
+    let unknown = crate::store::sha256_hex(b"never stored");
+    let used = store
+        .referenced(&[reference.key.clone(), unknown.clone()])
+        .await
+        .unwrap();
+    assert!(used.contains(&reference.key), "{used:?}");
+    assert!(!used.contains(&unknown));
+    let result_key = crate::store::sha256_hex(b"small result");
+    assert!(
+        store
+            .referenced(&[result_key.clone()])
+            .await
+            .unwrap()
+            .contains(&result_key)
+    );
+}
