@@ -343,6 +343,21 @@ async fn find(
         .map(Found::Archived))
 }
 
+/// The bytes of `blob`, fetched from the blob store when it holds a
+/// claim-check reference.
+async fn blob_response(state: &ApiState, blob: Blob) -> ApiResult<Response> {
+    if blob.content_type != pipeline_core::blob::REF_CONTENT_TYPE {
+        return Ok(bytes_response(blob));
+    }
+    let Some(claim) = state.submitter.claim_check() else {
+        return Err(ApiError::from(pipeline_core::Error::Config(
+            "the image is in a blob store this API is not configured with (PIPELINE_BLOB_URL)"
+                .into(),
+        )));
+    };
+    Ok(bytes_response(claim.resolve(blob).await?))
+}
+
 fn bytes_response(blob: Blob) -> Response {
     let mut resp = (StatusCode::OK, blob.data).into_response();
     if let Ok(v) = HeaderValue::from_str(&blob.content_type) {
@@ -445,7 +460,7 @@ async fn result_of(
 ) -> ApiResult<Response> {
     match found {
         Some(Found::Live(s)) => match (s.state, s.result) {
-            (JobState::Done, Some(blob)) => Ok(bytes_response(blob)),
+            (JobState::Done, Some(blob)) => blob_response(state, blob).await,
             (JobState::Failed, _) => Ok(failed(s.error)),
             _ => Ok(not_ready),
         },
@@ -459,7 +474,7 @@ async fn archived_result(state: &ApiState, r: ImageRecord) -> ApiResult<Response
         return Ok(failed(r.error));
     }
     match state.archive.result(r.job_id).await? {
-        Some(blob) => Ok(bytes_response(blob)),
+        Some(blob) => blob_response(state, blob).await,
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -477,7 +492,7 @@ pub(crate) async fn original(
     let tenant = tenant(&headers)?;
     if let Some(r) = state.archive.get(id).await?.filter(|r| r.tenant == tenant) {
         return match state.archive.original(r.job_id).await? {
-            Some(blob) => Ok(bytes_response(blob)),
+            Some(blob) => blob_response(&state, blob).await,
             None => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",

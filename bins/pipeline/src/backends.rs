@@ -3,8 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryBrokerConfig, MemoryResultStore};
-use pipeline_core::{ActivityLog, Broker, Error, ImageStore, ResultStore};
+use pipeline_core::blob_file::FileBlobStore;
+use pipeline_core::memory::{
+    MemoryArchive, MemoryBlobStore, MemoryBroker, MemoryBrokerConfig, MemoryResultStore,
+};
+use pipeline_core::{ActivityLog, BlobStore, Broker, Error, ImageStore, ResultStore};
 use pipeline_rabbitmq::RabbitBroker;
 pub use pipeline_sql::redact_url as redact;
 use pipeline_sql::{SqlArchive, redact_url};
@@ -81,27 +84,69 @@ pub async fn results(url: &str, namespace: &str) -> Result<Arc<dyn ResultStore>,
     }
 }
 
-/// The archive (images + activity) for `url`.
-pub async fn archive(
-    url: &str,
-    namespace: &str,
-) -> Result<(Arc<dyn ImageStore>, Arc<dyn ActivityLog>), Error> {
-    match scheme(url) {
+/// The archive of a deployment: images, activity, and, for an SQL
+/// database, its blob table (the default claim-check store).
+#[derive(Debug, Clone)]
+pub struct Archive {
+    /// Archived jobs.
+    pub images: Arc<dyn ImageStore>,
+    /// The activity log.
+    pub activity: Arc<dyn ActivityLog>,
+    /// The archive's own blob store.
+    pub blobs: Arc<dyn BlobStore>,
+}
+
+/// The archive for `url`.
+pub async fn archive(url: &str, namespace: &str) -> Result<Archive, Error> {
+    let sql = match scheme(url) {
         "memory" => {
             let a = Arc::new(MemoryArchive::new());
-            Ok((a.clone(), a))
+            return Ok(Archive {
+                images: a.clone(),
+                activity: a,
+                blobs: Arc::new(MemoryBlobStore::new()),
+            });
         }
         "sqlite" => {
             ensure_sqlite_dir(url)?;
-            let a = Arc::new(SqlArchive::connect(url, namespace).await?);
-            Ok((a.clone(), a))
+            Arc::new(SqlArchive::connect(url, namespace).await?)
         }
         "postgres" | "postgresql" | "mysql" | "mariadb" => {
-            let a = Arc::new(SqlArchive::connect(url, namespace).await?);
-            Ok((a.clone(), a))
+            Arc::new(SqlArchive::connect(url, namespace).await?)
         }
+        _ => {
+            return Err(Error::Config(format!(
+                "unsupported database URL {}; supported schemes: sqlite://, postgres://, mysql://, memory://",
+                redact_url(url)
+            )));
+        }
+    };
+    Ok(Archive {
+        images: sql.clone(),
+        activity: sql.clone(),
+        blobs: sql,
+    })
+}
+
+/// Whether the blob store named by `url` is the archive's own.
+pub fn blobs_in_archive(url: &str) -> bool {
+    url.is_empty() || url == "archive"
+}
+
+/// The claim-check blob store for `url`: `archive` (the archive database's
+/// blob table, the default), `file:///path`, `s3://bucket/prefix`, or
+/// `memory://` (one process only).
+pub async fn blob_store(url: &str, archive: Option<&Archive>) -> Result<Arc<dyn BlobStore>, Error> {
+    if blobs_in_archive(url) {
+        return archive.map(|a| a.blobs.clone()).ok_or_else(|| {
+            Error::Config("the blob store is the archive, but no archive is configured".into())
+        });
+    }
+    match scheme(url) {
+        "file" => Ok(Arc::new(FileBlobStore::from_url(url).await?)),
+        "memory" => Ok(Arc::new(MemoryBlobStore::new())),
         _ => Err(Error::Config(format!(
-            "unsupported database URL {}; supported schemes: sqlite://, postgres://, mysql://, memory://",
+            "unsupported blob store URL {}; supported: archive (the database), file:///path, memory://",
             redact_url(url)
         ))),
     }

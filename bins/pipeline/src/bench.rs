@@ -308,6 +308,8 @@ pub async fn bench(args: BenchArgs) -> Result<(), Error> {
             namespace: format!("bench_{}", std::process::id()),
             default_transform: args.transform.clone(),
             max_upload_bytes: 64 * 1024 * 1024,
+            blob_url: "archive".into(),
+            inline_max: pipeline_core::blob::DEFAULT_INLINE_MAX,
             max_pixels: 100_000_000,
             max_dimension: 16_384,
             max_in_flight: 4096,

@@ -11,7 +11,7 @@ use pipeline_core::services::{
     TransformerConfig, Validation,
 };
 use pipeline_core::transform::{BlockingPool, ImageLimits, Processor};
-use pipeline_core::{Error, TransformRegistry};
+use pipeline_core::{ClaimCheck, Error, TransformRegistry};
 use pipeline_http::{ApiConfig, ApiState};
 use tokio::sync::watch;
 
@@ -55,8 +55,16 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPELINE_DEFAULT_TRANSFORM", default_value = "stamp")]
     pub default_transform: String,
     /// Largest upload in bytes.
-    #[arg(long, env = "PIPELINE_MAX_UPLOAD_BYTES", default_value_t = 25 * 1024 * 1024)]
+    #[arg(long, env = "PIPELINE_MAX_UPLOAD_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_upload_bytes: usize,
+    /// Where files above the inline limit go (claim check): `archive` (the
+    /// database's blob table), `file:///path`, `memory://` (one process).
+    #[arg(long, env = "PIPELINE_BLOB_URL", default_value = "archive")]
+    pub blob_url: String,
+    /// Files (originals, results) above this many bytes travel by reference
+    /// through the blob store instead of inside messages.
+    #[arg(long, env = "PIPELINE_INLINE_MAX", default_value_t = pipeline_core::blob::DEFAULT_INLINE_MAX)]
+    pub inline_max: usize,
     /// Largest image in pixels (width x height), checked from the header.
     #[arg(long, env = "PIPELINE_MAX_PIXELS", default_value_t = 40_000_000)]
     pub max_pixels: u64,
@@ -197,9 +205,20 @@ pub async fn run_until(
     broker
         .declare(&services::topology(args.max_attempts))
         .await?;
-    let needs_archive = roles.api || roles.save2db || roles.activity;
+    // The transformer reads and writes large files in the blob store: when
+    // that is the archive's table, it connects to the database too.
+    let needs_archive = roles.api
+        || roles.save2db
+        || roles.activity
+        || (roles.transformer && backends::blobs_in_archive(&args.blob_url));
     let archive = if needs_archive {
         Some(backends::archive(&args.database_url, &args.namespace).await?)
+    } else {
+        None
+    };
+    let claim = if roles.api || roles.transformer {
+        let store = backends::blob_store(&args.blob_url, archive.as_ref()).await?;
+        Some(ClaimCheck::new(store, args.inline_max.max(1)))
     } else {
         None
     };
@@ -239,23 +258,28 @@ pub async fn run_until(
                 retry: services::RetryPolicy::default(),
             },
         );
+        let transformer = match &claim {
+            Some(c) => transformer.with_claim_check(c.clone()),
+            None => transformer,
+        };
         workers.push(tokio::spawn(transformer.run(stopped())));
     }
-    if let Some((store, log)) = &archive {
+    if let Some(a) = &archive {
         if roles.save2db {
             workers.push(tokio::spawn(
-                Save2Db::new(broker.clone(), store.clone(), args.batch).run(stopped()),
+                Save2Db::new(broker.clone(), a.images.clone(), args.batch).run(stopped()),
             ));
         }
         if roles.activity {
             workers.push(tokio::spawn(
-                ActivityRecorder::new(broker.clone(), log.clone(), args.batch).run(stopped()),
+                ActivityRecorder::new(broker.clone(), a.activity.clone(), args.batch)
+                    .run(stopped()),
             ));
         }
     }
 
     let mut api = None;
-    if let (true, Some((store, _))) = (roles.api, &archive) {
+    if let (true, Some(a)) = (roles.api, &archive) {
         let results = backends::results(&args.results_url, &args.namespace).await?;
         let submitter = Submitter::new(
             broker.clone(),
@@ -278,6 +302,10 @@ pub async fn run_until(
             },
         )
         .await?;
+        let submitter = match &claim {
+            Some(c) => submitter.with_claim_check(c.clone()),
+            None => submitter,
+        };
         workers.push(tokio::spawn(
             ResultsConsumer::new(broker.clone(), results.clone(), ttl, 64).run(stopped()),
         ));
@@ -287,7 +315,7 @@ pub async fn run_until(
         let app = pipeline_http::router(ApiState {
             submitter,
             results,
-            archive: store.clone(),
+            archive: a.images.clone(),
             broker: broker.clone(),
             config: ApiConfig {
                 max_upload_bytes: args.max_upload_bytes,
@@ -309,7 +337,7 @@ pub async fn run_until(
         let listener = tokio::net::TcpListener::bind(health)
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {health}: {e}")))?;
-        let archive_ready = archive.as_ref().map(|(store, _)| store.clone());
+        let archive_ready = archive.as_ref().map(|a| a.images.clone());
         let app = health_router(broker.clone(), archive_ready);
         tracing::info!(addr = %health, "health endpoints up");
         let mut health_stop = stop.clone();

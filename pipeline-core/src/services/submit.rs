@@ -8,12 +8,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use uuid::Uuid;
 
+use crate::blob::ClaimCheck;
 use crate::broker::Broker;
 use crate::envelope::{Envelope, Part, events, headers, now_ms, parts};
 use crate::error::{Error, Result};
 use crate::memory::lock;
 use crate::results::{JobStatus, ResultStore};
-use crate::store::{JobFailure, JobState};
+use crate::store::{JobFailure, JobState, sha256_hex};
 use crate::transform::codec::{self, ImageLimits, Probe, content_type};
 use crate::transform::{BlockingPool, TransformRegistry, TransformSpec};
 
@@ -174,6 +175,7 @@ pub struct Submitter {
     pool: BlockingPool,
     config: Arc<SubmitConfig>,
     in_flight: Arc<InFlight>,
+    claim: Option<ClaimCheck>,
 }
 
 impl Submitter {
@@ -208,7 +210,20 @@ impl Submitter {
             pool,
             config: Arc::new(config),
             in_flight,
+            claim: None,
         })
+    }
+
+    /// Send originals above the claim check's limit by reference (without
+    /// one, every original travels in the message).
+    pub fn with_claim_check(mut self, claim: ClaimCheck) -> Self {
+        self.claim = Some(claim);
+        self
+    }
+
+    /// The claim check, to resolve references when serving bytes.
+    pub fn claim_check(&self) -> Option<&ClaimCheck> {
+        self.claim.as_ref()
     }
 
     /// The in-flight tracker.
@@ -263,6 +278,18 @@ impl Submitter {
         }
     }
 
+    /// A large original goes to the blob store (hashed on the CPU pool).
+    async fn check_in(&self, part: Part) -> Result<Part> {
+        match &self.claim {
+            Some(claim) if claim.is_large(part.data.len()) => {
+                let data = part.data.clone();
+                let key = self.pool.run(move || Ok(sha256_hex(&data))).await?;
+                claim.check_in(part, &key).await
+            }
+            _ => Ok(part),
+        }
+    }
+
     /// Accept a validated upload: record it as pending and publish it.
     pub async fn submit(
         &self,
@@ -283,14 +310,32 @@ impl Submitter {
             self.in_flight.release(job_id);
             return Err(e);
         }
+        let original = Part::new(parts::ORIGINAL, content_type(probe.format), upload.data);
+        let original = match self.check_in(original).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.in_flight.release(job_id);
+                let _ = self
+                    .results
+                    .put(
+                        JobStatus {
+                            state: JobState::Failed,
+                            error: Some(JobFailure {
+                                code: "not_accepted".into(),
+                                message: format!("the original could not be stored: {e}"),
+                            }),
+                            ..pending
+                        },
+                        self.config.result_ttl,
+                    )
+                    .await;
+                return Err(e);
+            }
+        };
         let mut env = Envelope::new(events::SUBMITTED, job_id, upload.tenant)
             .with_spec(spec_text.clone())
             .with_header(headers::SUBMITTED_AT_MS, now.to_string())
-            .with_part(Part::new(
-                parts::ORIGINAL,
-                content_type(probe.format),
-                upload.data,
-            ));
+            .with_part(original);
         if let Some(name) = upload.filename.filter(|n| !n.is_empty()) {
             env = env.with_header(headers::FILENAME, name);
         }

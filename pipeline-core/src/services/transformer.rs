@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::consume::consume_concurrently;
 use super::{RetryPolicy, queues};
+use crate::blob::{ClaimCheck, REF_CONTENT_TYPE};
 use crate::broker::{Broker, Delivery};
 use crate::envelope::{Envelope, Part, events, headers, parts};
 use crate::error::{Error, Result};
@@ -39,6 +40,7 @@ pub struct Transformer {
     processor: Processor,
     pool: BlockingPool,
     config: Arc<TransformerConfig>,
+    claim: Option<ClaimCheck>,
 }
 
 impl Transformer {
@@ -54,7 +56,16 @@ impl Transformer {
             processor,
             pool,
             config: Arc::new(config),
+            claim: None,
         }
+    }
+
+    /// Fetch originals sent by reference and send results above the claim
+    /// check's limit by reference (without one, a reference part fails the
+    /// job and every result travels in the message).
+    pub fn with_claim_check(mut self, claim: ClaimCheck) -> Self {
+        self.claim = Some(claim);
+        self
     }
 
     /// Consume until `shutdown` resolves or the broker closes; in-flight jobs finish.
@@ -82,15 +93,19 @@ impl Transformer {
         let started = Instant::now();
         let outcome = self.transform(&env).await;
         let published = match outcome {
-            Ok((processed, hashes, original)) => {
-                let (transformed, archived) =
-                    self.success_events(&env, &original, processed, hashes, started);
-                futures::future::try_join(
-                    self.broker.publish(transformed),
-                    self.broker.publish(archived),
-                )
-                .await
-                .map(|_| ())
+            Ok((processed, hashes, original_len)) => {
+                match self
+                    .success_events(&env, original_len, processed, hashes, started)
+                    .await
+                {
+                    Ok((transformed, archived)) => futures::future::try_join(
+                        self.broker.publish(transformed),
+                        self.broker.publish(archived),
+                    )
+                    .await
+                    .map(|_| ()),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) if e.is_retryable() => Err(e),
             Err(e) => {
@@ -115,11 +130,19 @@ impl Transformer {
 
     /// Run the job on the pool; also hash both images there (hashing a few
     /// MB is CPU work that must not stall the async threads).
-    async fn transform(&self, env: &Envelope) -> Result<(Processed, (String, String), Part)> {
+    async fn transform(&self, env: &Envelope) -> Result<(Processed, (String, String), usize)> {
         let original = env
             .part(parts::ORIGINAL)
-            .cloned()
             .ok_or_else(|| Error::invalid("the message carries no original image"))?;
+        let original = match &self.claim {
+            Some(claim) => claim.check_out(original).await?,
+            None if original.content_type == REF_CONTENT_TYPE => {
+                return Err(Error::Config(
+                    "the original was sent by reference and this transformer has no blob store (PIPELINE_BLOB_URL)".into(),
+                ));
+            }
+            None => original.clone(),
+        };
         let spec = if env.spec.trim().is_empty() {
             self.config.default_spec.clone()
         } else {
@@ -135,7 +158,7 @@ impl Transformer {
                 Ok((p, hashes))
             })
             .await?;
-        Ok((processed, hashes, original))
+        Ok((processed, hashes, original.data.len()))
     }
 
     fn info(
@@ -154,20 +177,26 @@ impl Transformer {
         }
     }
 
-    fn success_events(
+    /// `image.transformed` (the result) and `image.archived` (the original
+    /// as it came, bytes or reference, and the result); a large result is
+    /// checked in first.
+    async fn success_events(
         &self,
         env: &Envelope,
-        original: &Part,
+        original_len: usize,
         p: Processed,
         (original_sha, result_sha): (String, String),
         started: Instant,
-    ) -> (Envelope, Envelope) {
+    ) -> Result<(Envelope, Envelope)> {
+        let original = env
+            .part(parts::ORIGINAL)
+            .ok_or_else(|| Error::invalid("the message carries no original image"))?;
         let original_info = MediaInfo {
             format: format_name(p.source.format).to_string(),
             content_type: content_type(p.source.format).to_string(),
             width: p.source.width,
             height: p.source.height,
-            size: original.data.len() as u64,
+            size: original_len as u64,
             sha256: original_sha,
         };
         let result_type = content_type(p.format);
@@ -177,11 +206,15 @@ impl Transformer {
             width: p.width,
             height: p.height,
             size: p.data.len() as u64,
-            sha256: result_sha,
+            sha256: result_sha.clone(),
         };
+        let result_sha_key = result_sha;
         let info = self.info(Some(original_info), Some(result_info), Some(&p));
         let info_part = Part::new(parts::INFO, "application/json", json_bytes(&info));
-        let result_part = Part::new(parts::RESULT, result_type, p.data);
+        let mut result_part = Part::new(parts::RESULT, result_type, p.data);
+        if let Some(claim) = &self.claim {
+            result_part = claim.check_in(result_part, &result_sha_key).await?;
+        }
         let duration = format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0);
         let stamp = |e: Envelope| {
             e.with_header(headers::WORKER, self.config.worker_id.clone())
@@ -194,7 +227,7 @@ impl Transformer {
             .with_part(original.clone())
             .with_part(result_part)
             .with_part(info_part);
-        (transformed, archived)
+        Ok((transformed, archived))
     }
 
     fn failure_event(&self, env: &Envelope, error: &Error, started: Instant) -> Envelope {
