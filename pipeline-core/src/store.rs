@@ -269,6 +269,10 @@ pub trait ActivityLog: Send + Sync + fmt::Debug {
     async fn append(&self, entries: &[ActivityEntry]) -> Result<()>;
     /// A job's entries, oldest first.
     async fn for_job(&self, job_id: Uuid) -> Result<Vec<ActivityEntry>>;
+    /// `Ok` while the log is reachable.
+    async fn ready(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Hex SHA-256 of `data`.

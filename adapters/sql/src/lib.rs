@@ -534,6 +534,10 @@ impl ImageStore for SqlArchive {
 
 #[async_trait]
 impl ActivityLog for SqlArchive {
+    async fn ready(&self) -> Result<()> {
+        self.db.ping().await.map_err(|e| self.err(e))
+    }
+
     async fn append(&self, entries: &[ActivityEntry]) -> Result<()> {
         let mut seen = HashSet::new();
         let entries: Vec<&ActivityEntry> = entries

@@ -59,6 +59,10 @@ impl ActivityRecorder {
                     Ok(())
                 }
             },
+            || {
+                let log = Arc::clone(&self.log);
+                async move { log.ready().await }
+            },
         )
         .await
     }

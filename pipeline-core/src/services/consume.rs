@@ -2,8 +2,9 @@
 //! bounded number in flight, or in batches of whatever is waiting.
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use super::RetryPolicy;
 use crate::broker::{Broker, Delivery, Subscription};
@@ -44,10 +45,17 @@ pub(crate) type Parsed<T> = std::result::Result<T, String>;
 
 /// Consume `queue` in batches of up to `batch` waiting deliveries. Each
 /// delivery is parsed (unparseable ones are dead-lettered); the records are
-/// handed to `save` together and acked after it succeeds. A retryable
-/// failure nacks the batch with backoff; a permanent one is retried record
-/// by record so one bad record cannot hold back the others.
-pub(crate) async fn consume_batches<T, P, S, F>(
+/// handed to `save` together and acked after it succeeds.
+///
+/// A failure is retried in place with backoff (250 ms doubling to 5 s)
+/// while the deliveries stay unacked: as long as `ready` fails (the store
+/// is down), whatever the error, for as long as it takes; a retryable
+/// failure while the store answers `ready`, for at most
+/// [`MAX_HOLD`], after which the batch is nacked with the retry policy's
+/// delay. A permanent failure is retried record by record so one bad
+/// record cannot hold back the others. At shutdown a held batch is nacked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn consume_batches<T, P, S, F, R, RF>(
     broker: &dyn Broker,
     queue: &str,
     batch: usize,
@@ -55,18 +63,22 @@ pub(crate) async fn consume_batches<T, P, S, F>(
     shutdown: impl Future<Output = ()> + Send,
     parse: P,
     save: S,
+    ready: R,
 ) -> Result<()>
 where
     T: Clone + Send,
     P: Fn(&Delivery) -> Parsed<T>,
     S: Fn(Vec<T>) -> F,
     F: Future<Output = Result<()>>,
+    R: Fn() -> RF,
+    RF: Future<Output = Result<()>>,
 {
     let batch = batch.max(1);
+    let shutdown = Box::pin(shutdown).shared();
     let stream = broker
         .subscribe(Subscription::new(queue, batch * 2))
         .await?;
-    let chunks = stream.take_until(shutdown).ready_chunks(batch);
+    let chunks = stream.take_until(shutdown.clone()).ready_chunks(batch);
     futures::pin_mut!(chunks);
     while let Some(chunk) = chunks.next().await {
         let mut records = Vec::with_capacity(chunk.len());
@@ -93,10 +105,10 @@ where
         if records.is_empty() {
             continue;
         }
-        match save(records.clone()).await {
+        match save_holding(queue, &records, &save, &ready, shutdown.clone()).await {
             Ok(()) => settle_all(deliveries, None, retry).await,
             Err(e) if e.is_retryable() => {
-                tracing::warn!(queue, error = %e, count = deliveries.len(), "batch not saved; will retry");
+                tracing::warn!(queue, error = %e, count = deliveries.len(), "batch not saved; handing it back to the broker");
                 settle_all(deliveries, Some(e), retry).await;
             }
             Err(e) => {
@@ -118,6 +130,54 @@ where
         }
     }
     Ok(())
+}
+
+/// Longest a batch is retried in place while the store says it is ready
+/// but saving keeps failing with a retryable error.
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(60);
+
+/// Save `records`, retrying retryable failures in place (see
+/// [`consume_batches`]). Returns the last error when giving up.
+async fn save_holding<T, S, F, R, RF, D>(
+    queue: &str,
+    records: &[T],
+    save: &S,
+    ready: &R,
+    shutdown: D,
+) -> Result<()>
+where
+    D: Future<Output = ()> + Clone,
+    T: Clone,
+    S: Fn(Vec<T>) -> F,
+    F: Future<Output = Result<()>>,
+    R: Fn() -> RF,
+    RF: Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let e = match save(records.to_vec()).await {
+            Ok(()) => {
+                if started.elapsed() > Duration::from_secs(1) {
+                    tracing::info!(queue, held_ms = started.elapsed().as_millis() as u64, "batch saved after the store came back");
+                }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        // While the store is down, any error is a symptom of the outage
+        // (drivers do not always say so): hold, never dead-letter.
+        let down = ready().await.is_err();
+        if !down && (!e.is_retryable() || started.elapsed() >= MAX_HOLD) {
+            return Err(e);
+        }
+        tracing::warn!(queue, error = %e, store_down = down, retry_in_ms = delay.as_millis() as u64, count = records.len(), "saving failed; holding the batch (unacked) and retrying");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.clone() => return Err(e),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Ack every delivery, or nack them with backoff when `error` is set.

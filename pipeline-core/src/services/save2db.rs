@@ -46,6 +46,10 @@ impl Save2Db {
                 let store = Arc::clone(&store);
                 async move { store.save(&records).await }
             },
+            || {
+                let store = Arc::clone(&self.store);
+                async move { store.ready().await }
+            },
         )
         .await
     }
