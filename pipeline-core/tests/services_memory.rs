@@ -340,8 +340,16 @@ fn archived_event() -> Envelope {
         worker: "w".into(),
     };
     Envelope::new(events::ARCHIVED, uuid::Uuid::now_v7(), "t")
-        .with_part(Part::new(parts::ORIGINAL, "image/png", Bytes::from_static(b"abc")))
-        .with_part(Part::new(parts::RESULT, "image/png", Bytes::from_static(b"abc")))
+        .with_part(Part::new(
+            parts::ORIGINAL,
+            "image/png",
+            Bytes::from_static(b"abc"),
+        ))
+        .with_part(Part::new(
+            parts::RESULT,
+            "image/png",
+            Bytes::from_static(b"abc"),
+        ))
         .with_part(Part::new(
             parts::INFO,
             "application/json",
@@ -369,12 +377,19 @@ async fn save2db_holds_batches_while_the_store_is_down() {
         assert!(std::time::Instant::now() < deadline, "save2db never tried");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(broker.depth("save2db.dead"), 0, "dead-lettered during the outage");
+    assert_eq!(
+        broker.depth("save2db.dead"),
+        0,
+        "dead-lettered during the outage"
+    );
     store.down.store(false, Ordering::SeqCst);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     for e in &jobs {
         while store.inner.get(e.job_id).await.unwrap().is_none() {
-            assert!(std::time::Instant::now() < deadline, "not saved after the store came back");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not saved after the store came back"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -159,7 +159,11 @@ where
         let e = match save(records.to_vec()).await {
             Ok(()) => {
                 if started.elapsed() > Duration::from_secs(1) {
-                    tracing::info!(queue, held_ms = started.elapsed().as_millis() as u64, "batch saved after the store came back");
+                    tracing::info!(
+                        queue,
+                        held_ms = started.elapsed().as_millis() as u64,
+                        "batch saved after the store came back"
+                    );
                 }
                 return Ok(());
             }

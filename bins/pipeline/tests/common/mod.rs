@@ -8,6 +8,7 @@ use std::time::Duration;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 
 pub mod procs;
+pub mod proxy;
 
 /// A running `pipeline serve` on a free port with its own data folder.
 pub struct Server {
