@@ -118,6 +118,20 @@ impl BlobStore for FileBlobStore {
         Ok(())
     }
 
+    async fn delete_if_stored_before(&self, key: &str, before_ms: i64) -> Result<bool> {
+        let path = self.path(key)?;
+        let modified = match tokio::fs::metadata(&path).await {
+            Ok(m) => m.modified().map_err(|e| io_error("stat", &path, e))?,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_error("stat", &path, e)),
+        };
+        if ms_of(modified) >= before_ms {
+            return Ok(false);
+        }
+        self.delete(key).await?;
+        Ok(true)
+    }
+
     async fn stored_before(&self, before_ms: i64) -> Result<Vec<BlobMeta>> {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || walk(&root, before_ms))

@@ -17,12 +17,12 @@ pub mod memory;
 pub mod results;
 pub mod services;
 pub mod store;
-#[cfg(feature = "testkit")]
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod transform;
 pub mod wire;
 
-pub use blob::{BlobMeta, BlobRef, BlobStore, ClaimCheck};
+pub use blob::{BlobMeta, BlobRef, BlobStore, ClaimCheck, OrphanReport, collect_orphans};
 pub use broker::{Broker, Capabilities, Delivery, DeliveryStream, QueueSpec, Subscription};
 pub use envelope::{Envelope, Part};
 pub use error::{Error, ImageErrorKind, Result};

@@ -246,6 +246,31 @@ impl BlobStore for SqlArchive {
         txn.commit().await.map_err(|e| self.err(e))
     }
 
+    async fn delete_if_stored_before(&self, key: &str, before_ms: i64) -> Result<bool> {
+        check_key(key)?;
+        let txn = self.begin().await?;
+        let row = Query::delete()
+            .from_table(Alias::new(&self.tables.blobs))
+            .and_where(Expr::col(Alias::new("sha256")).eq(key))
+            .and_where(Expr::col(Alias::new("created_at")).lt(before_ms))
+            .to_owned();
+        let removed = txn
+            .execute(&row)
+            .await
+            .map_err(|e| self.err(e))?
+            .rows_affected()
+            > 0;
+        if removed {
+            let chunks = Query::delete()
+                .from_table(Alias::new(&self.tables.chunks))
+                .and_where(Expr::col(Alias::new("sha256")).eq(key))
+                .to_owned();
+            txn.execute(&chunks).await.map_err(|e| self.err(e))?;
+        }
+        txn.commit().await.map_err(|e| self.err(e))?;
+        Ok(removed)
+    }
+
     async fn stored_before(&self, before_ms: i64) -> Result<Vec<BlobMeta>> {
         let q = Query::select()
             .columns(["sha256", "size", "created_at"].map(Alias::new))

@@ -47,6 +47,9 @@ fn is_conflict(message: &str) -> bool {
         || message.contains("could not serialize")
 }
 
+/// A blob to store and its content key.
+type KeyedBlob<'a> = (String, &'a Blob);
+
 /// A record with the content keys of its original and result.
 type Keyed<'a> = (&'a ArchiveRecord, Option<String>, Option<String>);
 
@@ -303,24 +306,39 @@ impl SqlArchive {
                 .map(Alias::new),
             );
             for (r, original_key, result_key) in chunk {
-                let media = |m: &Option<MediaInfo>| -> [sea_orm::sea_query::Expr; 6] {
-                    [
-                        m.as_ref().map(|m| m.format.clone()).into(),
-                        m.as_ref().map(|m| m.content_type.clone()).into(),
-                        m.as_ref().map(|m| i64::from(m.width)).into(),
-                        m.as_ref().map(|m| i64::from(m.height)).into(),
-                        m.as_ref().map(|m| m.size as i64).into(),
-                        m.as_ref().map(|m| m.sha256.clone()).into(),
-                    ]
-                };
+                // A reference of a job with no media info (a failed job)
+                // still records the type and size it points to.
+                let media =
+                    |m: &Option<MediaInfo>, b: &Option<Blob>| -> [sea_orm::sea_query::Expr; 6] {
+                        let r = b
+                            .as_ref()
+                            .and_then(|b| pipeline_core::BlobRef::of_blob(b).ok().flatten());
+                        [
+                            m.as_ref().map(|m| m.format.clone()).into(),
+                            m.as_ref()
+                                .map(|m| m.content_type.clone())
+                                .or_else(|| r.as_ref().map(|r| r.content_type.clone()))
+                                .into(),
+                            m.as_ref().map(|m| i64::from(m.width)).into(),
+                            m.as_ref().map(|m| i64::from(m.height)).into(),
+                            m.as_ref()
+                                .map(|m| m.size as i64)
+                                .or_else(|| r.as_ref().map(|r| r.size as i64))
+                                .into(),
+                            m.as_ref()
+                                .map(|m| m.sha256.clone())
+                                .or_else(|| r.as_ref().map(|r| r.key.clone()))
+                                .into(),
+                        ]
+                    };
                 let mut row: Vec<sea_orm::sea_query::Expr> = vec![
                     r.job_id.to_string().into(),
                     r.tenant.clone().into(),
                     r.state.as_str().into(),
                     r.spec.clone().into(),
                 ];
-                row.extend(media(&r.info.original));
-                row.extend(media(&r.info.result));
+                row.extend(media(&r.info.original, &r.original));
+                row.extend(media(&r.info.result, &r.result));
                 row.extend([
                     original_key.clone().into(),
                     result_key.clone().into(),
@@ -444,7 +462,7 @@ impl SqlArchive {
                 blobs.keys().cloned().collect(),
             )
             .await?;
-        let (large, small): (Vec<(String, &Blob)>, Vec<(String, &Blob)>) = blobs
+        let (large, small): (Vec<KeyedBlob<'_>>, Vec<KeyedBlob<'_>>) = blobs
             .into_iter()
             .filter(|(k, _)| !stored.contains(k))
             .partition(|(_, b)| b.data.len() > CHUNK_BYTES);

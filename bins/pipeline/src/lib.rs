@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod bench;
+pub mod maintenance;
 pub mod serve;
 
 use std::process::ExitCode;

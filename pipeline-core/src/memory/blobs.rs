@@ -52,6 +52,17 @@ impl BlobStore for MemoryBlobStore {
         Ok(())
     }
 
+    async fn delete_if_stored_before(&self, key: &str, before_ms: i64) -> Result<bool> {
+        let mut blobs = lock(&self.blobs);
+        match blobs.get(key) {
+            Some((_, at)) if *at < before_ms => {
+                blobs.remove(key);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn stored_before(&self, before_ms: i64) -> Result<Vec<BlobMeta>> {
         Ok(lock(&self.blobs)
             .iter()

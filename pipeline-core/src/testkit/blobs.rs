@@ -127,3 +127,20 @@ pub async fn bad_keys_are_refused(store: Arc<dyn BlobStore>) {
         );
     }
 }
+
+/// `delete_if_stored_before` removes an old blob, not a refreshed one.
+pub async fn conditional_delete(store: Arc<dyn BlobStore>) {
+    let (a, b) = (random(64), random(65));
+    let (ka, kb) = (sha256_hex(&a), sha256_hex(&b));
+    store.put(&ka, "image/png", a).await.unwrap();
+    store.put(&kb, "image/png", b.clone()).await.unwrap();
+    let mid = now_ms();
+    pass(mid).await;
+    store.put(&kb, "image/png", b).await.unwrap();
+    assert!(store.delete_if_stored_before(&ka, mid + 1).await.unwrap());
+    assert!(!store.delete_if_stored_before(&kb, mid + 1).await.unwrap());
+    assert!(store.get(&ka).await.unwrap().is_none());
+    assert!(store.get(&kb).await.unwrap().is_some());
+    assert!(!store.delete_if_stored_before(&ka, mid + 1).await.unwrap());
+    store.delete(&kb).await.unwrap();
+}

@@ -185,7 +185,8 @@ macro_rules! blob_conformance {
             stored_before_lists_only_older,
             concurrent_puts_of_one_key,
             large_blob_50mb,
-            bad_keys_are_refused
+            bad_keys_are_refused,
+            conditional_delete
         );
     };
     (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {

@@ -308,9 +308,30 @@ pub async fn references_are_kept_and_reported(store: Arc<dyn ImageStore>, _: Arc
     let result_key = crate::store::sha256_hex(b"small result");
     assert!(
         store
-            .referenced(&[result_key.clone()])
+            .referenced(std::slice::from_ref(&result_key))
             .await
             .unwrap()
             .contains(&result_key)
     );
+    // A failed job has no media info; its reference must survive anyway.
+    let mut failed = record(&unique("tenant"), &big, b"unused");
+    failed.state = JobState::Failed;
+    failed.result = None;
+    failed.info.original = None;
+    failed.info.result = None;
+    failed.error = Some(crate::store::JobFailure {
+        code: "transform_failed".into(),
+        message: "crop outside the image".into(),
+    });
+    failed.original = Some(reference.to_blob());
+    store.save(std::slice::from_ref(&failed)).await.unwrap();
+    let back = store
+        .original(failed.job_id)
+        .await
+        .unwrap()
+        .expect("original");
+    match BlobRef::of_blob(&back).unwrap() {
+        Some(got) => assert_eq!(got, reference),
+        None => assert_eq!(back.data, big),
+    }
 }
