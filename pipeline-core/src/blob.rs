@@ -19,7 +19,8 @@ pub struct BlobMeta {
     pub key: String,
     /// Bytes.
     pub size: u64,
-    /// Unix ms of the last `put` of this key.
+    /// Unix ms of the last `put` of this key (some stores keep whole
+    /// seconds only).
     pub stored_at_ms: i64,
 }
 

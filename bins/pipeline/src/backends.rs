@@ -144,9 +144,12 @@ pub async fn blob_store(url: &str, archive: Option<&Archive>) -> Result<Arc<dyn 
     }
     match scheme(url) {
         "file" => Ok(Arc::new(FileBlobStore::from_url(url).await?)),
+        "s3" => Ok(Arc::new(pipeline_object_store::ObjectBlobStore::from_url(
+            url,
+        )?)),
         "memory" => Ok(Arc::new(MemoryBlobStore::new())),
         _ => Err(Error::Config(format!(
-            "unsupported blob store URL {}; supported: archive (the database), file:///path, memory://",
+            "unsupported blob store URL {}; supported: archive (the database), file:///path, s3://bucket/prefix, memory://",
             redact_url(url)
         ))),
     }

@@ -118,7 +118,7 @@ pub async fn drive(
     concurrency: usize,
     transform: Option<&str>,
 ) -> Result<LoadReport, Error> {
-    let client = reqwest::Client::builder()
+    let client = crate::http_client_builder()
         .pool_max_idle_per_host(concurrency * 2)
         .build()
         .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;

@@ -71,3 +71,10 @@ pub fn role_main(roles: serve::Roles) -> ExitCode {
         serve::run(cli.args, roles).await
     })
 }
+
+/// A reqwest client builder, after making sure rustls has its crypto
+/// provider (reqwest is built without one; see `pipeline-object-store`).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    pipeline_object_store::install_crypto_provider();
+    reqwest::Client::builder()
+}

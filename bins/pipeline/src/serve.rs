@@ -58,7 +58,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPELINE_MAX_UPLOAD_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_upload_bytes: usize,
     /// Where files above the inline limit go (claim check): `archive` (the
-    /// database's blob table), `file:///path`, `memory://` (one process).
+    /// database's blob table), `file:///path`, `s3://bucket/prefix` (AWS_*
+    /// variables), `memory://` (one process).
     #[arg(long, env = "PIPELINE_BLOB_URL", default_value = "archive")]
     pub blob_url: String,
     /// Files (originals, results) above this many bytes travel by reference

@@ -14,7 +14,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    pipeline::http_client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .expect("client")

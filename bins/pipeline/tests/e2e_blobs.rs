@@ -48,24 +48,26 @@ async fn finished(http: &reqwest::Client, server: &Server, id: &str) -> (u16, By
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_files_go_by_reference_to_the_archive_table() {
-    by_reference_then_collect(None).await;
+    by_reference_then_collect("archive".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_files_go_by_reference_to_a_directory() {
     let dir = tempfile::tempdir().unwrap();
-    by_reference_then_collect(Some(dir.path())).await;
+    by_reference_then_collect(format!("file://{}", dir.path().display())).await;
 }
 
-/// Run jobs with every original above 2 KB sent by reference (to the
-/// archive's table, or to `dir`), check them, then collect an orphan.
-async fn by_reference_then_collect(dir: Option<&std::path::Path>) {
-    let blob_url = match dir {
-        Some(d) => format!("file://{}", d.display()),
-        None => "archive".to_string(),
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_go_by_reference_to_s3() {
+    by_reference_then_collect(pipeline_object_store::testkit::bucket_url("blobs").await).await;
+}
+
+/// Run jobs with every original above 2 KB sent by reference through
+/// `blob_url`, check them, then collect an orphan with `pipeline gc-blobs`.
+async fn by_reference_then_collect(blob_url: String) {
+    let in_archive = blob_url == "archive";
     let mut server = Server::start(&["--inline-max", "2000", "--blob-url", &blob_url]);
-    let http = reqwest::Client::new();
+    let http = pipeline::http_client_builder().build().unwrap();
     let originals: Vec<Vec<u8>> = (0..4)
         .map(|i| image_bytes(ImageFormat::Png, 320, 240, i * 40))
         .collect();
@@ -96,13 +98,13 @@ async fn by_reference_then_collect(dir: Option<&std::path::Path>) {
         .await
         .unwrap();
     assert_eq!(archive.image_count().await.unwrap(), 5);
-    let blobs: std::sync::Arc<dyn BlobStore> = match dir {
-        Some(d) => std::sync::Arc::new(
-            pipeline_core::blob_file::FileBlobStore::open(d)
-                .await
-                .unwrap(),
-        ),
-        None => std::sync::Arc::new(archive.clone()),
+    let blobs: std::sync::Arc<dyn BlobStore> = if in_archive {
+        std::sync::Arc::new(archive.clone())
+    } else {
+        let a = pipeline::backends::archive(&db, "pipeline").await.unwrap();
+        pipeline::backends::blob_store(&blob_url, Some(&a))
+            .await
+            .unwrap()
     };
     let claim = pipeline_core::ClaimCheck::new(blobs.clone(), 2000);
     for (id, o) in ids.iter().zip(&originals) {
@@ -112,8 +114,8 @@ async fn by_reference_then_collect(dir: Option<&std::path::Path>) {
             .unwrap()
             .unwrap();
         let is_ref = pipeline_core::BlobRef::of_blob(&back).unwrap().is_some();
-        // In a directory, the archive keeps only the reference.
-        assert_eq!(is_ref, dir.is_some(), "original of {id}");
+        // Elsewhere than in its own table, the archive keeps the reference.
+        assert_eq!(is_ref, !in_archive, "original of {id}");
         let back = claim.resolve(back).await.unwrap();
         assert!(back.data == o.as_slice(), "original of {id} differs");
         assert!(blobs.get(&sha256_hex(o)).await.unwrap().is_some());

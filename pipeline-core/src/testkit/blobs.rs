@@ -15,10 +15,12 @@ fn random(len: usize) -> Bytes {
     Bytes::from(v)
 }
 
-/// Wait until the clock has passed `t` (timestamps are in ms).
+/// Wait until the clock is in the second after the one holding `t`: some
+/// stores keep times to the second only (S3's `Last-Modified`).
 async fn pass(t: i64) {
-    while now_ms() <= t {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    let next_second = (t / 1000 + 1) * 1000;
+    while now_ms() <= next_second {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -73,7 +73,7 @@ pub async fn upload_batch(
     n: usize,
     midway: impl FnOnce() + Send + 'static,
 ) -> Vec<Uuid> {
-    let http = reqwest::Client::builder()
+    let http = pipeline::http_client_builder()
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
@@ -147,7 +147,7 @@ pub async fn upload_batch(
 }
 
 pub async fn fetch_all(base: &str, ids: &[Uuid]) {
-    let http = reqwest::Client::builder()
+    let http = pipeline::http_client_builder()
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
