@@ -31,10 +31,10 @@ pub struct ApiConfig {
 }
 
 impl Default for ApiConfig {
-    /// 25 MiB per file, 32 files, waits up to 60 s.
+    /// 64 MiB per file, 32 files, waits up to 60 s.
     fn default() -> Self {
         Self {
-            max_upload_bytes: 25 * 1024 * 1024,
+            max_upload_bytes: 64 * 1024 * 1024,
             max_files: 32,
             max_wait: Duration::from_secs(60),
         }

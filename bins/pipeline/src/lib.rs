@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod bench;
+pub mod bench_archive;
 pub mod maintenance;
 pub mod serve;
 

@@ -8,7 +8,7 @@
 //!   load, in one run.
 
 use clap::{Parser, Subcommand};
-use pipeline::{bench, block_on, init_tracing, maintenance, serve};
+use pipeline::{bench, bench_archive, block_on, init_tracing, maintenance, serve};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +29,8 @@ enum Command {
     Load(bench::LoadArgs),
     /// Measure the bare transform rate, then an in-process server under load.
     Bench(bench::BenchArgs),
+    /// Measure archive throughput (rows/s, MB/s) on each database.
+    BenchArchive(bench_archive::ArchiveBenchArgs),
     /// Remove claim-check blobs that no archived job refers to.
     GcBlobs(maintenance::GcArgs),
 }
@@ -45,6 +47,10 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => {
                 init_tracing(false, "warn");
                 bench::bench(args).await
+            }
+            Command::BenchArchive(args) => {
+                init_tracing(false, "warn");
+                bench_archive::bench_archive(args).await
             }
             Command::GcBlobs(args) => {
                 init_tracing(false, "warn");
