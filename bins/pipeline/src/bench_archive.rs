@@ -163,7 +163,11 @@ pub async fn bench_archive(args: ArchiveBenchArgs) -> Result<(), Error> {
             println!(
                 "{} ({}): {rows:.0} rows/s, {mb:.1} MB/s of blobs; batch p50 {:.1} / p99 {:.1} ms",
                 pipeline_sql::redact_url(url),
-                if references { "claim-check references" } else { "bytes in the archive" },
+                if references {
+                    "claim-check references"
+                } else {
+                    "bytes in the archive"
+                },
                 hist.value_at_quantile(0.5) as f64 / 1000.0,
                 hist.value_at_quantile(0.99) as f64 / 1000.0,
             );

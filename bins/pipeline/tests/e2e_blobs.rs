@@ -168,3 +168,32 @@ async fn by_reference_then_collect(blob_url: String) {
     let again = gc(false);
     assert!(again.contains("0 orphans removed"), "{again}");
 }
+
+#[test]
+fn bench_archive_measures_bytes_and_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["bench-archive", "--database-url", &db])
+        .args([
+            "--records",
+            "40",
+            "--batch",
+            "8",
+            "--writers",
+            "2",
+            "--blob-bytes",
+            "5000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("(bytes in the archive):"), "{text}");
+    assert!(text.contains("(claim-check references):"), "{text}");
+    assert_eq!(text.matches(" rows/s").count(), 2, "{text}");
+}
