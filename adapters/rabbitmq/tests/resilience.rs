@@ -61,22 +61,12 @@ async fn nothing_is_lost_when_the_connection_is_closed_under_load() {
         .declare(&[QueueSpec::new("work", &["job.*"], 5)])
         .await
         .unwrap();
-    let mut stream = broker
+    let stream = broker
         .subscribe(Subscription::new("work", 20))
         .await
         .unwrap();
     let total = 400;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let consumer = tokio::spawn(async move {
-        while let Some(item) = stream.next().await {
-            let Ok(d) = item else { continue };
-            let id = d.envelope().id;
-            // A stale ack (channel recovered) is reported; the message comes again.
-            if d.ack().await.is_ok() && tx.send(id).is_err() {
-                break;
-            }
-        }
-    });
+    let (consumer, mut rx) = pipeline_core::testkit::broker::ack_and_forward(stream);
     let publisher = {
         let b = broker.clone();
         tokio::spawn(async move {

@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use pipeline_core::broker::{QueueSpec, Subscription};
 use pipeline_core::{Broker, Envelope};
 use pipeline_redis::RedisBroker;
@@ -32,21 +31,11 @@ async fn nothing_is_lost_when_the_connections_are_killed() {
         .declare(&[QueueSpec::new("work", &["job"], 10)])
         .await
         .unwrap();
-    let mut stream = broker
+    let stream = broker
         .subscribe(Subscription::new("work", 10))
         .await
         .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let consumer = tokio::spawn(async move {
-        while let Some(item) = stream.next().await {
-            let Ok(d) = item else { continue };
-            let id = d.envelope().id;
-            // A failed ack leaves the entry pending: it is claimed again.
-            if d.ack().await.is_ok() && tx.send(id).is_err() {
-                break;
-            }
-        }
-    });
+    let (consumer, mut rx) = pipeline_core::testkit::broker::ack_and_forward(stream);
     let total = 300;
     let publisher = {
         let b = broker.clone();

@@ -122,20 +122,11 @@ async fn nothing_is_lost_across_a_restart_of_a_persistent_server() {
         .declare(&[QueueSpec::new("work", &["job"], 10)])
         .await
         .unwrap();
-    let mut stream = broker
+    let stream = broker
         .subscribe(Subscription::new("work", 10))
         .await
         .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let consumer = tokio::spawn(async move {
-        while let Some(item) = stream.next().await {
-            let Ok(d) = item else { continue };
-            let id = d.envelope().id;
-            if d.ack().await.is_ok() && tx.send(id).is_err() {
-                break;
-            }
-        }
-    });
+    let (consumer, mut rx) = pipeline_core::testkit::broker::ack_and_forward(stream);
     let (total, before) = (200, 60);
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
     let publisher = {

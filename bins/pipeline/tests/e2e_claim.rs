@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::procs::spawn;
+use common::procs::{rabbit_env, spawn, spawn_api};
 use image::{GenericImageView, ImageFormat};
 use pipeline_core::store::sha256_hex;
 use pipeline_core::{BlobStore, ImageStore};
@@ -50,20 +50,8 @@ fn peak_rss_mib(pid: u32) -> u64 {
 async fn fifty_megabytes_through(db: &str) {
     let _serial = SERIAL.lock().await;
     let ns = pipeline_core::testkit::unique("big").replace('-', "_");
-    let amqp = std::env::var("PIPELINE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let env = vec![
-        ("PIPELINE_BROKER_URL", format!("{amqp}?expires_ms=600000")),
-        ("PIPELINE_DATABASE_URL", db.to_string()),
-        ("PIPELINE_NAMESPACE", ns.clone()),
-        ("PIPELINE_LISTEN", "127.0.0.1:0".to_string()),
-        ("PIPELINE_CONCURRENCY", "1".to_string()),
-    ];
-    let (api, line) = spawn(env!("CARGO_BIN_EXE_pipeline-api"), "api", &env);
-    let base = line
-        .strip_prefix("pipeline listening on ")
-        .expect("api address")
-        .to_string();
+    let env = rabbit_env(&ns, db);
+    let (api, base) = spawn_api(&env);
     let (transformer, _) = spawn(
         env!("CARGO_BIN_EXE_pipeline-transformer"),
         "transformer",

@@ -11,7 +11,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::procs::{fetch_all, http_status, spawn, upload_batch, wait_archived};
+use common::procs::{
+    fetch_all, http_status, rabbit_env, spawn, spawn_api, upload_batch, wait_archived,
+};
 use common::proxy::Proxy;
 
 /// One database at a time: the two tests share the machine's 2 cores.
@@ -41,21 +43,8 @@ async fn outage_of(db_direct: &str, db_proxied: impl Fn(u16) -> String, upstream
     let _serial = SERIAL.lock().await;
     let proxy = Arc::new(Proxy::start(upstream).await);
     let ns = pipeline_core::testkit::unique("outage").replace('-', "_");
-    let amqp = std::env::var("PIPELINE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let env = vec![
-        ("PIPELINE_BROKER_URL", format!("{amqp}?expires_ms=600000")),
-        ("PIPELINE_DATABASE_URL", db_direct.to_string()),
-        ("PIPELINE_NAMESPACE", ns.clone()),
-        ("PIPELINE_LISTEN", "127.0.0.1:0".to_string()),
-        ("PIPELINE_CONCURRENCY", "1".to_string()),
-        ("PIPELINE_MAX_IN_FLIGHT", "4096".to_string()),
-    ];
-    let (_api, line) = spawn(env!("CARGO_BIN_EXE_pipeline-api"), "api", &env);
-    let base = line
-        .strip_prefix("pipeline listening on ")
-        .expect("api address")
-        .to_string();
+    let env = rabbit_env(&ns, db_direct);
+    let (_api, base) = spawn_api(&env);
     let (_t, _) = spawn(
         env!("CARGO_BIN_EXE_pipeline-transformer"),
         "transformer",

@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::procs::{fetch_all, http_status, spawn, upload_batch, wait_archived};
+use common::procs::{
+    fetch_all, http_status, rabbit_env, spawn, spawn_api, upload_batch, wait_archived,
+};
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -63,25 +65,8 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
         "sqlite://{}?mode=rwc",
         dir.path().join("archive.db").display()
     );
-    let amqp = std::env::var("PIPELINE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let sep = if amqp.contains('?') { '&' } else { '?' };
-    let env = vec![
-        (
-            "PIPELINE_BROKER_URL",
-            format!("{amqp}{sep}expires_ms=600000&publish_timeout_ms=60000"),
-        ),
-        ("PIPELINE_DATABASE_URL", db.clone()),
-        ("PIPELINE_NAMESPACE", ns.clone()),
-        ("PIPELINE_LISTEN", "127.0.0.1:0".to_string()),
-        ("PIPELINE_CONCURRENCY", "1".to_string()),
-        ("PIPELINE_MAX_IN_FLIGHT", "4096".to_string()),
-    ];
-    let (api, line) = spawn(env!("CARGO_BIN_EXE_pipeline-api"), "api", &env);
-    let base = line
-        .strip_prefix("pipeline listening on ")
-        .expect("api address")
-        .to_string();
+    let env = rabbit_env(&ns, &db);
+    let (api, base) = spawn_api(&env);
     let (t1, _) = spawn(
         env!("CARGO_BIN_EXE_pipeline-transformer"),
         "transformer-1",

@@ -428,3 +428,25 @@ pub async fn large_payload_20mb(broker: Arc<dyn Broker>) {
     assert_eq!(d.envelope().parts, m.parts);
     d.ack().await.expect("ack");
 }
+
+/// For resilience tests: consume `stream` in a task that acks every
+/// delivery and sends the id of each one acked. A failed ack (connection
+/// cut) is not sent: that message is redelivered.
+pub fn ack_and_forward(
+    mut stream: DeliveryStream,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<Uuid>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let Ok(d) = item else { continue };
+            let id = d.envelope().id;
+            if d.ack().await.is_ok() && tx.send(id).is_err() {
+                break;
+            }
+        }
+    });
+    (task, rx)
+}

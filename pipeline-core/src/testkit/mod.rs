@@ -77,20 +77,7 @@ macro_rules! broker_conformance {
         );
     };
     (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                $crate::testkit::run_case(
-                    $make.await,
-                    |made| async move {
-                        let broker: ::std::sync::Arc<dyn $crate::Broker> = made;
-                        $crate::testkit::broker::$case(broker).await;
-                    },
-                    $cleanup,
-                )
-                .await;
-            }
-        )*
+        $crate::__dyn_cases!($make; $cleanup; broker; Broker; $($case),*);
     };
 }
 
@@ -152,20 +139,7 @@ macro_rules! results_conformance {
         );
     };
     (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                $crate::testkit::run_case(
-                    $make.await,
-                    |made| async move {
-                        let store: ::std::sync::Arc<dyn $crate::ResultStore> = made;
-                        $crate::testkit::results::$case(store).await;
-                    },
-                    $cleanup,
-                )
-                .await;
-            }
-        )*
+        $crate::__dyn_cases!($make; $cleanup; results; ResultStore; $($case),*);
     };
 }
 
@@ -190,14 +164,24 @@ macro_rules! blob_conformance {
         );
     };
     (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {
+        $crate::__dyn_cases!($make; $cleanup; blobs; BlobStore; $($case),*);
+    };
+}
+
+/// One test per case of `$kit`, on `$make` seen as `Arc<dyn $tr>`, with
+/// `$cleanup` after each (the expansion shared by the suites above).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dyn_cases {
+    ($make:expr; $cleanup:expr; $kit:ident; $tr:ident; $($case:ident),*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 $crate::testkit::run_case(
                     $make.await,
                     |made| async move {
-                        let store: ::std::sync::Arc<dyn $crate::BlobStore> = made;
-                        $crate::testkit::blobs::$case(store).await;
+                        let backend: ::std::sync::Arc<dyn $crate::$tr> = made;
+                        $crate::testkit::$kit::$case(backend).await;
                     },
                     $cleanup,
                 )

@@ -200,3 +200,33 @@ pub async fn wait_archived(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The environment of role processes on the real RabbitMQ
+/// (`PIPELINE_TEST_AMQP_URL`), with queues that expire 10 minutes after
+/// the test, archiving to `db` in namespace `ns`.
+pub fn rabbit_env(ns: &str, db: &str) -> Vec<(&'static str, String)> {
+    let amqp = std::env::var("PIPELINE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let sep = if amqp.contains('?') { '&' } else { '?' };
+    vec![
+        (
+            "PIPELINE_BROKER_URL",
+            format!("{amqp}{sep}expires_ms=600000&publish_timeout_ms=60000"),
+        ),
+        ("PIPELINE_DATABASE_URL", db.to_string()),
+        ("PIPELINE_NAMESPACE", ns.to_string()),
+        ("PIPELINE_LISTEN", "127.0.0.1:0".to_string()),
+        ("PIPELINE_CONCURRENCY", "1".to_string()),
+        ("PIPELINE_MAX_IN_FLIGHT", "4096".to_string()),
+    ]
+}
+
+/// Start an API process; its base URL.
+pub fn spawn_api(env: &[(&str, String)]) -> (Proc, String) {
+    let (api, line) = spawn(env!("CARGO_BIN_EXE_pipeline-api"), "api", env);
+    let base = line
+        .strip_prefix("pipeline listening on ")
+        .expect("api address")
+        .to_string();
+    (api, base)
+}
