@@ -577,21 +577,29 @@ pub(crate) async fn healthz() -> Response {
 }
 
 pub(crate) async fn readyz(State(state): AppState) -> Response {
-    let (broker, results, archive) = tokio::join!(
+    let blobs = async {
+        match state.submitter.claim_check() {
+            Some(c) => c.store().ready().await,
+            None => Ok(()),
+        }
+    };
+    let (broker, results, archive, blobs) = tokio::join!(
         state.broker.ready(),
         state.results.ready(),
-        state.archive.ready()
+        state.archive.ready(),
+        blobs
     );
     let show = |r: &pipeline_core::Result<()>| match r {
         Ok(()) => json!("ok"),
         Err(e) => json!(e.to_string()),
     };
-    let ok = broker.is_ok() && results.is_ok() && archive.is_ok();
+    let ok = broker.is_ok() && results.is_ok() && archive.is_ok() && blobs.is_ok();
     let body = Json(json!({
         "status": if ok { "ready" } else { "not_ready" },
         "broker": show(&broker),
         "results": show(&results),
         "archive": show(&archive),
+        "blobs": show(&blobs),
     }));
     let status = if ok {
         StatusCode::OK

@@ -339,7 +339,8 @@ pub async fn run_until(
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {health}: {e}")))?;
         let archive_ready = archive.as_ref().map(|a| a.images.clone());
-        let app = health_router(broker.clone(), archive_ready);
+        let blobs_ready = claim.as_ref().map(|c| c.store().clone());
+        let app = health_router(broker.clone(), archive_ready, blobs_ready);
         tracing::info!(addr = %health, "health endpoints up");
         let mut health_stop = stop.clone();
         tokio::spawn(async move {
@@ -400,26 +401,32 @@ pub async fn run_until(
 fn health_router(
     broker: Arc<dyn pipeline_core::Broker>,
     archive: Option<Arc<dyn pipeline_core::ImageStore>>,
+    blobs: Option<Arc<dyn pipeline_core::BlobStore>>,
 ) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::get;
     let readyz = move || {
-        let (broker, archive) = (broker.clone(), archive.clone());
+        let (broker, archive, blobs) = (broker.clone(), archive.clone(), blobs.clone());
         async move {
             let broker_state = broker.ready().await;
             let archive_state = match &archive {
                 Some(a) => a.ready().await,
                 None => Ok(()),
             };
+            let blobs_state = match &blobs {
+                Some(b) => b.ready().await,
+                None => Ok(()),
+            };
             let show = |r: &Result<(), Error>| match r {
                 Ok(()) => "ok".to_string(),
                 Err(e) => e.to_string(),
             };
-            let ok = broker_state.is_ok() && archive_state.is_ok();
+            let ok = broker_state.is_ok() && archive_state.is_ok() && blobs_state.is_ok();
             let body = axum::Json(serde_json::json!({
                 "status": if ok { "ready" } else { "not_ready" },
                 "broker": show(&broker_state),
                 "archive": show(&archive_state),
+                "blobs": show(&blobs_state),
             }));
             let status = if ok {
                 StatusCode::OK

@@ -91,6 +91,18 @@ async fn by_reference_then_collect(blob_url: String) {
         assert_eq!((img.width(), img.height()), (64, 48));
     }
     assert_eq!(finished(&http, &server, &failing).await.0, 422);
+    // /readyz covers the blob store: a directory that goes away shows.
+    let ready = |http: reqwest::Client, url: String| async move {
+        http.get(url).send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(ready(http.clone(), server.url("/readyz")).await, 200);
+    if let Some(dir) = blob_url.strip_prefix("file://") {
+        let moved = format!("{dir}.moved");
+        std::fs::rename(dir, &moved).unwrap();
+        assert_eq!(ready(http.clone(), server.url("/readyz")).await, 503);
+        std::fs::rename(&moved, dir).unwrap();
+        assert_eq!(ready(http.clone(), server.url("/readyz")).await, 200);
+    }
     server.stop();
 
     let db = server.database_url();
