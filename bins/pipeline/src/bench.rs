@@ -65,6 +65,12 @@ pub struct BenchArgs {
     /// Archive of the in-process server (default: a new SQLite file).
     #[arg(long)]
     pub database_url: Option<String>,
+    /// Claim-check store of the in-process server (as `serve`'s).
+    #[arg(long, default_value = "archive")]
+    pub blob_url: String,
+    /// Files above this many bytes travel by reference (as `serve`'s).
+    #[arg(long, default_value_t = pipeline_core::blob::DEFAULT_INLINE_MAX)]
+    pub inline_max: usize,
 }
 
 /// What a load run measured.
@@ -308,8 +314,8 @@ pub async fn bench(args: BenchArgs) -> Result<(), Error> {
             namespace: format!("bench_{}", std::process::id()),
             default_transform: args.transform.clone(),
             max_upload_bytes: 64 * 1024 * 1024,
-            blob_url: "archive".into(),
-            inline_max: pipeline_core::blob::DEFAULT_INLINE_MAX,
+            blob_url: args.blob_url.clone(),
+            inline_max: args.inline_max,
             max_pixels: 100_000_000,
             max_dimension: 16_384,
             max_in_flight: 4096,
