@@ -37,6 +37,8 @@ use crate::schema::Tables;
 
 /// Most bytes of blob data sent in one INSERT (below MySQL's default 16 MiB packet).
 const BLOB_STATEMENT_BYTES: usize = 8 * 1024 * 1024;
+/// Longest a readiness ping may take.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most rows in one multi-row INSERT.
 const ROWS_PER_STATEMENT: usize = 200;
 
@@ -182,6 +184,20 @@ impl SqlArchive {
             self.db.execute(&stmt).await.map_err(|e| self.err(e))?;
         }
         Ok(())
+    }
+
+    /// A ping that answers within [`READY_TIMEOUT`]: while the server is
+    /// down, the pool keeps retrying to connect for its whole acquire
+    /// timeout, and readiness must not hang that long.
+    async fn ping(&self) -> Result<()> {
+        match tokio::time::timeout(READY_TIMEOUT, self.db.ping()).await {
+            Ok(r) => r.map_err(|e| self.err(e)),
+            Err(_) => Err(Error::Unavailable(format!(
+                "{}: no answer to a ping within {} s",
+                self.backend,
+                READY_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     fn err(&self, e: sea_orm::DbErr) -> Error {
@@ -546,14 +562,14 @@ impl ImageStore for SqlArchive {
     }
 
     async fn ready(&self) -> Result<()> {
-        self.db.ping().await.map_err(|e| self.err(e))
+        self.ping().await
     }
 }
 
 #[async_trait]
 impl ActivityLog for SqlArchive {
     async fn ready(&self) -> Result<()> {
-        self.db.ping().await.map_err(|e| self.err(e))
+        self.ping().await
     }
 
     async fn append(&self, entries: &[ActivityEntry]) -> Result<()> {
