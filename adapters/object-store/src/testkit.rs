@@ -29,20 +29,10 @@ pub fn endpoint() -> &'static str {
             .local_addr()
             .unwrap()
             .port();
-        // A watcher stops the server once this test process is gone; it is
-        // never waited for (it ends with the process).
-        let script = format!(
-            "moto_server -H 127.0.0.1 -p {port} & m=$!; \
-             while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $m",
-            pid = std::process::id()
+        pipeline_core::testkit::run_while_this_process_lives(
+            &format!("moto_server -H 127.0.0.1 -p {port} &"),
+            "",
         );
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server");
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "moto_server did not start");

@@ -5,7 +5,7 @@
 //! the scripts and multi-key commands stay within one slot.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,28 +32,21 @@ fn cluster_url() -> &'static str {
         let dir = std::env::temp_dir().join(pipeline_core::testkit::unique("redis-cluster"));
         std::fs::create_dir_all(&dir).unwrap();
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        // Servers and a watcher that stops them once this process is gone.
-        let mut script = String::new();
-        for p in &ports {
-            script.push_str(&format!(
-                "redis-server --port {p} --bind 127.0.0.1 --cluster-enabled yes \
-                 --cluster-config-file nodes-{p}.conf --dir {dir} --save '' --appendonly no \
-                 --logfile {dir}/{p}.log & ",
-                dir = dir.display()
-            ));
-        }
-        script.push_str(&format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $(jobs -p); rm -rf {dir}",
-            pid = std::process::id(),
-            dir = dir.display()
-        ));
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
+        let servers: String = ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "redis-server --port {p} --bind 127.0.0.1 --cluster-enabled yes \
+                     --cluster-config-file nodes-{p}.conf --dir {dir} --save '' --appendonly no \
+                     --logfile {dir}/{p}.log & ",
+                    dir = dir.display()
+                )
+            })
+            .collect();
+        pipeline_core::testkit::run_while_this_process_lives(
+            &servers,
+            &format!("rm -rf {}", dir.display()),
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         for p in &ports {
             while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {

@@ -164,33 +164,21 @@ async fn nothing_is_lost_across_a_restart_of_a_persistent_server() {
 
     server.shutdown();
     assert!(!publisher.is_finished(), "the restart came too late");
+    let both_ready = || async { broker.ready().await.is_ok() && results.ready().await.is_ok() };
+    let neither_ready = || async { broker.ready().await.is_ok() || results.ready().await.is_ok() };
     until(
-        "broker not ready",
+        "broker and results not ready",
         Duration::from_secs(10),
         false,
-        || async { broker.ready().await.is_ok() },
-    )
-    .await;
-    until(
-        "results not ready",
-        Duration::from_secs(10),
-        false,
-        || async { results.ready().await.is_ok() },
+        neither_ready,
     )
     .await;
     server.spawn();
     until(
-        "broker ready again",
+        "broker and results ready again",
         Duration::from_secs(30),
         true,
-        || async { broker.ready().await.is_ok() },
-    )
-    .await;
-    until(
-        "results ready again",
-        Duration::from_secs(30),
-        true,
-        || async { results.ready().await.is_ok() },
+        both_ready,
     )
     .await;
 

@@ -31,6 +31,25 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{s}")
 }
 
+/// Run the shell commands `servers` (each ending in `&`) for the rest of
+/// this test process: a watcher kills them, then runs `cleanup`, once the
+/// process is gone (statics are never dropped, so a test binary cannot stop
+/// a shared server itself).
+pub fn run_while_this_process_lives(servers: &str, cleanup: &str) {
+    let script = format!(
+        "{servers} while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $(jobs -p); {cleanup}",
+        pid = std::process::id()
+    );
+    // The watcher ends with this process; it is never waited for.
+    #[allow(clippy::zombie_processes)]
+    std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a background server");
+}
+
 /// Run `case` on the backend `made`, then `cleanup` on it even when the
 /// case panicked (the panic is then resumed).
 pub async fn run_case<T, C, CF, K, KF>(made: T, case: C, cleanup: K)
