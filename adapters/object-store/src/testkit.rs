@@ -30,7 +30,7 @@ pub fn endpoint() -> &'static str {
             .unwrap()
             .port();
         pipeline_core::testkit::run_while_this_process_lives(
-            &format!("moto_server -H 127.0.0.1 -p {port} &"),
+            &[format!("moto_server -H 127.0.0.1 -p {port}")],
             "",
         );
         let deadline = Instant::now() + Duration::from_secs(60);

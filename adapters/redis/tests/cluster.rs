@@ -32,13 +32,13 @@ fn cluster_url() -> &'static str {
         let dir = std::env::temp_dir().join(pipeline_core::testkit::unique("redis-cluster"));
         std::fs::create_dir_all(&dir).unwrap();
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let servers: String = ports
+        let servers: Vec<String> = ports
             .iter()
             .map(|p| {
                 format!(
                     "redis-server --port {p} --bind 127.0.0.1 --cluster-enabled yes \
                      --cluster-config-file nodes-{p}.conf --dir {dir} --save '' --appendonly no \
-                     --logfile {dir}/{p}.log & ",
+                     --logfile {dir}/{p}.log",
                     dir = dir.display()
                 )
             })

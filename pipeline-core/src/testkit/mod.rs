@@ -31,13 +31,17 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{s}")
 }
 
-/// Run the shell commands `servers` (each ending in `&`) for the rest of
-/// this test process: a watcher kills them, then runs `cleanup`, once the
+/// Run the shell commands `servers` in the background for the rest of this
+/// test process: a watcher kills them, then runs `cleanup`, once the
 /// process is gone (statics are never dropped, so a test binary cannot stop
 /// a shared server itself).
-pub fn run_while_this_process_lives(servers: &str, cleanup: &str) {
+pub fn run_while_this_process_lives(servers: &[String], cleanup: &str) {
+    let started: String = servers
+        .iter()
+        .map(|cmd| format!("{cmd} & pids=\"$pids $!\"; "))
+        .collect();
     let script = format!(
-        "{servers} while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $(jobs -p); {cleanup}",
+        "{started}while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $pids; {cleanup}",
         pid = std::process::id()
     );
     // The watcher ends with this process; it is never waited for.
