@@ -6,9 +6,22 @@ use std::sync::Arc;
 
 use pipeline_sql::SqlArchive;
 
+/// A folder for this test process's databases, removed when it exits.
+fn base() -> &'static std::path::Path {
+    static BASE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        pipeline_core::testkit::run_while_this_process_lives(
+            &[],
+            &format!("rm -rf '{}'", dir.display()),
+        );
+        dir
+    })
+}
+
 async fn sqlite() -> Arc<SqlArchive> {
-    let dir = tempfile::tempdir().expect("tempdir").keep();
-    let url = format!("sqlite://{}?mode=rwc", dir.join("archive.db").display());
+    let file = base().join(format!("{}.db", pipeline_core::testkit::unique("archive")));
+    let url = format!("sqlite://{}?mode=rwc", file.display());
     Arc::new(
         SqlArchive::connect(&url, "pipeline")
             .await

@@ -217,6 +217,21 @@ pub async fn run_until(
     } else {
         None
     };
+    // An archive message carries the original and the result inline up to
+    // the limit each: it must fit the broker.
+    if let Some(max) = broker.capabilities().max_message_bytes {
+        let worst = args
+            .inline_max
+            .saturating_mul(2)
+            .saturating_add(1024 * 1024);
+        if worst > max {
+            return Err(Error::Config(format!(
+                "PIPELINE_INLINE_MAX={} lets a message reach {worst} bytes (original + result + 1 MiB of headers), above the broker's limit of {max}; lower it (default {})",
+                args.inline_max,
+                pipeline_core::blob::DEFAULT_INLINE_MAX
+            )));
+        }
+    }
     let claim = if roles.api || roles.transformer {
         let store = backends::blob_store(&args.blob_url, archive.as_ref()).await?;
         Some(ClaimCheck::new(store, args.inline_max.max(1)))

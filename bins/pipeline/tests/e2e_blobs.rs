@@ -209,3 +209,31 @@ fn bench_archive_measures_bytes_and_references() {
     assert!(text.contains("(claim-check references):"), "{text}");
     assert_eq!(text.matches(" rows/s").count(), 2, "{text}");
 }
+
+#[test]
+fn bad_claim_check_settings_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "started with {extra:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--blob-url", "ftp://host/x"]);
+    assert!(err.contains("unsupported blob store URL"), "{err}");
+    assert!(err.contains("s3://bucket/prefix"), "{err}");
+    // Redis takes messages up to 512 MiB: two 300 MB parts cannot fit.
+    let err = run(&[
+        "--broker-url",
+        "redis://127.0.0.1:6379",
+        "--inline-max",
+        "300000000",
+    ]);
+    assert!(err.contains("PIPELINE_INLINE_MAX=300000000"), "{err}");
+    let err = run(&["--blob-url", "s3://"]);
+    assert!(err.contains("no bucket"), "{err}");
+}
