@@ -33,6 +33,8 @@ enum Command {
     BenchArchive(bench_archive::ArchiveBenchArgs),
     /// Remove claim-check blobs that no archived job refers to.
     GcBlobs(maintenance::GcArgs),
+    /// Publish a queue's dead letters again (after fixing their cause).
+    ReplayDead(maintenance::ReplayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +57,10 @@ fn main() -> std::process::ExitCode {
             Command::GcBlobs(args) => {
                 init_tracing(false, "warn");
                 maintenance::gc_blobs(args).await
+            }
+            Command::ReplayDead(args) => {
+                init_tracing(false, "warn");
+                maintenance::replay_dead(args).await
             }
         }
     })

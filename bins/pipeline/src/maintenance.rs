@@ -1,4 +1,5 @@
-//! `pipeline gc-blobs`: remove claim-check blobs no archived job needs.
+//! Maintenance commands: `pipeline gc-blobs` (claim-check blobs no archived
+//! job needs) and `pipeline replay-dead` (dead letters published again).
 
 use std::time::Duration;
 
@@ -58,6 +59,72 @@ pub async fn gc_blobs(args: GcArgs) -> Result<(), Error> {
         } else {
             String::new()
         }
+    );
+    Ok(())
+}
+
+/// Options of `pipeline replay-dead`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Broker (as for `serve`; the in-memory broker has nothing to replay
+    /// from another process).
+    #[arg(long, env = "PIPELINE_BROKER_URL")]
+    pub broker_url: String,
+    /// Namespace (queue prefix).
+    #[arg(long, env = "PIPELINE_NAMESPACE", default_value = "pipeline")]
+    pub namespace: String,
+    /// Whose dead letters: transform, api.results, save2db or activity.
+    #[arg(long)]
+    pub queue: String,
+    /// Replay at most this many.
+    #[arg(long, default_value_t = u64::MAX)]
+    pub limit: u64,
+    /// Stop once the dead-letter queue stays empty this long.
+    #[arg(long, default_value_t = 2000)]
+    pub idle_ms: u64,
+}
+
+/// Replay a queue's dead letters and print the report.
+pub async fn replay_dead(args: ReplayArgs) -> Result<(), Error> {
+    use pipeline_core::services::queues;
+    let known = [
+        queues::TRANSFORM,
+        queues::API_RESULTS,
+        queues::SAVE2DB,
+        queues::ACTIVITY,
+    ];
+    if !known.contains(&args.queue.as_str()) {
+        return Err(Error::Config(format!(
+            "unknown queue {:?}; the pipeline's queues: {}",
+            args.queue,
+            known.join(", ")
+        )));
+    }
+    if args.broker_url.starts_with("memory:") {
+        return Err(Error::Config(
+            "the in-memory broker lives inside its process: there is nothing to replay from here"
+                .into(),
+        ));
+    }
+    let broker = backends::broker(
+        &args.broker_url,
+        &args.namespace,
+        &format!("{}-replay-{}", args.namespace, std::process::id()),
+        Duration::from_secs(5),
+    )
+    .await?;
+    let report = pipeline_core::services::replay_dead(
+        broker.as_ref(),
+        &args.queue,
+        args.limit,
+        Duration::from_millis(args.idle_ms.max(1)),
+    )
+    .await;
+    broker.close().await?;
+    let report = report?;
+    println!(
+        "{}.dead: {} replayed, {} kept",
+        args.queue, report.replayed, report.kept
     );
     Ok(())
 }

@@ -11,6 +11,7 @@
 
 mod activity;
 mod consume;
+mod replay;
 mod results;
 mod save2db;
 mod submit;
@@ -19,6 +20,7 @@ mod transformer;
 use std::time::Duration;
 
 pub use activity::ActivityRecorder;
+pub use replay::{ReplayReport, replay_dead};
 pub use results::ResultsConsumer;
 pub use save2db::Save2Db;
 pub use submit::{Accepted, InFlight, SubmitConfig, Submitter, Upload, Validation};

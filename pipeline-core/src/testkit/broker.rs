@@ -450,3 +450,41 @@ pub fn ack_and_forward(
     });
     (task, rx)
 }
+
+/// Dead letters are published again by `replay_dead`, with a fresh attempt
+/// count and without their dead-letter headers, and leave the dead queue.
+pub async fn dead_letters_can_be_replayed(broker: Arc<dyn Broker>) {
+    use crate::services::replay_dead;
+    let (queue, prefix) = setup(broker.as_ref(), &["job"], 1).await;
+    let mut jobs = Vec::new();
+    for n in 0..3 {
+        let env = message(&format!("{prefix}.job"), n);
+        broker.publish(env.clone()).await.unwrap();
+        jobs.push(env);
+    }
+    let mut s = sub(broker.as_ref(), &queue, 8).await;
+    for _ in 0..3 {
+        next(&mut s).await.dead_letter("boom").await.unwrap();
+    }
+    drop(s);
+
+    let report = replay_dead(broker.as_ref(), &queue, u64::MAX, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!((report.replayed, report.kept), (3, 0), "{report:?}");
+    let mut s = sub(broker.as_ref(), &queue, 8).await;
+    for _ in 0..3 {
+        let d = next(&mut s).await;
+        assert_eq!(d.attempt(), 1);
+        assert!(d.envelope().header(headers::DEAD_LETTER_REASON).is_none());
+        assert!(d.envelope().header(headers::DEAD_LETTER_QUEUE).is_none());
+        let sent = jobs
+            .iter()
+            .find(|j| j.id == d.envelope().id)
+            .expect("a replayed job");
+        assert_eq!(d.envelope().parts, sent.parts, "payload intact");
+        d.ack().await.unwrap();
+    }
+    let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 8).await;
+    assert_quiet(&mut dead).await;
+}

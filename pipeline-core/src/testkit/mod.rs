@@ -96,7 +96,8 @@ macro_rules! broker_conformance {
             prefetch_bounds_unsettled_deliveries,
             close_drains_and_refuses_publishes,
             concurrent_publishers,
-            large_payload_20mb
+            large_payload_20mb,
+            dead_letters_can_be_replayed
         );
     };
     (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {

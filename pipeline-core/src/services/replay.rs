@@ -1,0 +1,115 @@
+//! Replaying dead letters: after the cause is fixed (a database back from a
+//! long outage, a plugin bug fixed), messages in `<queue>.dead` are sent
+//! again.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::broker::{Broker, MALFORMED_EVENT, Subscription, dead_letter_queue};
+use crate::envelope::headers;
+use crate::error::Result;
+
+/// What [`replay_dead`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Messages published again (attempt 1, dead-letter headers removed).
+    pub replayed: u64,
+    /// Messages left in the dead-letter queue: undecodable frames kept for
+    /// inspection, or ones whose publish failed.
+    pub kept: u64,
+}
+
+/// Publish again, under their own routing key, up to `limit` messages of
+/// `queue`'s dead-letter queue, and remove them from it once published.
+/// Like every publish, a replayed message reaches every queue bound to its
+/// event (consumers are idempotent, so the others ignore a repeat).
+/// Undecodable frames (`pipeline.malformed`) stay. Stops when the dead
+/// queue stays empty for `idle`, or when a message kept earlier in this
+/// run comes round again.
+pub async fn replay_dead(
+    broker: &dyn Broker,
+    queue: &str,
+    limit: u64,
+    idle: Duration,
+) -> Result<ReplayReport> {
+    let dead = dead_letter_queue(queue);
+    let mut stream = broker.subscribe(Subscription::new(&dead, 16)).await?;
+    let mut report = ReplayReport::default();
+    let mut seen = HashSet::new();
+    while report.replayed < limit {
+        let Ok(Some(item)) = tokio::time::timeout(idle, stream.next()).await else {
+            break;
+        };
+        let delivery = item?;
+        let envelope = delivery.envelope().clone();
+        if !seen.insert(envelope.id) {
+            // A message kept earlier in this run: everything was seen.
+            delivery.nack(Duration::ZERO, "kept by a replay").await?;
+            break;
+        }
+        if envelope.event == MALFORMED_EVENT {
+            report.kept += 1;
+            delivery
+                .nack(Duration::ZERO, "an undecodable frame is not replayed")
+                .await?;
+            continue;
+        }
+        let mut fresh = envelope;
+        fresh.attempt = 1;
+        fresh.headers.remove(headers::DEAD_LETTER_REASON);
+        fresh.headers.remove(headers::DEAD_LETTER_QUEUE);
+        match broker.publish(fresh).await {
+            Ok(()) => {
+                report.replayed += 1;
+                delivery.ack().await?;
+            }
+            Err(e) => {
+                tracing::warn!(queue = %dead, error = %e, "replaying a dead letter failed; it stays");
+                report.kept += 1;
+                delivery.nack(Duration::ZERO, e.to_string()).await?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Envelope;
+    use crate::broker::QueueSpec;
+    use crate::memory::MemoryBroker;
+
+    #[tokio::test]
+    async fn undecodable_frames_stay_and_the_rest_is_replayed() {
+        let broker = MemoryBroker::new();
+        broker
+            .declare(&[QueueSpec::new("q", &["job", MALFORMED_EVENT], 1)])
+            .await
+            .unwrap();
+        let job = Envelope::new("job", uuid::Uuid::now_v7(), "t");
+        let bad = Envelope::new(MALFORMED_EVENT, uuid::Uuid::nil(), "");
+        broker.publish(job.clone()).await.unwrap();
+        broker.publish(bad.clone()).await.unwrap();
+        let mut s = broker.subscribe(Subscription::new("q", 4)).await.unwrap();
+        for _ in 0..2 {
+            let d = s.next().await.unwrap().unwrap();
+            d.dead_letter("boom").await.unwrap();
+        }
+        drop(s);
+        let idle = Duration::from_millis(300);
+        let r = replay_dead(&broker, "q", u64::MAX, idle).await.unwrap();
+        assert_eq!((r.replayed, r.kept), (1, 1));
+        assert_eq!(broker.depth("q"), 1, "the job is back");
+        assert_eq!(broker.depth("q.dead"), 1, "the undecodable frame stayed");
+        // A second run keeps it again and ends.
+        let r = replay_dead(&broker, "q", u64::MAX, idle).await.unwrap();
+        assert_eq!((r.replayed, r.kept), (0, 1));
+        assert_eq!(broker.depth("q.dead"), 1);
+        // The limit is honoured.
+        let r = replay_dead(&broker, "q", 0, idle).await.unwrap();
+        assert_eq!(r, ReplayReport::default());
+    }
+}
