@@ -20,11 +20,12 @@ use crate::{SqlArchive, is_conflict};
 
 /// Largest blob stored in its row; larger ones are split into chunks of
 /// this size. Below MySQL/MariaDB's default 16 MiB packet and InnoDB's limit
-/// of a tenth of the redo log per row (96 MiB by default on MariaDB 10.11).
+/// of a tenth of the redo log per row (96 MiB by default on MariaDB 10.11);
+/// on a MySQL server with a smaller `max_allowed_packet`, half the packet.
 pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 impl SqlArchive {
-    /// Write a blob larger than [`CHUNK_BYTES`] on `conn` (inside the
+    /// Write a blob larger than the chunk size on `conn` (inside the
     /// caller's transaction): its row, then its chunks.
     pub(crate) async fn insert_chunked<C: ConnectionTrait>(
         &self,
@@ -33,7 +34,7 @@ impl SqlArchive {
         blob: &Blob,
         now: i64,
     ) -> Result<()> {
-        let chunks = blob.data.len().div_ceil(CHUNK_BYTES);
+        let chunks = blob.data.len().div_ceil(self.chunk_bytes);
         let mut row = Query::insert();
         row.into_table(Alias::new(&self.tables.blobs))
             .columns(
@@ -62,7 +63,7 @@ impl SqlArchive {
                     .to_owned(),
             );
         conn.execute(&row).await.map_err(|e| self.err(e))?;
-        for (seq, chunk) in blob.data.chunks(CHUNK_BYTES).enumerate() {
+        for (seq, chunk) in blob.data.chunks(self.chunk_bytes).enumerate() {
             let mut insert = Query::insert();
             insert
                 .into_table(Alias::new(&self.tables.chunks))
@@ -189,7 +190,7 @@ impl SqlArchive {
             .existing(&txn, &self.tables.blobs, "sha256", vec![key.to_string()])
             .await?;
         if stored.is_empty() {
-            if blob.data.len() > CHUNK_BYTES {
+            if blob.data.len() > self.chunk_bytes {
                 self.insert_chunked(&txn, key, blob, now).await?;
             } else {
                 self.insert_blobs(&txn, vec![(key.to_string(), blob)])

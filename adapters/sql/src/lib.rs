@@ -42,6 +42,33 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most rows in one multi-row INSERT.
 const ROWS_PER_STATEMENT: usize = 200;
 
+/// The server's `max_allowed_packet` (MySQL/MariaDB).
+async fn max_allowed_packet(db: &DatabaseConnection) -> Result<usize> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            DatabaseBackend::MySql,
+            "SELECT CAST(@@max_allowed_packet AS SIGNED) AS p",
+        ))
+        .await
+        .map_err(|e| db_error("mysql", e))?
+        .ok_or_else(|| Error::backend("mysql", "no max_allowed_packet", false))?;
+    let p: i64 = row.try_get("", "p").map_err(|e| db_error("mysql", e))?;
+    Ok(usize::try_from(p).unwrap_or(0))
+}
+
+/// Statement and chunk sizes that fit a server packet of `packet` bytes:
+/// half of it at most (room for the statement and the protocol), never more
+/// than the defaults.
+fn statement_sizes(packet: usize) -> Result<(usize, usize)> {
+    let half = packet / 2;
+    if half < 16 * 1024 {
+        return Err(Error::Config(format!(
+            "the server's max_allowed_packet is {packet} bytes; the archive needs at least 32 KiB"
+        )));
+    }
+    Ok((BLOB_STATEMENT_BYTES.min(half), CHUNK_BYTES.min(half)))
+}
+
 /// Whether a database error is a transaction conflict worth running again.
 fn is_conflict(message: &str) -> bool {
     message.contains("Deadlock found")
@@ -61,6 +88,10 @@ pub struct SqlArchive {
     db: DatabaseConnection,
     backend: &'static str,
     tables: Tables,
+    /// Most blob bytes in one multi-row INSERT.
+    statement_bytes: usize,
+    /// Blobs above this are stored as chunks of this size.
+    chunk_bytes: usize,
 }
 
 impl fmt::Debug for SqlArchive {
@@ -125,10 +156,17 @@ impl SqlArchive {
             err
         })?;
         schema::migrate(&db, backend, &tables).await?;
+        let (statement_bytes, chunk_bytes) = if backend == "mysql" {
+            statement_sizes(max_allowed_packet(&db).await?)?
+        } else {
+            (BLOB_STATEMENT_BYTES, CHUNK_BYTES)
+        };
         Ok(Self {
             db,
             backend,
             tables,
+            statement_bytes,
+            chunk_bytes,
         })
     }
 
@@ -249,7 +287,7 @@ impl SqlArchive {
             let mut bytes = 0;
             while end < blobs.len()
                 && (end == start
-                    || (bytes + blobs[end].1.data.len() <= BLOB_STATEMENT_BYTES
+                    || (bytes + blobs[end].1.data.len() <= self.statement_bytes
                         && end - start < ROWS_PER_STATEMENT))
             {
                 bytes += blobs[end].1.data.len();
@@ -481,7 +519,7 @@ impl SqlArchive {
         let (large, small): (Vec<KeyedBlob<'_>>, Vec<KeyedBlob<'_>>) = blobs
             .into_iter()
             .filter(|(k, _)| !stored.contains(k))
-            .partition(|(_, b)| b.data.len() > CHUNK_BYTES);
+            .partition(|(_, b)| b.data.len() > self.chunk_bytes);
         self.insert_blobs(&txn, small).await?;
         let now = now_ms();
         for (key, blob) in large {
@@ -489,6 +527,26 @@ impl SqlArchive {
         }
         self.insert_images(&txn, &fresh).await?;
         txn.commit().await.map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_fit_the_server_packet() {
+        // MariaDB's default: the defaults.
+        assert_eq!(
+            statement_sizes(16 * 1024 * 1024).unwrap(),
+            (BLOB_STATEMENT_BYTES, CHUNK_BYTES)
+        );
+        // MySQL 5.7's default of 4 MiB: 2 MiB statements and chunks.
+        assert_eq!(
+            statement_sizes(4 * 1024 * 1024).unwrap(),
+            (2 * 1024 * 1024, 2 * 1024 * 1024)
+        );
+        assert!(statement_sizes(1024).is_err());
     }
 }
 
