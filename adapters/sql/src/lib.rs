@@ -530,26 +530,6 @@ impl SqlArchive {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statements_fit_the_server_packet() {
-        // MariaDB's default: the defaults.
-        assert_eq!(
-            statement_sizes(16 * 1024 * 1024).unwrap(),
-            (BLOB_STATEMENT_BYTES, CHUNK_BYTES)
-        );
-        // MySQL 5.7's default of 4 MiB: 2 MiB statements and chunks.
-        assert_eq!(
-            statement_sizes(4 * 1024 * 1024).unwrap(),
-            (2 * 1024 * 1024, 2 * 1024 * 1024)
-        );
-        assert!(statement_sizes(1024).is_err());
-    }
-}
-
 #[async_trait]
 impl ImageStore for SqlArchive {
     async fn save(&self, records: &[ArchiveRecord]) -> Result<()> {
@@ -712,5 +692,25 @@ impl ActivityLog for SqlArchive {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_fit_the_server_packet() {
+        // MariaDB's default: the defaults.
+        assert_eq!(
+            statement_sizes(16 * 1024 * 1024).unwrap(),
+            (BLOB_STATEMENT_BYTES, CHUNK_BYTES)
+        );
+        // MySQL 5.7's default of 4 MiB: 2 MiB statements and chunks.
+        assert_eq!(
+            statement_sizes(4 * 1024 * 1024).unwrap(),
+            (2 * 1024 * 1024, 2 * 1024 * 1024)
+        );
+        assert!(statement_sizes(1024).is_err());
     }
 }
