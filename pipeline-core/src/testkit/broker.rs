@@ -145,20 +145,46 @@ pub async fn unroutable_publish_is_an_error(broker: Arc<dyn Broker>) {
 }
 
 /// Two consumers of one queue share its messages; each message once.
+///
+/// Sharing is made certain, not left to scheduling: until the first 10
+/// messages are out, each consumer holds what it gets unacked, and with a
+/// prefetch of 5 one consumer cannot take them all.
 pub async fn competing_consumers_share_without_duplicates(broker: Arc<dyn Broker>) {
     let (queue, p) = setup(broker.as_ref(), &["work"], 3).await;
     let total = 200;
     let mut consumers = Vec::new();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
     for c in 0..2 {
         let mut s = sub(broker.as_ref(), &queue, 5).await;
         let tx = tx.clone();
+        let mut release = release_rx.clone();
         consumers.push(tokio::spawn(async move {
-            while let Some(Ok(d)) = s.next().await {
-                let id = d.envelope().id;
-                d.ack().await.expect("ack");
-                if tx.send((c, id)).is_err() {
-                    break;
+            let mut held = Vec::new();
+            loop {
+                let released = *release.borrow();
+                if released {
+                    for d in held.drain(..) {
+                        crate::Delivery::ack(d).await.expect("ack");
+                    }
+                }
+                tokio::select! {
+                    item = s.next() => {
+                        let Some(Ok(d)) = item else { return };
+                        if tx.send((c, d.envelope().id)).is_err() {
+                            return;
+                        }
+                        if *release.borrow() {
+                            d.ack().await.expect("ack");
+                        } else {
+                            held.push(d);
+                        }
+                    }
+                    changed = release.changed(), if !released => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
         }));
@@ -178,6 +204,13 @@ pub async fn competing_consumers_share_without_duplicates(broker: Arc<dyn Broker
             .expect("closed");
         assert!(seen.insert(id), "duplicate delivery of {id}");
         per_consumer[c] += 1;
+        if seen.len() == 10 {
+            assert!(
+                per_consumer.iter().all(|n| *n > 0),
+                "one consumer holds 10 unacked deliveries with a prefetch of 5: {per_consumer:?}"
+            );
+            release_tx.send(true).expect("release");
+        }
     }
     assert_eq!(seen, sent);
     assert!(
