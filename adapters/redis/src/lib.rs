@@ -73,14 +73,16 @@ impl RedisBroker {
     /// URL as fred reads it) for `namespace`.
     ///
     /// Adapter options in the query string (removed before fred reads the
-    /// URL): `claim_idle_ms` (default 60000) and `key_ttl_s` (none).
+    /// URL): `claim_idle_ms` (default 60000), `key_ttl_s` (none) and
+    /// `ca_file` (PEM roots for `rediss://`; default the system's).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
-        let (url, claim_idle, key_ttl) = split_options(url)?;
-        Self::connect_with(
-            &url,
+        let (config, options) = config_from_url(url)?;
+        Self::connect_config(
+            config,
+            url,
             namespace,
-            key_ttl,
-            claim_idle.unwrap_or(Duration::from_secs(60)),
+            options.key_ttl,
+            options.claim_idle.unwrap_or(Duration::from_secs(60)),
         )
         .await
     }
@@ -103,8 +105,17 @@ impl RedisBroker {
         key_ttl: Option<Duration>,
         claim_idle: Duration,
     ) -> Result<Self> {
-        let config = Config::from_url(url)
-            .map_err(|e| Error::Config(format!("Redis URL {}: {e}", redact(url))))?;
+        let (config, _) = config_from_url(url)?;
+        Self::connect_config(config, url, namespace, key_ttl, claim_idle).await
+    }
+
+    async fn connect_config(
+        config: Config,
+        url: &str,
+        namespace: &str,
+        key_ttl: Option<Duration>,
+        claim_idle: Duration,
+    ) -> Result<Self> {
         let client = new_client(&config)?;
         client
             .init()
@@ -164,34 +175,69 @@ impl RedisBroker {
     }
 }
 
-/// Take the adapter's own options out of `url`.
-fn split_options(url: &str) -> Result<(String, Option<Duration>, Option<Duration>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), None, None));
-    };
-    let (mut claim, mut ttl, mut rest) = (None, None, Vec::new());
+/// The adapter's own URL options (taken out before fred reads the URL).
+#[derive(Debug, Default)]
+pub(crate) struct UrlOptions {
+    claim_idle: Option<Duration>,
+    key_ttl: Option<Duration>,
+}
+
+/// fred's configuration for `url`, and the adapter's options in it:
+/// `claim_idle_ms`, `key_ttl_s`, and `ca_file` (PEM certificates trusted
+/// for `rediss://` instead of the system's roots).
+pub(crate) fn config_from_url(url: &str) -> Result<(Config, UrlOptions)> {
+    let bad = |why: String| Error::Config(format!("Redis URL {}: {why}", redact(url)));
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (mut options, mut ca_file, mut rest) = (UrlOptions::default(), None, Vec::new());
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let number = || -> Result<u64> {
-            v.parse().map_err(|_| {
-                Error::Config(format!(
-                    "Redis URL {}: {k} {v:?} is not a number",
-                    redact(url)
-                ))
-            })
+            v.parse()
+                .map_err(|_| bad(format!("{k} {v:?} is not a number")))
         };
         match k {
-            "claim_idle_ms" => claim = Some(Duration::from_millis(number()?.max(100))),
-            "key_ttl_s" => ttl = Some(Duration::from_secs(number()?.max(1))),
+            "claim_idle_ms" => options.claim_idle = Some(Duration::from_millis(number()?.max(100))),
+            "key_ttl_s" => options.key_ttl = Some(Duration::from_secs(number()?.max(1))),
+            "ca_file" => ca_file = Some(v.to_string()),
             _ => rest.push(pair),
         }
     }
-    let url = if rest.is_empty() {
+    let fred_url = if rest.is_empty() {
         base.to_string()
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    Ok((url, claim, ttl))
+    let mut config = Config::from_url(&fred_url).map_err(|e| bad(e.to_string()))?;
+    if let Some(path) = ca_file {
+        if config.tls.is_none() {
+            return Err(bad("ca_file needs a TLS URL (rediss://)".into()));
+        }
+        config.tls = Some(tls_trusting(&path).map_err(bad)?.into());
+    }
+    Ok((config, options))
+}
+
+/// A rustls client trusting the PEM certificates in `path` only.
+fn tls_trusting(path: &str) -> std::result::Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("ca_file {path}: {e}"))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("ca_file {path}: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("ca_file {path}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("ca_file {path}: no certificate in it"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// PING with a bound: while fred reconnects, commands queue instead of

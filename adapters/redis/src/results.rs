@@ -82,8 +82,7 @@ impl std::fmt::Debug for RedisResultStore {
 impl RedisResultStore {
     /// Connect to `url` for `namespace`.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
-        let config = fred::prelude::Config::from_url(url)
-            .map_err(|e| Error::Config(format!("Redis URL {}: {e}", redact(url))))?;
+        let (config, _) = crate::config_from_url(url)?;
         let client = new_client(&config)?;
         client
             .init()
