@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use pipeline_core::broker::{QueueSpec, Subscription, dead_letter_queue};
 use pipeline_core::envelope::headers;
+use pipeline_core::testkit::broker::{ack_and_forward, receive_until};
 use pipeline_core::{Broker, Envelope, Part};
 use pipeline_rabbitmq::RabbitBroker;
 use uuid::Uuid;
@@ -66,7 +67,7 @@ async fn nothing_is_lost_when_the_connection_is_closed_under_load() {
         .await
         .unwrap();
     let total = 400;
-    let (consumer, mut rx) = pipeline_core::testkit::broker::ack_and_forward(stream);
+    let (consumer, mut rx) = ack_and_forward(stream);
     let publisher = {
         let b = broker.clone();
         tokio::spawn(async move {
@@ -89,14 +90,14 @@ async fn nothing_is_lost_when_the_connection_is_closed_under_load() {
     };
     // Let some traffic flow, then cut the adapter's connection.
     let mut seen = HashSet::new();
-    while seen.len() < total / 4 {
-        seen.insert(
-            tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await
-                .expect("stalled")
-                .expect("closed"),
-        );
-    }
+    receive_until(
+        &mut rx,
+        &mut seen,
+        Duration::from_secs(30),
+        "stalled",
+        |s| s.len() >= total / 4,
+    )
+    .await;
     let closed = close_connections(&ns).await;
     assert!(closed >= 1, "no connection of {ns} found");
     assert!(
@@ -104,18 +105,14 @@ async fn nothing_is_lost_when_the_connection_is_closed_under_load() {
         "the cut came after the last publish: the test proves nothing"
     );
     let sent: HashSet<Uuid> = publisher.await.unwrap().into_iter().collect();
-    while !sent.is_subset(&seen) {
-        let id = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{} messages missing after the reconnect",
-                    sent.difference(&seen).count()
-                )
-            })
-            .expect("closed");
-        seen.insert(id);
-    }
+    receive_until(
+        &mut rx,
+        &mut seen,
+        Duration::from_secs(60),
+        "messages missing after the reconnect",
+        |s| sent.is_subset(s),
+    )
+    .await;
     let mut ready = broker.ready().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while ready.is_err() && tokio::time::Instant::now() < deadline {

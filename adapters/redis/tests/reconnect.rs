@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pipeline_core::broker::{QueueSpec, Subscription};
+use pipeline_core::testkit::broker::{ack_and_forward, receive_until};
 use pipeline_core::{Broker, Envelope};
 use pipeline_redis::RedisBroker;
 use uuid::Uuid;
@@ -35,7 +36,7 @@ async fn nothing_is_lost_when_the_connections_are_killed() {
         .subscribe(Subscription::new("work", 10))
         .await
         .unwrap();
-    let (consumer, mut rx) = pipeline_core::testkit::broker::ack_and_forward(stream);
+    let (consumer, mut rx) = ack_and_forward(stream);
     let total = 300;
     let publisher = {
         let b = broker.clone();
@@ -58,14 +59,14 @@ async fn nothing_is_lost_when_the_connections_are_killed() {
         })
     };
     let mut seen = HashSet::new();
-    while seen.len() < total / 3 {
-        seen.insert(
-            tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await
-                .expect("stalled")
-                .expect("closed"),
-        );
-    }
+    receive_until(
+        &mut rx,
+        &mut seen,
+        Duration::from_secs(30),
+        "stalled",
+        |s| s.len() >= total / 3,
+    )
+    .await;
     let killed = std::process::Command::new("redis-cli")
         .args(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
         .output()
@@ -80,18 +81,14 @@ async fn nothing_is_lost_when_the_connections_are_killed() {
         "the kill came after the last publish: the test proves nothing"
     );
     let sent: HashSet<Uuid> = publisher.await.unwrap().into_iter().collect();
-    while !sent.is_subset(&seen) {
-        let id = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{} messages missing after the kill",
-                    sent.difference(&seen).count()
-                )
-            })
-            .expect("closed");
-        seen.insert(id);
-    }
+    receive_until(
+        &mut rx,
+        &mut seen,
+        Duration::from_secs(60),
+        "messages missing after the kill",
+        |s| sent.is_subset(s),
+    )
+    .await;
     assert!(broker.ready().await.is_ok());
     consumer.abort();
     broker.delete_all().await.expect("delete the test's keys");

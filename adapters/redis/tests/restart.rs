@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pipeline_core::broker::{QueueSpec, Subscription};
+use pipeline_core::testkit::broker::{ack_and_forward, receive_until};
 use pipeline_core::{Broker, Envelope, ResultStore};
 use pipeline_redis::{RedisBroker, RedisResultStore};
 use uuid::Uuid;
@@ -126,7 +127,7 @@ async fn nothing_is_lost_across_a_restart_of_a_persistent_server() {
         .subscribe(Subscription::new("work", 10))
         .await
         .unwrap();
-    let (consumer, mut rx) = pipeline_core::testkit::broker::ack_and_forward(stream);
+    let (consumer, mut rx) = ack_and_forward(stream);
     let (total, before) = (200, 60);
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
     let publisher = {
@@ -153,14 +154,14 @@ async fn nothing_is_lost_across_a_restart_of_a_persistent_server() {
         })
     };
     let mut seen = HashSet::new();
-    while seen.len() < before {
-        seen.insert(
-            tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await
-                .expect("stalled before the restart")
-                .unwrap(),
-        );
-    }
+    receive_until(
+        &mut rx,
+        &mut seen,
+        Duration::from_secs(30),
+        "stalled before the restart",
+        |s| s.len() >= before,
+    )
+    .await;
 
     server.shutdown();
     assert!(!publisher.is_finished(), "the restart came too late");
@@ -188,18 +189,14 @@ async fn nothing_is_lost_across_a_restart_of_a_persistent_server() {
         sent.insert(id);
     }
     assert_eq!(sent.len(), total);
-    while !sent.is_subset(&seen) {
-        let id = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{} of {total} messages lost across the restart",
-                    sent.difference(&seen).count()
-                )
-            })
-            .unwrap();
-        seen.insert(id);
-    }
+    receive_until(
+        &mut rx,
+        &mut seen,
+        Duration::from_secs(30),
+        "messages lost across the restart",
+        |s| sent.is_subset(s),
+    )
+    .await;
     consumer.abort();
 }
 

@@ -521,3 +521,22 @@ pub async fn dead_letters_can_be_replayed(broker: Arc<dyn Broker>) {
     let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 8).await;
     assert_quiet(&mut dead).await;
 }
+
+/// For resilience tests: take ids from `rx` (see [`ack_and_forward`]) into
+/// `seen` until `done(seen)`; fails, saying `what`, when nothing arrives
+/// for `stall`.
+pub async fn receive_until(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Uuid>,
+    seen: &mut HashSet<Uuid>,
+    stall: Duration,
+    what: &str,
+    done: impl Fn(&HashSet<Uuid>) -> bool,
+) {
+    while !done(seen) {
+        let id = tokio::time::timeout(stall, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: nothing for {stall:?} after {} ids", seen.len()))
+            .expect("the consumer ended");
+        seen.insert(id);
+    }
+}
