@@ -7,7 +7,8 @@
 mod common;
 
 use common::procs::{
-    fetch_all, http_status, rabbit_env, spawn, spawn_api, upload_batch, wait_archived,
+    fetch_all, http_status, rabbit_env, spawn, spawn_api, upload_batch, wait_activity,
+    wait_archived,
 };
 
 use std::collections::HashSet;
@@ -153,34 +154,15 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
             "job {id} not archived"
         );
     }
-    // Every job gets its submitted, transformed and archived events (the
-    // activity log may lag the archive; a job redelivered after the kill may
-    // have been transformed twice).
-    use pipeline_core::ActivityLog;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for id in first.iter().chain(&second) {
-        loop {
-            let events: HashSet<String> = archive
-                .for_job(*id)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|e| e.event)
-                .collect();
-            if ["image.submitted", "image.transformed", "image.archived"]
-                .iter()
-                .all(|e| events.contains(*e))
-            {
-                break;
-            }
-            if Instant::now() >= deadline {
-                dump_queues(&ns);
-                panic!("job {id}: activity incomplete after 120 s: {events:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    let all: Vec<uuid::Uuid> = first.iter().chain(&second).copied().collect();
+    wait_activity(&archive, &all, || dump_queues(&ns)).await;
+    let ready = pipeline::http_client_builder()
+        .build()
+        .unwrap()
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         ready.status(),
         200,

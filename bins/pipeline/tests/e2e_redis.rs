@@ -7,10 +7,9 @@ mod common;
 
 use std::collections::HashSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::procs::{fetch_all, spawn, upload_batch, wait_archived};
-use pipeline_core::{ActivityLog, ImageStore};
+use common::procs::{fetch_all, spawn, upload_batch, wait_activity, wait_archived};
+use pipeline_core::ImageStore;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -82,29 +81,7 @@ async fn two_apis_share_results_and_a_killed_transformer_loses_nothing() {
             "job {id} not archived"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for id in &ids {
-        loop {
-            let events: HashSet<String> = archive
-                .for_job(*id)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|e| e.event)
-                .collect();
-            if ["image.submitted", "image.transformed", "image.archived"]
-                .iter()
-                .all(|e| events.contains(*e))
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {id}: activity incomplete after 120 s: {events:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    wait_activity(&archive, &ids, || {}).await;
     // Stop every process, then delete the namespace's keys (they also
     // expire after 15 minutes should the test fail before this point).
     drop((_api1, _api2, _t2, _save, _activity));

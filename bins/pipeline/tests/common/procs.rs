@@ -230,3 +230,34 @@ pub fn spawn_api(env: &[(&str, String)]) -> (Proc, String) {
         .to_string();
     (api, base)
 }
+
+/// Wait until every job of `ids` has its submitted, transformed and
+/// archived events in the activity log (which may lag the archive; a job
+/// redelivered after a crash may have been transformed twice). `on_fail`
+/// runs before the test fails (to dump diagnostics).
+pub async fn wait_activity(archive: &pipeline_sql::SqlArchive, ids: &[Uuid], on_fail: impl Fn()) {
+    use pipeline_core::ActivityLog;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in ids {
+        loop {
+            let events: std::collections::HashSet<String> = archive
+                .for_job(*id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event)
+                .collect();
+            if ["image.submitted", "image.transformed", "image.archived"]
+                .iter()
+                .all(|e| events.contains(*e))
+            {
+                break;
+            }
+            if Instant::now() >= deadline {
+                on_fail();
+                panic!("job {id}: activity incomplete after 120 s: {events:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
