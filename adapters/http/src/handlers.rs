@@ -589,24 +589,36 @@ pub(crate) async fn readyz(State(state): AppState) -> Response {
         state.archive.ready(),
         blobs
     );
-    let show = |r: &pipeline_core::Result<()>| match r {
-        Ok(()) => json!("ok"),
-        Err(e) => json!(e.to_string()),
-    };
-    let ok = broker.is_ok() && results.is_ok() && archive.is_ok() && blobs.is_ok();
-    let body = Json(json!({
-        "status": if ok { "ready" } else { "not_ready" },
-        "broker": show(&broker),
-        "results": show(&results),
-        "archive": show(&archive),
-        "blobs": show(&blobs),
-    }));
+    readiness(&[
+        ("broker", broker),
+        ("results", results),
+        ("archive", archive),
+        ("blobs", blobs),
+    ])
+}
+
+/// `200 {"status": "ready", name: "ok"...}` when every check passed, else
+/// `503` with each failure's message.
+pub(crate) fn readiness(checks: &[(&str, pipeline_core::Result<()>)]) -> Response {
+    let ok = checks.iter().all(|(_, r)| r.is_ok());
+    let mut body = serde_json::Map::new();
+    body.insert(
+        "status".into(),
+        json!(if ok { "ready" } else { "not_ready" }),
+    );
+    for (name, r) in checks {
+        let state = match r {
+            Ok(()) => json!("ok"),
+            Err(e) => json!(e.to_string()),
+        };
+        body.insert((*name).to_string(), state);
+    }
     let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, body).into_response()
+    (status, Json(serde_json::Value::Object(body))).into_response()
 }
 
 pub(crate) async fn openapi() -> Response {

@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use pipeline_core::services::Submitter;
-use pipeline_core::{Broker, ImageStore, ResultStore};
+use pipeline_core::{BlobStore, Broker, ImageStore, ResultStore};
 
 pub use error::ApiError;
 
@@ -78,6 +78,42 @@ pub fn router(state: ApiState) -> Router {
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(Arc::new(state))
+}
+
+/// `/healthz` and `/readyz` alone, for worker processes: ready while the
+/// broker and, when given, the archive and the blob store answer.
+pub fn health_router(
+    broker: Arc<dyn Broker>,
+    archive: Option<Arc<dyn ImageStore>>,
+    blobs: Option<Arc<dyn BlobStore>>,
+) -> Router {
+    let readyz = move || {
+        let (broker, archive, blobs) = (broker.clone(), archive.clone(), blobs.clone());
+        async move {
+            let optional = |r: Option<pipeline_core::Result<()>>| r.unwrap_or(Ok(()));
+            let archive = async {
+                match &archive {
+                    Some(a) => Some(a.ready().await),
+                    None => None,
+                }
+            };
+            let blobs = async {
+                match &blobs {
+                    Some(b) => Some(b.ready().await),
+                    None => None,
+                }
+            };
+            let (broker, archive, blobs) = tokio::join!(broker.ready(), archive, blobs);
+            handlers::readiness(&[
+                ("broker", broker),
+                ("archive", optional(archive)),
+                ("blobs", optional(blobs)),
+            ])
+        }
+    };
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(readyz))
 }
 
 #[cfg(test)]

@@ -355,7 +355,7 @@ pub async fn run_until(
             .map_err(|e| Error::Config(format!("cannot listen on {health}: {e}")))?;
         let archive_ready = archive.as_ref().map(|a| a.images.clone());
         let blobs_ready = claim.as_ref().map(|c| c.store().clone());
-        let app = health_router(broker.clone(), archive_ready, blobs_ready);
+        let app = pipeline_http::health_router(broker.clone(), archive_ready, blobs_ready);
         tracing::info!(addr = %health, "health endpoints up");
         let mut health_stop = stop.clone();
         tokio::spawn(async move {
@@ -410,53 +410,6 @@ pub async fn run_until(
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// `/healthz` and `/readyz` for a worker process.
-fn health_router(
-    broker: Arc<dyn pipeline_core::Broker>,
-    archive: Option<Arc<dyn pipeline_core::ImageStore>>,
-    blobs: Option<Arc<dyn pipeline_core::BlobStore>>,
-) -> axum::Router {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let readyz = move || {
-        let (broker, archive, blobs) = (broker.clone(), archive.clone(), blobs.clone());
-        async move {
-            let broker_state = broker.ready().await;
-            let archive_state = match &archive {
-                Some(a) => a.ready().await,
-                None => Ok(()),
-            };
-            let blobs_state = match &blobs {
-                Some(b) => b.ready().await,
-                None => Ok(()),
-            };
-            let show = |r: &Result<(), Error>| match r {
-                Ok(()) => "ok".to_string(),
-                Err(e) => e.to_string(),
-            };
-            let ok = broker_state.is_ok() && archive_state.is_ok() && blobs_state.is_ok();
-            let body = axum::Json(serde_json::json!({
-                "status": if ok { "ready" } else { "not_ready" },
-                "broker": show(&broker_state),
-                "archive": show(&archive_state),
-                "blobs": show(&blobs_state),
-            }));
-            let status = if ok {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            (status, body)
-        }
-    };
-    axum::Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        .route("/readyz", get(readyz))
 }
 
 async fn shutdown_signal() {
