@@ -116,3 +116,15 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
     /// `Ok` while the store is reachable.
     async fn ready(&self) -> Result<()>;
 }
+
+/// The completions a store announces on `done`, as a stream for
+/// [`ResultStore::completions`]; a reader too slow for the channel skips
+/// what it missed (waiters look the status up again).
+pub fn completion_stream(
+    done: &tokio::sync::broadcast::Sender<JobSummary>,
+) -> BoxStream<'static, JobSummary> {
+    use futures::StreamExt;
+    tokio_stream::wrappers::BroadcastStream::new(done.subscribe())
+        .filter_map(|r| async move { r.ok() })
+        .boxed()
+}

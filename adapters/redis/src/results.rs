@@ -254,10 +254,7 @@ impl ResultStore for RedisResultStore {
     }
 
     async fn completions(&self) -> Result<BoxStream<'static, JobSummary>> {
-        let rx = self.done.subscribe();
-        Ok(tokio_stream::wrappers::BroadcastStream::new(rx)
-            .filter_map(|r| async move { r.ok() })
-            .boxed())
+        Ok(pipeline_core::results::completion_stream(&self.done))
     }
 
     async fn ready(&self) -> Result<()> {

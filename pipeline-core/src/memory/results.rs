@@ -3,7 +3,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -107,10 +106,7 @@ impl ResultStore for MemoryResultStore {
     }
 
     async fn completions(&self) -> Result<BoxStream<'static, JobSummary>> {
-        let rx = self.done.subscribe();
-        Ok(tokio_stream::wrappers::BroadcastStream::new(rx)
-            .filter_map(|r| async move { r.ok() })
-            .boxed())
+        Ok(crate::results::completion_stream(&self.done))
     }
 
     async fn ready(&self) -> Result<()> {
