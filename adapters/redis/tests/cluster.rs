@@ -5,7 +5,7 @@
 //! the scripts and multi-key commands stay within one slot.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
+use pipeline_core::testkit::command;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -55,24 +55,18 @@ fn cluster_url() -> &'static str {
             }
         }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let created = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli");
-        assert!(
-            created.status.success(),
-            "cluster create: {}",
-            String::from_utf8_lossy(&created.stdout)
-        );
+        let mut create = vec!["--cluster", "create"];
+        create.extend(nodes.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        command("redis-cli", &create, None);
         for p in &ports {
             loop {
-                let info = Command::new("redis-cli")
-                    .args(["-p", &p.to_string(), "cluster", "info"])
-                    .output()
-                    .unwrap();
-                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                let info = command(
+                    "redis-cli",
+                    &["-p", &p.to_string(), "cluster", "info"],
+                    None,
+                );
+                if info.contains("cluster_state:ok") {
                     break;
                 }
                 assert!(Instant::now() < deadline, "cluster not ok on {p}");
@@ -138,11 +132,14 @@ async fn queues_spread_over_the_nodes() {
         .collect();
     assert_eq!(ports.len(), 3, "{}", cluster_url());
     let keys_on = |port: &str| -> usize {
-        let out = Command::new("redis-cli")
-            .args(["-p", port, "--scan", "--pattern", &format!("{{{ns}*")])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count()
+        let pattern = format!("{{{ns}*");
+        command(
+            "redis-cli",
+            &["-p", port, "--scan", "--pattern", &pattern],
+            None,
+        )
+        .lines()
+        .count()
     };
     let per_node: Vec<usize> = ports.iter().map(|p| keys_on(p)).collect();
     assert!(

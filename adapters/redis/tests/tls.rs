@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -14,16 +13,7 @@ use pipeline_core::{Broker, Envelope, ResultStore};
 use pipeline_redis::{RedisBroker, RedisResultStore};
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pipeline_core::testkit::command("openssl", args, Some(dir));
 }
 
 /// A TLS-only Redis on a free port; its CA file.

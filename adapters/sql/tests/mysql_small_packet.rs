@@ -4,24 +4,16 @@
 //! shared server (restored by a guard, whatever happens).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
-
 use bytes::Bytes;
 use pipeline_core::store::sha256_hex;
 use pipeline_core::{BlobStore, ImageStore};
 use pipeline_sql::SqlArchive;
 
 fn mysql(sql: &str) -> String {
-    let out = Command::new("mysql")
-        .args(["-uroot", "-h127.0.0.1", "-N", "-e", sql])
-        .output()
-        .expect("the mysql client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let args = ["-uroot", "-h127.0.0.1", "-N", "-e", sql];
+    pipeline_core::testkit::command("mysql", &args, None)
+        .trim()
+        .to_string()
 }
 
 /// Puts the server's packet limit back.

@@ -31,6 +31,26 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{s}")
 }
 
+/// Run `program` with `args` (in `dir` when given), fail the test unless it
+/// succeeds, and return its standard output.
+pub fn command(program: &str, args: &[&str], dir: Option<&std::path::Path>) -> String {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Run the shell commands `servers` in the background for the rest of this
 /// test process: a watcher kills them, then runs `cleanup`, once the
 /// process is gone (statics are never dropped, so a test binary cannot stop
