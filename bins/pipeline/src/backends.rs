@@ -128,9 +128,15 @@ pub async fn archive(url: &str, namespace: &str) -> Result<Archive, Error> {
     })
 }
 
+/// Default archive: an SQLite file under the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./pipeline-data/pipeline.db?mode=rwc";
+
+/// The blob-store URL naming the archive's own blob table (the default).
+pub const ARCHIVE_BLOBS: &str = "archive";
+
 /// Whether the blob store named by `url` is the archive's own.
 pub fn blobs_in_archive(url: &str) -> bool {
-    url.is_empty() || url == "archive"
+    url.is_empty() || url == ARCHIVE_BLOBS
 }
 
 /// The claim-check blob store for `url`: `archive` (the archive database's

@@ -66,7 +66,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub database_url: Option<String>,
     /// Claim-check store of the in-process server (as `serve`'s).
-    #[arg(long, default_value = "archive")]
+    #[arg(long, default_value = crate::backends::ARCHIVE_BLOBS)]
     pub blob_url: String,
     /// Files above this many bytes travel by reference (as `serve`'s).
     #[arg(long, default_value_t = pipeline_core::blob::DEFAULT_INLINE_MAX)]

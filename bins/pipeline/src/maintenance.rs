@@ -15,11 +15,11 @@ pub struct GcArgs {
     #[arg(
         long,
         env = "PIPELINE_DATABASE_URL",
-        default_value = "sqlite://./pipeline-data/pipeline.db?mode=rwc"
+        default_value = backends::DEFAULT_DATABASE_URL
     )]
     pub database_url: String,
     /// Blob store (as for `serve`).
-    #[arg(long, env = "PIPELINE_BLOB_URL", default_value = "archive")]
+    #[arg(long, env = "PIPELINE_BLOB_URL", default_value = backends::ARCHIVE_BLOBS)]
     pub blob_url: String,
     /// Namespace (table prefix).
     #[arg(long, env = "PIPELINE_NAMESPACE", default_value = "pipeline")]

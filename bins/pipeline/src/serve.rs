@@ -42,7 +42,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "PIPELINE_DATABASE_URL",
-        default_value = "sqlite://./pipeline-data/pipeline.db?mode=rwc"
+        default_value = backends::DEFAULT_DATABASE_URL
     )]
     pub database_url: String,
     /// Result store: memory://, redis://
@@ -60,7 +60,7 @@ pub struct ServeArgs {
     /// Where files above the inline limit go (claim check): `archive` (the
     /// database's blob table), `file:///path`, `s3://bucket/prefix` (AWS_*
     /// variables), `memory://` (one process).
-    #[arg(long, env = "PIPELINE_BLOB_URL", default_value = "archive")]
+    #[arg(long, env = "PIPELINE_BLOB_URL", default_value = backends::ARCHIVE_BLOBS)]
     pub blob_url: String,
     /// Files (originals, results) above this many bytes travel by reference
     /// through the blob store instead of inside messages.
