@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::procs::{rabbit_env, spawn, spawn_api};
+use common::procs::{fetch_result, rabbit_env, spawn, spawn_api};
 use image::{GenericImageView, ImageFormat};
 use pipeline_core::store::sha256_hex;
 use pipeline_core::{BlobStore, ImageStore};
@@ -87,19 +87,7 @@ async fn fifty_megabytes_through(db: &str) {
         .to_string();
 
     // The result, served by the API from the blob store.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let result = loop {
-        let r = http
-            .get(format!("{base}/v1/images/{id}/result?wait=30"))
-            .send()
-            .await
-            .unwrap();
-        match r.status().as_u16() {
-            200 => break r.bytes().await.unwrap(),
-            202 => assert!(Instant::now() < deadline, "not done after 300 s"),
-            other => panic!("result: {other} {}", r.text().await.unwrap()),
-        }
-    };
+    let result = fetch_result(&http, &base, &id, Duration::from_secs(300)).await;
     let img = image::load_from_memory_with_format(&result, ImageFormat::Png).expect("a PNG");
     assert_eq!(img.dimensions(), (4096, 4096));
     let before = image::load_from_memory(&original).unwrap();

@@ -146,32 +146,44 @@ pub async fn upload_batch(
     Arc::try_unwrap(accepted).unwrap().into_inner().unwrap()
 }
 
+/// Every result of `ids` from the API at `base`: a 160 x 120 image each.
 pub async fn fetch_all(base: &str, ids: &[Uuid]) {
     let http = pipeline::http_client_builder()
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
     for id in ids {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let r = http
-                .get(format!("{base}/v1/images/{id}/result?wait=30"))
-                .send()
-                .await
-                .unwrap();
-            match r.status().as_u16() {
-                200 => {
-                    let bytes = r.bytes().await.unwrap();
-                    let img = image::load_from_memory(&bytes).expect("result decodes");
-                    assert_eq!((img.width(), img.height()), (160, 120));
-                    break;
-                }
-                202 => assert!(Instant::now() < deadline, "job {id} not done after 120 s"),
-                other => panic!(
-                    "job {id}: status {other}: {}",
-                    r.text().await.unwrap_or_default()
-                ),
-            }
+        let bytes = fetch_result(&http, base, &id.to_string(), Duration::from_secs(120)).await;
+        let img = image::load_from_memory(&bytes).expect("result decodes");
+        assert_eq!((img.width(), img.height()), (160, 120));
+    }
+}
+
+/// The result bytes of job `id` (through `http`), long-polling until it is done (at most
+/// `limit`); any answer but 200 or 202 fails the test.
+pub async fn fetch_result(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    limit: Duration,
+) -> bytes::Bytes {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = http
+            .get(format!("{base}/v1/images/{id}/result?wait=30"))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => return r.bytes().await.unwrap(),
+            202 => assert!(
+                Instant::now() < deadline,
+                "job {id} not done after {limit:?}"
+            ),
+            other => panic!(
+                "job {id}: status {other}: {}",
+                r.text().await.unwrap_or_default()
+            ),
         }
     }
 }
