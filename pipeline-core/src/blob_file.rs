@@ -42,14 +42,20 @@ impl FileBlobStore {
 
     /// A store for a `file:///path` URL.
     pub async fn from_url(url: &str) -> Result<Self> {
-        let path = url
-            .strip_prefix("file://")
-            .filter(|p| p.starts_with('/'))
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "blob store URL {url:?}: expected file:///absolute/path"
-                ))
-            })?;
+        let parsed = crate::urls::BackendUrl::parse(url)?;
+        let local = parsed
+            .host()
+            .is_none_or(|h| h.is_empty() || h == "localhost");
+        let path = parsed.path();
+        if parsed.scheme() != "file"
+            || !local
+            || !path.starts_with('/')
+            || parsed.url().query().is_some()
+        {
+            return Err(Error::Config(format!(
+                "blob store URL {parsed}: expected file:///absolute/path"
+            )));
+        }
         Self::open(path).await
     }
 

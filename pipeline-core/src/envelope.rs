@@ -30,10 +30,18 @@ pub mod headers {
     pub const ERROR_CODE: &str = "error-code";
     /// Human-readable error of a failed job.
     pub const ERROR: &str = "error";
-    /// Why a message was dead-lettered.
+    /// Prefix of every dead-letter header (removed when a message is replayed).
+    pub const DEAD_LETTER_PREFIX: &str = "dead-letter-";
+    /// Why a message was dead-lettered, for a person.
     pub const DEAD_LETTER_REASON: &str = "dead-letter-reason";
-    /// Queue a dead-lettered message came from.
+    /// `rejected`, `exhausted`, `abandoned` or `malformed`.
+    pub const DEAD_LETTER_CAUSE: &str = "dead-letter-cause";
+    /// Queue a dead-lettered message came from, without the namespace.
     pub const DEAD_LETTER_QUEUE: &str = "dead-letter-queue";
+    /// Deliveries made before it was dead-lettered.
+    pub const DEAD_LETTER_ATTEMPTS: &str = "dead-letter-attempts";
+    /// Unix milliseconds at which it was dead-lettered.
+    pub const DEAD_LETTER_AT_MS: &str = "dead-letter-at-ms";
     /// Unix milliseconds at which the job was submitted.
     pub const SUBMITTED_AT_MS: &str = "submitted-at-ms";
     /// Original file name given by the client, if any.

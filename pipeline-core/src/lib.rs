@@ -7,10 +7,10 @@
 //! ([`memory`]). Adapters for real servers live in their own crates and
 //! depend on this one only.
 
+pub mod backoff;
 pub mod blob;
 pub mod blob_file;
 pub mod broker;
-pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod memory;
@@ -20,8 +20,10 @@ pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod transform;
+pub mod urls;
 pub mod wire;
 
+pub use backoff::Backoff;
 pub use blob::{BlobMeta, BlobRef, BlobStore, ClaimCheck, OrphanReport, collect_orphans};
 pub use broker::{Broker, Capabilities, Delivery, DeliveryStream, QueueSpec, Subscription};
 pub use envelope::{Envelope, Part};

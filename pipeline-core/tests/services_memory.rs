@@ -8,12 +8,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use image::DynamicImage;
+use pipeline_core::Backoff;
 use pipeline_core::broker::{Capabilities, DeliveryStream, QueueSpec, Subscription};
 use pipeline_core::envelope::events;
 use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryResultStore};
 use pipeline_core::services::{
-    self, ActivityRecorder, ResultsConsumer, RetryPolicy, Save2Db, SubmitConfig, Submitter,
-    Transformer, TransformerConfig, Upload,
+    self, ActivityRecorder, ResultsConsumer, Save2Db, SubmitConfig, Submitter, Transformer,
+    TransformerConfig, Upload,
 };
 use pipeline_core::transform::{BlockingPool, ImageLimits, Processor, TransformContext, codec};
 use pipeline_core::{
@@ -104,10 +105,7 @@ async fn pipeline(broker: Arc<dyn Broker>) -> Pipeline {
             worker_id: "test-worker".into(),
             default_spec: registry.parse("stamp").unwrap(),
             prefetch: 4,
-            retry: RetryPolicy {
-                base: Duration::from_millis(10),
-                max: Duration::from_millis(50),
-            },
+            retry: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
         },
     );
     let never = std::future::pending::<()>;

@@ -22,8 +22,8 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 use pipeline_core::blob::{BlobMeta, BlobStore, check_key};
-use pipeline_core::config::redact_url;
 use pipeline_core::store::Blob;
+use pipeline_core::urls::{BackendUrl, redact};
 use pipeline_core::{Error, Result};
 
 /// Make ring the process's rustls crypto provider unless one is installed.
@@ -64,19 +64,30 @@ impl ObjectBlobStore {
     /// `allow_http`, `virtual_hosted_style_request`...). Keep credentials
     /// in the environment, not in the URL.
     pub fn from_url(url: &str) -> Result<Self> {
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let options: Vec<(&str, &str)> = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| p.split_once('=').unwrap_or((p, "")))
+        let u = BackendUrl::parse(url)?;
+        let options = u.query_pairs();
+        let options: Vec<(&str, &str)> = options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        Self::from_url_with(base, &options)
+        let base = format!(
+            "s3://{}{}",
+            u.host().unwrap_or_default(),
+            u.path().trim_end_matches('/')
+        );
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(Error::Config(format!(
+                "blob store URL {u}: credentials go in the AWS_* variables, not in the URL"
+            )));
+        }
+        Self::from_url_with(&base, &options)
     }
 
-    /// Like [`from_url`](Self::from_url) with the options given apart.
+    /// Like [`from_url`](Self::from_url) with the options given apart
+    /// (`url` is `s3://bucket[/prefix]`, without a query).
     pub fn from_url_with(url: &str, options: &[(&str, &str)]) -> Result<Self> {
         install_crypto_provider();
-        let bad = |why: &str| Error::Config(format!("blob store URL {}: {why}", redact_url(url)));
+        let bad = |why: &str| Error::Config(format!("blob store URL {}: {why}", redact(url)));
         let rest = url
             .strip_prefix("s3://")
             .ok_or_else(|| bad("expected s3://bucket/prefix"))?;
@@ -98,7 +109,7 @@ impl ObjectBlobStore {
         }
         let store = builder
             .build()
-            .map_err(|e| Error::Config(format!("S3 blob store {}: {e}", redact_url(url))))?;
+            .map_err(|e| Error::Config(format!("S3 blob store {}: {e}", redact(url))))?;
         Ok(Self::new(Arc::new(store), prefix))
     }
 

@@ -8,10 +8,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Channel, Consumer};
-use pipeline_core::broker::{Acker, Delivery, malformed};
+use pipeline_core::broker::policy::{self, DeadCause, Disposition};
+use pipeline_core::broker::{Acker, Delivery};
 use pipeline_core::{Envelope, Error, Result, wire};
 
-use crate::{Inner, bounded};
+use crate::{Inner, RECONNECT_BACKOFF, bounded};
 
 pub(crate) struct ConsumerState {
     pub inner: Arc<Inner>,
@@ -62,9 +63,9 @@ impl ConsumerState {
             let envelope = match wire::decode(frame.clone()) {
                 Ok(env) => env,
                 Err(e) => {
-                    let (env, reason) = malformed(frame, &e);
-                    tracing::warn!(queue = %self.full, %reason, "dead-lettering a malformed message");
-                    self.forward(&d.acker, self.inner.send_dead(&self.full, env, &reason))
+                    let env = policy::malformed(self.inner.short(&self.full), frame, &e);
+                    tracing::warn!(queue = %self.full, error = %e, "dead-lettering a malformed message");
+                    self.forward(&d.acker, self.inner.send_dead(&self.full, &env))
                         .await;
                     continue;
                 }
@@ -73,21 +74,14 @@ impl ConsumerState {
                 // The server redelivered it (a consumer died, a channel
                 // closed, or it was dropped unsettled): count it as an
                 // attempt, so a message that kills its consumer cannot loop.
-                let mut env = envelope;
                 let max = self.inner.max_attempts_of(&self.full);
-                if env.attempt >= max {
-                    let reason = format!(
-                        "delivered {} times without being settled (its consumer died or dropped it)",
-                        env.attempt
-                    );
-                    tracing::warn!(queue = %self.full, job_id = %env.job_id, %reason, "dead-lettering");
-                    self.forward(&d.acker, self.inner.send_dead(&self.full, env, &reason))
-                        .await;
-                } else {
-                    env.attempt += 1;
-                    self.forward(&d.acker, self.inner.send_to_queue(&self.full, &env, None))
-                        .await;
+                let short = self.inner.short(&self.full);
+                let d2 = policy::unsettled(short, max, envelope);
+                if let Disposition::DeadLetter { envelope } = &d2 {
+                    tracing::warn!(queue = %self.full, job_id = %envelope.job_id, "dead-lettering a message its consumers never settled");
                 }
+                self.forward(&d.acker, self.inner.dispose(&self.full, d2))
+                    .await;
                 continue;
             }
             let acker = RabbitAcker {
@@ -104,7 +98,7 @@ impl ConsumerState {
     /// A new channel and consumer, retried with backoff until it works or
     /// the broker is closed (`None`).
     async fn resubscribe(&mut self) -> Option<()> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = RECONNECT_BACKOFF.start();
         loop {
             if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
                 return None;
@@ -117,9 +111,9 @@ impl ConsumerState {
                     return Some(());
                 }
                 Err(e) => {
-                    tracing::warn!(queue = %self.full, error = %e, ?delay, "subscribing again failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    let pause = backoff.next_delay();
+                    tracing::warn!(queue = %self.full, error = %e, ?pause, "subscribing again failed; retrying");
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
@@ -225,22 +219,12 @@ impl Acker for RabbitAcker {
     }
 
     async fn nack(mut self: Box<Self>, delay: Duration, reason: String) -> Result<()> {
-        let Some(mut env) = self.envelope.take() else {
+        let Some(env) = self.envelope.take() else {
             return Ok(());
         };
         let max = self.inner.max_attempts_of(&self.full);
-        let sent = if env.attempt >= max {
-            let reason = format!("gave up after {} attempts: {reason}", env.attempt);
-            self.inner.send_dead(&self.full, env, &reason).await
-        } else {
-            env.attempt += 1;
-            let target = if delay.is_zero() {
-                self.full.clone()
-            } else {
-                self.inner.retry_queue(&self.full, delay)
-            };
-            self.inner.send_to_queue(&target, &env, None).await
-        };
+        let disposition = policy::nacked(self.inner.short(&self.full), max, env, delay, &reason);
+        let sent = self.inner.dispose(&self.full, disposition).await;
         self.settle_after(sent).await
     }
 
@@ -248,7 +232,9 @@ impl Acker for RabbitAcker {
         let Some(env) = self.envelope.take() else {
             return Ok(());
         };
-        let sent = self.inner.send_dead(&self.full, env, &reason).await;
+        let short = self.inner.short(&self.full);
+        let env = policy::dead_letter(short, env, &reason, DeadCause::Rejected);
+        let sent = self.inner.send_dead(&self.full, &env).await;
         self.settle_after(sent).await
     }
 }

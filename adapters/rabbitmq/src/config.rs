@@ -44,7 +44,8 @@ impl std::fmt::Debug for RabbitConfig {
     }
 }
 
-pub use pipeline_core::config::redact_url as redact;
+use pipeline_core::urls::BackendUrl;
+pub use pipeline_core::urls::redact;
 
 impl RabbitConfig {
     /// Parse `amqp[s]://user:pass@host1[:port][,host2[:port]...]/vhost?options`.
@@ -54,82 +55,38 @@ impl RabbitConfig {
     /// parameter (`heartbeat`, `connection_timeout`, `frame_max`...) goes
     /// to the AMQP client. A heartbeat of 10 s is set unless given.
     pub fn parse(url: &str) -> Result<Self> {
-        let bad = |why: String| Error::Config(format!("RabbitMQ URL {}: {why}", redact(url)));
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected amqp://user:pass@host:5672/vhost".into()))?;
-        if scheme != "amqp" && scheme != "amqps" {
-            return Err(bad(format!("scheme {scheme:?} is not amqp or amqps")));
+        let mut u = BackendUrl::parse(url)?;
+        let bad = |u: &BackendUrl, why: String| Error::Config(format!("RabbitMQ URL {u}: {why}"));
+        if u.scheme() != "amqp" && u.scheme() != "amqps" {
+            return Err(bad(
+                &u,
+                format!("scheme {:?} is not amqp or amqps", u.scheme()),
+            ));
         }
-        let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) =
-            before_query.split_at(before_query.find('/').unwrap_or(before_query.len()));
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let hosts: Vec<&str> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .collect();
-        if hosts.is_empty() {
-            return Err(bad("no host".into()));
+        if u.host().is_none_or(str::is_empty) {
+            return Err(bad(&u, "no host".into()));
         }
-        let mut config = Self {
-            uris: Vec::new(),
-            queue_type: QueueType::Classic,
-            queue_expiry: None,
-            publish_timeout: Duration::from_secs(30),
-            publish_channels: 4,
-        };
-        let mut passthrough = Vec::new();
-        let mut heartbeat = false;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let number = |what: &str| -> Result<u64> {
-                v.parse()
-                    .map_err(|_| bad(format!("{what} {v:?} is not a number")))
-            };
-            match k {
-                "queue_type" => {
-                    config.queue_type = match v {
-                        "classic" => QueueType::Classic,
-                        "quorum" => QueueType::Quorum,
-                        other => {
-                            return Err(bad(format!(
-                                "queue_type {other:?} is not classic or quorum"
-                            )));
-                        }
-                    }
-                }
-                "expires_ms" => {
-                    config.queue_expiry =
-                        Some(Duration::from_millis(number("expires_ms")?.max(1000)))
-                }
-                "publish_timeout_ms" => {
-                    config.publish_timeout = Duration::from_millis(number("publish_timeout_ms")?)
-                }
-                "publish_channels" => {
-                    config.publish_channels = number("publish_channels")?.clamp(1, 64) as usize
-                }
-                _ => {
-                    heartbeat |= k == "heartbeat";
-                    passthrough.push(pair.to_string());
-                }
+        let queue_type = match u.take("queue_type").as_deref() {
+            None | Some("classic") => QueueType::Classic,
+            Some("quorum") => QueueType::Quorum,
+            Some(other) => {
+                return Err(bad(
+                    &u,
+                    format!("queue_type {other:?} is not classic or quorum"),
+                ));
             }
-        }
-        if !heartbeat {
-            passthrough.push("heartbeat=10".into());
-        }
-        let query = passthrough.join("&");
-        for host in hosts {
-            let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
-            config
-                .uris
-                .push(format!("{scheme}://{auth}{host}{path}?{query}"));
-        }
-        Ok(config)
+        };
+        let expires: Option<u64> = u.take_parsed("expires_ms")?;
+        let publish_timeout: Option<u64> = u.take_parsed("publish_timeout_ms")?;
+        let channels: Option<u64> = u.take_parsed("publish_channels")?;
+        u.set_default("heartbeat", "10");
+        Ok(Self {
+            uris: u.per_host(),
+            queue_type,
+            queue_expiry: expires.map(|ms| Duration::from_millis(ms.max(1000))),
+            publish_timeout: Duration::from_millis(publish_timeout.unwrap_or(30_000)),
+            publish_channels: channels.unwrap_or(4).clamp(1, 64) as usize,
+        })
     }
 }
 
@@ -154,6 +111,12 @@ mod tests {
         assert_eq!(c.queue_expiry, Some(Duration::from_secs(60)));
         let d = RabbitConfig::parse("amqp://127.0.0.1").unwrap();
         assert_eq!(d.uris, vec!["amqp://127.0.0.1?heartbeat=10"]);
+        let e = RabbitConfig::parse("amqp://u:se/krit@h/v")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("percent-encode") && !e.contains("krit"), "{e}");
+        let c = RabbitConfig::parse("amqp://u:pa%2Fss@h/%2f").unwrap();
+        assert_eq!(c.uris, vec!["amqp://u:pa%2Fss@h/%2f?heartbeat=10"]);
         assert_eq!(d.queue_type, QueueType::Classic);
     }
 

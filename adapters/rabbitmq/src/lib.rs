@@ -24,9 +24,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 use pipeline_core::broker::{
-    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue, mark_dead,
+    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue,
 };
-use pipeline_core::{Envelope, Error, Result, wire};
+use pipeline_core::{Backoff, Envelope, Error, Result, wire};
 
 pub use config::{QueueType, RabbitConfig, redact};
 
@@ -47,6 +47,14 @@ pub(crate) async fn bounded<T>(what: &str, fut: impl std::future::Future<Output 
         ))
     })
 }
+
+/// Pauses between tries of a publish while the connection recovers.
+const PUBLISH_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(2)).with_jitter();
+
+/// Pauses between reconnection and resubscription attempts.
+pub(crate) const RECONNECT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(5)).with_jitter();
 
 /// Content type of pipeline frames on the wire.
 const FRAME_TYPE: &str = "application/x-pipeline-frame";
@@ -136,6 +144,13 @@ impl Inner {
         format!("{}.{queue}", self.namespace)
     }
 
+    /// The queue name without the namespace, as the pipeline knows it.
+    pub(crate) fn short<'a>(&self, full: &'a str) -> &'a str {
+        full.strip_prefix(&self.namespace)
+            .and_then(|r| r.strip_prefix('.'))
+            .unwrap_or(full)
+    }
+
     fn max_attempts_of(&self, full: &str) -> u32 {
         self.declared
             .lock()
@@ -185,7 +200,7 @@ impl Inner {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = PUBLISH_BACKOFF.start();
         loop {
             let err = match self.link().await {
                 Err(e) => e,
@@ -237,12 +252,12 @@ impl Inner {
                     }
                 }
             };
-            if tokio::time::Instant::now() + backoff >= deadline {
+            let pause = backoff.next_delay();
+            if tokio::time::Instant::now() + pause >= deadline {
                 return Err(err);
             }
-            tracing::debug!(key, error = %err, ?backoff, "publish failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            tracing::debug!(key, error = %err, ?pause, "publish failed; retrying");
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -258,15 +273,10 @@ impl Inner {
             .await
     }
 
-    /// Move `envelope` to the dead-letter queue of `full`, reason kept.
-    pub(crate) async fn send_dead(
-        &self,
-        full: &str,
-        mut envelope: Envelope,
-        reason: &str,
-    ) -> Result<()> {
-        mark_dead(&mut envelope, full, reason);
-        self.send_to_queue(&format!("{full}.dead"), &envelope, None)
+    /// Put `envelope`, already marked by the delivery policy, in the
+    /// dead-letter queue of `full`.
+    pub(crate) async fn send_dead(&self, full: &str, envelope: &Envelope) -> Result<()> {
+        self.send_to_queue(&dead_letter_queue(full), envelope, None)
             .await
     }
 
@@ -392,6 +402,27 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .push((channel.clone(), tag.into()));
         Ok((channel, consumer, link.generation))
+    }
+
+    /// Send what the delivery policy decided: the retry queue matching the
+    /// delay (or the queue itself), or the dead-letter queue.
+    pub(crate) async fn dispose(
+        &self,
+        full: &str,
+        disposition: pipeline_core::broker::Disposition,
+    ) -> Result<()> {
+        use pipeline_core::broker::Disposition;
+        match disposition {
+            Disposition::DeadLetter { envelope } => self.send_dead(full, &envelope).await,
+            Disposition::Retry { envelope, delay } => {
+                let target = if delay.is_zero() {
+                    full.to_string()
+                } else {
+                    self.retry_queue(full, delay)
+                };
+                self.send_to_queue(&target, &envelope, None).await
+            }
+        }
     }
 
     /// The retry queue whose delay is the smallest at least `delay`.

@@ -17,7 +17,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use pipeline_core::{Error, Result};
 
 use crate::config::redact;
-use crate::{Inner, unavailable};
+use crate::{Inner, RECONNECT_BACKOFF, unavailable};
 
 /// One live connection with its publisher channels.
 pub(crate) struct Link {
@@ -154,7 +154,7 @@ impl Inner {
 /// recovers even in a process that is neither publishing nor consuming.
 pub(crate) fn supervise(inner: Weak<Inner>) {
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = RECONNECT_BACKOFF.start();
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let Some(inner) = inner.upgrade() else {
@@ -164,14 +164,14 @@ pub(crate) fn supervise(inner: Weak<Inner>) {
                 return;
             }
             if inner.links.current().is_some_and(|l| l.alive()) {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 continue;
             }
             if let Err(e) = inner.link().await {
-                tracing::warn!(connection = %inner.connection_name, error = %e, ?backoff, "RabbitMQ unreachable; retrying");
+                let pause = backoff.next_delay();
+                tracing::warn!(connection = %inner.connection_name, error = %e, ?pause, "RabbitMQ unreachable; retrying");
                 drop(inner);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(pause).await;
             }
         }
     });

@@ -10,9 +10,10 @@ use bytes::Bytes;
 use fred::prelude::{ClientLike, LuaInterface, SortedSetsInterface, StreamsInterface};
 use fred::types::Value;
 use fred::types::streams::XReadResponse;
-use pipeline_core::broker::{Acker, Delivery, DeliveryStream, Subscription, malformed};
+use pipeline_core::broker::policy::{self, DeadCause, Disposition};
+use pipeline_core::broker::{Acker, Delivery, DeliveryStream, Subscription};
 use pipeline_core::envelope::{Envelope, now_ms};
-use pipeline_core::{Result, wire};
+use pipeline_core::{Backoff, Result, wire};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{FIELD, GROUP, Inner, MIN_DELAY, new_client, redis_error};
@@ -42,7 +43,13 @@ struct State {
     buffer: VecDeque<(String, Envelope)>,
     last_claim: tokio::time::Instant,
     last_move: tokio::time::Instant,
+    /// Pauses after failed reads, reset by a good one.
+    backoff: pipeline_core::backoff::Retrying,
 }
+
+/// Pauses between failed reads of a stream (Redis down or restarting).
+const READ_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(2)).with_jitter();
 
 pub(crate) async fn subscribe(inner: Arc<Inner>, sub: Subscription) -> Result<DeliveryStream> {
     let reader = new_client(&inner.config)?;
@@ -58,6 +65,7 @@ pub(crate) async fn subscribe(inner: Arc<Inner>, sub: Subscription) -> Result<De
         buffer: VecDeque::new(),
         last_claim: tokio::time::Instant::now(),
         last_move: tokio::time::Instant::now(),
+        backoff: READ_BACKOFF.start(),
         inner,
         reader,
     };
@@ -126,6 +134,7 @@ impl State {
                 });
             match read {
                 Ok(response) => {
+                    self.backoff.reset();
                     for (_, entries) in response {
                         for (id, fields) in entries {
                             self.accept(id, fields).await;
@@ -137,12 +146,12 @@ impl State {
                     tracing::warn!(queue = %self.queue, "the consumer group is gone (Redis lost its data?); recreating it");
                     if let Err(e) = self.inner.restore(&self.queue).await {
                         tracing::warn!(queue = %self.queue, error = %e, "recreating the consumer group failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        self.backoff.wait().await;
                     }
                 }
                 Err(e) => {
                     tracing::warn!(queue = %self.queue, error = %e, "reading the stream failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    self.backoff.wait().await;
                 }
             }
         }
@@ -154,8 +163,8 @@ impl State {
         match wire::decode(frame.clone()) {
             Ok(env) => self.buffer.push_back((id, env)),
             Err(e) => {
-                let (env, reason) = malformed(frame, &e);
-                match self.inner.add_dead(&self.queue, env, &reason).await {
+                let env = policy::malformed(&self.queue, frame, &e);
+                match self.inner.add_dead(&self.queue, &env).await {
                     Ok(()) => {
                         let _ = remove(&self.inner, &self.stream, &id).await;
                     }
@@ -191,18 +200,17 @@ impl State {
             let handled = match wire::decode(frame.clone()) {
                 Ok(env) => {
                     tracing::warn!(queue = %self.queue, job_id = %env.job_id, "took over an entry of a dead consumer");
-                    retry(
+                    let max = self.inner.max_attempts(&self.queue);
+                    dispose(
                         &self.inner,
                         &self.queue,
-                        env,
-                        Duration::ZERO,
-                        "its consumer died before settling it",
+                        policy::unsettled(&self.queue, max, env),
                     )
                     .await
                 }
                 Err(e) => {
-                    let (env, reason) = malformed(frame, &e);
-                    self.inner.add_dead(&self.queue, env, &reason).await
+                    let env = policy::malformed(&self.queue, frame, &e);
+                    self.inner.add_dead(&self.queue, &env).await
                 }
             };
             if handled.is_ok() {
@@ -249,36 +257,29 @@ struct RedisAcker {
     _permit: OwnedSemaphorePermit,
 }
 
-async fn retry(
-    inner: &Inner,
-    queue: &str,
-    mut env: Envelope,
-    delay: Duration,
-    reason: &str,
-) -> Result<()> {
-    if env.attempt >= inner.max_attempts(queue) {
-        let reason = format!("gave up after {} attempts: {reason}", env.attempt);
-        return inner.add_dead(queue, env, &reason).await;
-    }
-    env.attempt += 1;
-    let frame = wire::encode(&env)?;
-    if delay < MIN_DELAY {
-        inner.add(queue, frame).await
-    } else {
-        let due = now_ms() + delay.as_millis() as i64;
-        let _: i64 = inner
-            .client
-            .zadd(
-                inner.delayed(queue),
-                None,
-                None,
-                false,
-                false,
-                (due as f64, frame),
-            )
-            .await
-            .map_err(|e| redis_error("ZADD", e))?;
-        Ok(())
+/// Carry out what the delivery policy decided for an entry of `queue`.
+async fn dispose(inner: &Inner, queue: &str, disposition: Disposition) -> Result<()> {
+    match disposition {
+        Disposition::DeadLetter { envelope } => inner.add_dead(queue, &envelope).await,
+        Disposition::Retry { envelope, delay } if delay < MIN_DELAY => {
+            inner.add(queue, wire::encode(&envelope)?).await
+        }
+        Disposition::Retry { envelope, delay } => {
+            let due = now_ms() + delay.as_millis() as i64;
+            let _: i64 = inner
+                .client
+                .zadd(
+                    inner.delayed(queue),
+                    None,
+                    None,
+                    false,
+                    false,
+                    (due as f64, wire::encode(&envelope)?),
+                )
+                .await
+                .map_err(|e| redis_error("ZADD", e))?;
+            Ok(())
+        }
     }
 }
 
@@ -293,7 +294,9 @@ impl Acker for RedisAcker {
         let Some(env) = self.envelope.take() else {
             return Ok(());
         };
-        retry(&self.inner, &self.queue, env, delay, &reason).await?;
+        let max = self.inner.max_attempts(&self.queue);
+        let disposition = policy::nacked(&self.queue, max, env, delay, &reason);
+        dispose(&self.inner, &self.queue, disposition).await?;
         remove(&self.inner, &self.stream, &self.id).await
     }
 
@@ -301,7 +304,8 @@ impl Acker for RedisAcker {
         let Some(env) = self.envelope.take() else {
             return Ok(());
         };
-        self.inner.add_dead(&self.queue, env, &reason).await?;
+        let env = policy::dead_letter(&self.queue, env, &reason, DeadCause::Rejected);
+        self.inner.add_dead(&self.queue, &env).await?;
         remove(&self.inner, &self.stream, &self.id).await
     }
 }
@@ -319,7 +323,8 @@ impl Drop for RedisAcker {
         );
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let done = retry(&inner, &queue, env, Duration::ZERO, "delivery dropped without being settled").await;
+                let max = inner.max_attempts(&queue);
+                let done = dispose(&inner, &queue, policy::unsettled(&queue, max, env)).await;
                 match done {
                     Ok(()) => {
                         let _ = remove(&inner, &stream, &id).await;

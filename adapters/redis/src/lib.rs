@@ -24,8 +24,7 @@ use fred::prelude::{
     Builder, ClientLike, Config, HashesInterface, KeysInterface, ReconnectPolicy, StreamsInterface,
 };
 use pipeline_core::broker::{
-    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue, mark_dead,
-    topic_matches,
+    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue, topic_matches,
 };
 use pipeline_core::{Envelope, Error, Result, wire};
 
@@ -66,7 +65,8 @@ pub(crate) fn redis_error(what: &str, e: fred::error::Error) -> Error {
     Error::Unavailable(format!("{what}: {e}"))
 }
 
-pub use pipeline_core::config::redact_url as redact;
+use pipeline_core::urls::BackendUrl;
+pub use pipeline_core::urls::redact;
 
 impl RedisBroker {
     /// Connect to `url` (`redis://`, `rediss://`, or a cluster / sentinel
@@ -186,33 +186,23 @@ pub(crate) struct UrlOptions {
 /// `claim_idle_ms`, `key_ttl_s`, and `ca_file` (PEM certificates trusted
 /// for `rediss://` instead of the system's roots).
 pub(crate) fn config_from_url(url: &str) -> Result<(Config, UrlOptions)> {
-    let bad = |why: String| Error::Config(format!("Redis URL {}: {why}", redact(url)));
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let (mut options, mut ca_file, mut rest) = (UrlOptions::default(), None, Vec::new());
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let number = || -> Result<u64> {
-            v.parse()
-                .map_err(|_| bad(format!("{k} {v:?} is not a number")))
-        };
-        match k {
-            "claim_idle_ms" => options.claim_idle = Some(Duration::from_millis(number()?.max(100))),
-            "key_ttl_s" => options.key_ttl = Some(Duration::from_secs(number()?.max(1))),
-            "ca_file" => ca_file = Some(v.to_string()),
-            _ => rest.push(pair),
-        }
-    }
-    let fred_url = if rest.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", rest.join("&"))
+    let mut u = BackendUrl::parse(url)?;
+    let bad = |u: &BackendUrl, why: String| Error::Config(format!("Redis URL {u}: {why}"));
+    let options = UrlOptions {
+        claim_idle: u
+            .take_parsed::<u64>("claim_idle_ms")?
+            .map(|ms| Duration::from_millis(ms.max(100))),
+        key_ttl: u
+            .take_parsed::<u64>("key_ttl_s")?
+            .map(|s| Duration::from_secs(s.max(1))),
     };
-    let mut config = Config::from_url(&fred_url).map_err(|e| bad(e.to_string()))?;
+    let ca_file = u.take("ca_file");
+    let mut config = Config::from_url(u.as_str()).map_err(|e| bad(&u, e.to_string()))?;
     if let Some(path) = ca_file {
         if config.tls.is_none() {
-            return Err(bad("ca_file needs a TLS URL (rediss://)".into()));
+            return Err(bad(&u, "ca_file needs a TLS URL (rediss://)".into()));
         }
-        config.tls = Some(tls_trusting(&path).map_err(bad)?.into());
+        config.tls = Some(tls_trusting(&path).map_err(|why| bad(&u, why))?.into());
     }
     Ok((config, options))
 }
@@ -378,15 +368,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Move `envelope` to the dead-letter stream of `queue`.
-    pub(crate) async fn add_dead(
-        &self,
-        queue: &str,
-        mut envelope: Envelope,
-        reason: &str,
-    ) -> Result<()> {
-        mark_dead(&mut envelope, queue, reason);
-        self.add(&dead_letter_queue(queue), wire::encode(&envelope)?)
+    /// Put `envelope`, already marked by the delivery policy, in the
+    /// dead-letter stream of `queue`.
+    pub(crate) async fn add_dead(&self, queue: &str, envelope: &Envelope) -> Result<()> {
+        self.add(&dead_letter_queue(queue), wire::encode(envelope)?)
             .await
     }
 }

@@ -4,7 +4,6 @@
 //! statement exceeds MySQL's packet limit.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -16,7 +15,7 @@ use pipeline_core::envelope::now_ms;
 use pipeline_core::store::Blob;
 use pipeline_core::{Error, Result};
 
-use crate::{SqlArchive, is_conflict};
+use crate::SqlArchive;
 
 /// Largest blob stored in its row; larger ones are split into chunks of
 /// this size. Below MySQL/MariaDB's default 16 MiB packet and InnoDB's limit
@@ -216,17 +215,7 @@ impl BlobStore for SqlArchive {
             content_type: content_type.to_string(),
             data,
         };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.put_once(key, &blob).await {
-                Err(Error::Backend { message, .. }) if attempt < 5 && is_conflict(&message) => {
-                    let jitter = fastrand::u64(1..=10 * attempt);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
-                }
-                other => return other,
-            }
-        }
+        crate::retry_conflicts(|| self.put_once(key, &blob)).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Blob>> {

@@ -30,7 +30,7 @@ use pipeline_core::store::{
     ActivityEntry, ActivityLog, ArchiveRecord, Blob, ImageRecord, ImageStore, JobFailure, JobState,
     MediaInfo, Page,
 };
-use pipeline_core::{Error, Result};
+use pipeline_core::{Backoff, Error, Result};
 
 use crate::error::db_error;
 use crate::schema::Tables;
@@ -76,6 +76,32 @@ fn is_conflict(message: &str) -> bool {
         || message.contains("could not serialize")
 }
 
+/// Pauses between runs of a transaction the database rolled back.
+const CONFLICT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(2), Duration::from_millis(50)).with_jitter();
+
+/// Run `op` again, up to 5 times in all, while the database reports a
+/// conflict (a deadlock or serialization failure rolled it back, so running
+/// it again is safe).
+pub(crate) async fn retry_conflicts<T, F, Fut>(op: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut backoff = CONFLICT_BACKOFF.start();
+    loop {
+        match op().await {
+            Err(Error::Backend { message, .. })
+                if backoff.failures() < 4 && is_conflict(&message) =>
+            {
+                tracing::debug!(attempt = backoff.failures() + 1, %message, "transaction conflicted; retrying");
+                backoff.wait().await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A blob to store and its content key.
 type KeyedBlob<'a> = (String, &'a Blob);
 
@@ -103,7 +129,7 @@ impl fmt::Debug for SqlArchive {
     }
 }
 
-pub use pipeline_core::config::redact_url;
+pub use pipeline_core::urls::redact as redact_url;
 
 impl SqlArchive {
     /// Connect to `url` (`sqlite://`, `postgres://`, `mysql://`), and create
@@ -542,18 +568,7 @@ impl ImageStore for SqlArchive {
         // Concurrent writers of the same keys can deadlock on InnoDB's gap
         // locks (or fail serialization on PostgreSQL): the database rolled
         // the transaction back, so running it again is safe.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.save_once(&fresh).await {
-                Err(Error::Backend { message, .. }) if attempt < 5 && is_conflict(&message) => {
-                    tracing::debug!(attempt, %message, "archive transaction conflicted; retrying");
-                    let jitter = fastrand::u64(1..=10 * attempt);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
-                }
-                other => return other,
-            }
-        }
+        retry_conflicts(|| self.save_once(&fresh)).await
     }
 
     async fn get(&self, job_id: Uuid) -> Result<Option<ImageRecord>> {

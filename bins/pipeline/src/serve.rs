@@ -271,7 +271,7 @@ pub async fn run_until(
                 worker_id: services::worker_id("transformer"),
                 default_spec: registry.parse(&args.default_transform)?,
                 prefetch: pool.size() * 2,
-                retry: services::RetryPolicy::default(),
+                retry: pipeline_core::Backoff::default(),
             },
         );
         let transformer = match &claim {

@@ -86,7 +86,7 @@ pub async fn run_through_pipeline(image: Bytes, spec: &str) -> Result<JobStatus>
             worker_id: services::worker_id("example"),
             default_spec: registry.parse("invert")?,
             prefetch: 4,
-            retry: services::RetryPolicy::default(),
+            retry: pipeline_core::Backoff::default(),
         },
     );
     let never = futures_pending;

@@ -68,7 +68,7 @@ pub async fn run_by_reference(dir: &Path, image: Bytes, inline_max: usize) -> Re
             worker_id: services::worker_id("example"),
             default_spec: registry.parse("stamp")?,
             prefetch: 2,
-            retry: services::RetryPolicy::default(),
+            retry: pipeline_core::Backoff::default(),
         },
     )
     .with_claim_check(claim.clone());

@@ -8,9 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::broker::policy::{self, DeadCause, Disposition};
 use crate::broker::{
     Acker, Broker, Capabilities, Delivery, DeliveryStream, QueueSpec, Subscription,
-    dead_letter_queue, mark_dead, topic_matches,
+    dead_letter_queue, topic_matches,
 };
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -176,34 +177,27 @@ impl Inner {
             .map_or(u32::MAX, |q| q.max_attempts)
     }
 
-    /// Retry `envelope` (after `delay`) or dead-letter it when out of attempts.
-    fn retry(
-        self: &Arc<Self>,
-        queue: String,
-        mut envelope: Envelope,
-        delay: Duration,
-        reason: String,
-    ) {
-        let max = self.max_attempts(&queue);
-        if envelope.attempt >= max {
-            let reason = format!("gave up after {} attempts: {reason}", envelope.attempt);
-            mark_dead(&mut envelope, &queue, &reason);
-            self.push(&dead_letter_queue(&queue), envelope, false);
-            self.settle(&queue);
-            return;
-        }
-        envelope.attempt += 1;
-        if delay.is_zero() {
-            self.push(&queue, envelope, true);
-            self.settle(&queue);
-        } else {
-            // Stays outstanding while delayed, so a drain waits for it.
-            let inner = Arc::clone(self);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                inner.push(&queue, envelope, false);
-                inner.settle(&queue);
-            });
+    /// Carry out what the delivery policy decided for an unsettled
+    /// delivery of `queue`.
+    fn dispose(self: &Arc<Self>, queue: String, disposition: Disposition) {
+        match disposition {
+            Disposition::DeadLetter { envelope } => {
+                self.push(&dead_letter_queue(&queue), envelope, false);
+                self.settle(&queue);
+            }
+            Disposition::Retry { envelope, delay } if delay.is_zero() => {
+                self.push(&queue, envelope, true);
+                self.settle(&queue);
+            }
+            Disposition::Retry { envelope, delay } => {
+                // Stays outstanding while delayed, so a drain waits for it.
+                let inner = Arc::clone(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    inner.push(&queue, envelope, false);
+                    inner.settle(&queue);
+                });
+            }
         }
     }
 }
@@ -411,16 +405,18 @@ impl Acker for MemoryAcker {
 
     async fn nack(mut self: Box<Self>, delay: Duration, reason: String) -> Result<()> {
         if let Some(env) = self.envelope.take() {
-            self.inner.retry(self.queue.clone(), env, delay, reason);
+            let max = self.inner.max_attempts(&self.queue);
+            let d = policy::nacked(&self.queue, max, env, delay, &reason);
+            self.inner.dispose(self.queue.clone(), d);
         }
         Ok(())
     }
 
     async fn dead_letter(mut self: Box<Self>, reason: String) -> Result<()> {
-        if let Some(mut env) = self.envelope.take() {
-            mark_dead(&mut env, &self.queue, &reason);
-            self.inner.push(&dead_letter_queue(&self.queue), env, false);
-            self.inner.settle(&self.queue);
+        if let Some(env) = self.envelope.take() {
+            let envelope = policy::dead_letter(&self.queue, env, &reason, DeadCause::Rejected);
+            self.inner
+                .dispose(self.queue.clone(), Disposition::DeadLetter { envelope });
         }
         Ok(())
     }
@@ -429,12 +425,9 @@ impl Acker for MemoryAcker {
 impl Drop for MemoryAcker {
     fn drop(&mut self) {
         if let Some(env) = self.envelope.take() {
-            self.inner.retry(
-                self.queue.clone(),
-                env,
-                Duration::ZERO,
-                "delivery dropped without being settled".into(),
-            );
+            let max = self.inner.max_attempts(&self.queue);
+            let d = policy::unsettled(&self.queue, max, env);
+            self.inner.dispose(self.queue.clone(), d);
         }
     }
 }

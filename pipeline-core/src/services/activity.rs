@@ -4,7 +4,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::consume::{Parsed, consume_batches};
-use super::{RetryPolicy, queues};
+use super::queues;
+use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery};
 use crate::envelope::headers;
 use crate::error::Result;
@@ -36,7 +37,7 @@ impl ActivityRecorder {
             self.broker.as_ref(),
             queues::ACTIVITY,
             self.batch,
-            RetryPolicy::default(),
+            Backoff::default(),
             shutdown,
             entry_of,
             |entries: Vec<ActivityEntry>| {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 
-use super::RetryPolicy;
+use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery, Subscription};
 use crate::error::{Error, Result};
 
@@ -47,7 +47,7 @@ pub(crate) type Parsed<T> = std::result::Result<T, String>;
 /// delivery is parsed (unparseable ones are dead-lettered); the records are
 /// handed to `save` together and acked after it succeeds.
 ///
-/// A failure is retried in place with backoff (250 ms doubling to 5 s)
+/// A failure is retried in place with backoff (250 ms doubling to 5 s, jittered)
 /// while the deliveries stay unacked: as long as `ready` fails (the store
 /// is down), whatever the error, for as long as it takes; a retryable
 /// failure while the store answers `ready`, for at most
@@ -59,7 +59,7 @@ pub(crate) async fn consume_batches<T, P, S, F, R, RF>(
     broker: &dyn Broker,
     queue: &str,
     batch: usize,
-    retry: RetryPolicy,
+    retry: Backoff,
     shutdown: impl Future<Output = ()> + Send,
     parse: P,
     save: S,
@@ -136,6 +136,10 @@ where
 /// but saving keeps failing with a retryable error.
 pub(crate) const MAX_HOLD: Duration = Duration::from_secs(60);
 
+/// Pauses between tries of a held batch.
+const HOLD_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(5)).with_jitter();
+
 /// Save `records`, retrying retryable failures in place (see
 /// [`consume_batches`]). Returns the last error when giving up.
 async fn save_holding<T, S, F, R, RF, D>(
@@ -154,7 +158,7 @@ where
     RF: Future<Output = Result<()>>,
 {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = HOLD_BACKOFF.start();
     loop {
         let e = match save(records.to_vec()).await {
             Ok(()) => {
@@ -175,17 +179,17 @@ where
         if !down && (!e.is_retryable() || started.elapsed() >= MAX_HOLD) {
             return Err(e);
         }
+        let delay = backoff.next_delay();
         tracing::warn!(queue, error = %e, store_down = down, retry_in_ms = delay.as_millis() as u64, count = records.len(), "saving failed; holding the batch (unacked) and retrying");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.clone() => return Err(e),
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
 /// Ack every delivery, or nack them with backoff when `error` is set.
-async fn settle_all(deliveries: Vec<Delivery>, error: Option<Error>, retry: RetryPolicy) {
+async fn settle_all(deliveries: Vec<Delivery>, error: Option<Error>, retry: Backoff) {
     let results = futures::future::join_all(deliveries.into_iter().map(|d| {
         let error = error.as_ref().map(ToString::to_string);
         async move {

@@ -17,8 +17,6 @@ mod save2db;
 mod submit;
 mod transformer;
 
-use std::time::Duration;
-
 pub use activity::ActivityRecorder;
 pub use replay::{ReplayReport, replay_dead};
 pub use results::ResultsConsumer;
@@ -59,33 +57,6 @@ pub fn topology(max_attempts: u32) -> Vec<QueueSpec> {
     ]
 }
 
-/// Exponential backoff for transient failures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Delay before the second attempt.
-    pub base: Duration,
-    /// Longest delay.
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// 500 ms, doubling, at most 30 s.
-    fn default() -> Self {
-        Self {
-            base: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Delay after failed attempt number `attempt` (1-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.base.saturating_mul(factor).min(self.max)
-    }
-}
-
 /// An id for this process in one role: `role-host-pid-xxxx`.
 pub fn worker_id(role: &str) -> String {
     let host = std::env::var("HOSTNAME")
@@ -97,17 +68,4 @@ pub fn worker_id(role: &str) -> String {
         std::process::id(),
         fastrand::u16(..)
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let p = RetryPolicy::default();
-        assert_eq!(p.delay(1), Duration::from_millis(500));
-        assert_eq!(p.delay(2), Duration::from_secs(1));
-        assert_eq!(p.delay(40), Duration::from_secs(30));
-    }
 }

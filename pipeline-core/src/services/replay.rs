@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::broker::{Broker, MALFORMED_EVENT, Subscription, dead_letter_queue};
-use crate::envelope::headers;
+use crate::broker::{Broker, MALFORMED_EVENT, Subscription, dead_letter_queue, policy};
 use crate::error::Result;
 
 /// What [`replay_dead`] did.
@@ -56,11 +55,7 @@ pub async fn replay_dead(
                 .await?;
             continue;
         }
-        let mut fresh = envelope;
-        fresh.attempt = 1;
-        fresh.headers.remove(headers::DEAD_LETTER_REASON);
-        fresh.headers.remove(headers::DEAD_LETTER_QUEUE);
-        match broker.publish(fresh).await {
+        match broker.publish(policy::revived(envelope)).await {
             Ok(()) => {
                 report.replayed += 1;
                 delivery.ack().await?;

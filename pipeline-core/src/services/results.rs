@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::consume::consume_concurrently;
-use super::{RetryPolicy, queues};
+use super::queues;
+use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery};
 use crate::envelope::{Envelope, events, headers, now_ms, parts};
 use crate::error::Result;
@@ -20,7 +21,7 @@ pub struct ResultsConsumer {
     results: Arc<dyn ResultStore>,
     ttl: Duration,
     prefetch: usize,
-    retry: RetryPolicy,
+    retry: Backoff,
 }
 
 impl ResultsConsumer {
@@ -36,7 +37,7 @@ impl ResultsConsumer {
             results,
             ttl,
             prefetch: prefetch.max(1),
-            retry: RetryPolicy::default(),
+            retry: Backoff::default(),
         }
     }
 

@@ -4,8 +4,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::consume::{Parsed, consume_batches};
+use super::queues;
 use super::results::failure_of;
-use super::{RetryPolicy, queues};
+use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery};
 use crate::envelope::{events, headers, now_ms, parts};
 use crate::error::Result;
@@ -18,7 +19,7 @@ pub struct Save2Db {
     broker: Arc<dyn Broker>,
     store: Arc<dyn ImageStore>,
     batch: usize,
-    retry: RetryPolicy,
+    retry: Backoff,
 }
 
 impl Save2Db {
@@ -28,7 +29,7 @@ impl Save2Db {
             broker,
             store,
             batch: batch.max(1),
-            retry: RetryPolicy::default(),
+            retry: Backoff::default(),
         }
     }
 

@@ -7,7 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::consume::consume_concurrently;
-use super::{RetryPolicy, queues};
+use super::queues;
+use crate::backoff::Backoff;
 use crate::blob::{ClaimCheck, REF_CONTENT_TYPE};
 use crate::broker::{Broker, Delivery};
 use crate::envelope::{Envelope, Part, events, headers, parts};
@@ -27,7 +28,7 @@ pub struct TransformerConfig {
     /// pool never waits for the broker.
     pub prefetch: usize,
     /// Backoff for transient failures (publishing downstream).
-    pub retry: RetryPolicy,
+    pub retry: Backoff,
 }
 
 /// Subscribes to submitted images, transforms them on a bounded blocking

@@ -313,11 +313,78 @@ pub async fn dead_letter_after_max_attempts_keeps_reason(broker: Arc<dyn Broker>
     let d = next(&mut dead).await;
     assert_eq!(d.envelope().id, poison.id);
     assert_eq!(d.envelope().parts, poison.parts);
-    let reason = d
-        .envelope()
-        .header(headers::DEAD_LETTER_REASON)
-        .unwrap_or_default();
-    assert!(reason.contains("still broken"), "reason: {reason:?}");
+    assert_dead_headers(
+        d.envelope(),
+        &queue,
+        "exhausted",
+        3,
+        "gave up after 3 attempts: still broken",
+    );
+    d.ack().await.expect("ack");
+}
+
+/// The dead-letter headers of [`crate::broker::policy`], the same on every
+/// backend: reason, cause, queue without the namespace, attempts, time.
+fn assert_dead_headers(env: &Envelope, queue: &str, cause: &str, attempts: u32, reason: &str) {
+    let h = |name: &str| env.header(name).unwrap_or_default().to_string();
+    assert_eq!(h(headers::DEAD_LETTER_REASON), reason, "{:?}", env.headers);
+    assert_eq!(h(headers::DEAD_LETTER_CAUSE), cause, "{:?}", env.headers);
+    assert_eq!(h(headers::DEAD_LETTER_QUEUE), queue, "{:?}", env.headers);
+    assert_eq!(
+        h(headers::DEAD_LETTER_ATTEMPTS),
+        attempts.to_string(),
+        "{:?}",
+        env.headers
+    );
+    let at: i64 = h(headers::DEAD_LETTER_AT_MS)
+        .parse()
+        .expect("dead-letter-at-ms");
+    let now = crate::envelope::now_ms();
+    assert!(
+        at <= now && now - at < 600_000,
+        "dead-letter-at-ms {at}, now {now}"
+    );
+    let known = [
+        headers::DEAD_LETTER_REASON,
+        headers::DEAD_LETTER_CAUSE,
+        headers::DEAD_LETTER_QUEUE,
+        headers::DEAD_LETTER_ATTEMPTS,
+        headers::DEAD_LETTER_AT_MS,
+    ];
+    let extra: Vec<&String> = env
+        .headers
+        .keys()
+        .filter(|k| k.starts_with(headers::DEAD_LETTER_PREFIX) && !known.contains(&k.as_str()))
+        .collect();
+    assert!(extra.is_empty(), "unexpected dead-letter headers {extra:?}");
+}
+
+/// A delivery dropped unsettled on its last attempt goes to the dead-letter
+/// queue (cause `abandoned`), so a message that kills its consumers cannot
+/// loop for ever.
+pub async fn dropped_at_max_attempts_is_dead_lettered(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["crash"], 2).await;
+    let m = message(&format!("{p}.crash"), 3);
+    broker.publish(m.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    for attempt in 1..=2 {
+        let d = next(&mut s).await;
+        assert_eq!(d.envelope().id, m.id);
+        assert_eq!(d.attempt(), attempt);
+        drop(d);
+    }
+    assert_quiet(&mut s).await;
+    let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 1).await;
+    let d = next(&mut dead).await;
+    assert_eq!(d.envelope().id, m.id);
+    assert_eq!(d.envelope().parts, m.parts);
+    assert_dead_headers(
+        d.envelope(),
+        &queue,
+        "abandoned",
+        2,
+        "delivered 2 times without being settled (its consumers died or dropped it)",
+    );
     d.ack().await.expect("ack");
 }
 
@@ -336,10 +403,7 @@ pub async fn explicit_dead_letter_keeps_reason(broker: Arc<dyn Broker>) {
     let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 1).await;
     let d = next(&mut dead).await;
     assert_eq!(d.envelope().id, m.id);
-    assert_eq!(
-        d.envelope().header(headers::DEAD_LETTER_REASON),
-        Some("cannot parse")
-    );
+    assert_dead_headers(d.envelope(), &queue, "rejected", 1, "cannot parse");
     d.ack().await.expect("ack");
 }
 
@@ -509,8 +573,13 @@ pub async fn dead_letters_can_be_replayed(broker: Arc<dyn Broker>) {
     for _ in 0..3 {
         let d = next(&mut s).await;
         assert_eq!(d.attempt(), 1);
-        assert!(d.envelope().header(headers::DEAD_LETTER_REASON).is_none());
-        assert!(d.envelope().header(headers::DEAD_LETTER_QUEUE).is_none());
+        let left: Vec<&String> = d
+            .envelope()
+            .headers
+            .keys()
+            .filter(|k| k.starts_with(headers::DEAD_LETTER_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "dead-letter headers kept: {left:?}");
         let sent = jobs
             .iter()
             .find(|j| j.id == d.envelope().id)

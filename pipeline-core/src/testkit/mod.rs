@@ -113,6 +113,7 @@ macro_rules! broker_conformance {
             dropped_delivery_is_redelivered,
             dead_letter_after_max_attempts_keeps_reason,
             explicit_dead_letter_keeps_reason,
+            dropped_at_max_attempts_is_dead_lettered,
             prefetch_bounds_unsettled_deliveries,
             close_drains_and_refuses_publishes,
             concurrent_publishers,

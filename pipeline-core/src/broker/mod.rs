@@ -1,4 +1,9 @@
-//! The publish/subscribe contract every broker backend implements.
+//! The publish/subscribe contract every broker backend implements, and the
+//! [`policy`] every backend applies to messages that are not acked.
+
+pub mod policy;
+
+pub use policy::{DeadCause, Disposition, MALFORMED_EVENT};
 
 use std::fmt;
 use std::time::Duration;
@@ -6,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::envelope::{Envelope, headers};
+use crate::envelope::Envelope;
 use crate::error::Result;
 
 /// What a backend guarantees. Declared, never guessed.
@@ -105,8 +110,9 @@ pub type DeliveryStream = BoxStream<'static, Result<Delivery>>;
 /// - A subscription never holds more than `prefetch` unsettled deliveries.
 /// - A delivery nacked, or dropped without being settled, is delivered again
 ///   with `attempt` one higher; once `attempt` reached the queue's
-///   `max_attempts`, it goes to [`dead_letter_queue`] instead, with the reason
-///   in the [`headers::DEAD_LETTER_REASON`] header.
+///   `max_attempts`, it goes to [`dead_letter_queue`] instead, with the
+///   headers of [`policy`] (reason, cause, queue, attempts, time), the same
+///   on every backend.
 /// - `close` ends every subscription stream and makes later publishes fail
 ///   with [`crate::Error::Closed`]; deliveries already handed out can still be
 ///   settled. A non-persistent backend first waits (bounded) until its queues
@@ -210,31 +216,6 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
     let p: Vec<&str> = pattern.split('.').collect();
     let k: Vec<&str> = key.split('.').collect();
     go(&p, &k)
-}
-
-/// Event name of the envelope that wraps a frame that could not be decoded.
-pub const MALFORMED_EVENT: &str = "pipeline.malformed";
-
-/// Wrap a frame that cannot be decoded so a dead-letter queue stays
-/// readable: the raw bytes are its `frame` part. Returns the envelope and
-/// the dead-letter reason.
-pub fn malformed(frame: bytes::Bytes, error: &crate::Error) -> (Envelope, String) {
-    let env = Envelope::new(MALFORMED_EVENT, uuid::Uuid::nil(), "").with_part(crate::Part::new(
-        "frame",
-        "application/octet-stream",
-        frame,
-    ));
-    (env, format!("cannot decode the message: {error}"))
-}
-
-/// Mark `envelope` as dead-lettered from `queue` because of `reason`.
-pub fn mark_dead(envelope: &mut Envelope, queue: &str, reason: &str) {
-    envelope
-        .headers
-        .insert(headers::DEAD_LETTER_REASON.to_string(), reason.to_string());
-    envelope
-        .headers
-        .insert(headers::DEAD_LETTER_QUEUE.to_string(), queue.to_string());
 }
 
 #[cfg(test)]
