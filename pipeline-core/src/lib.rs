@@ -9,10 +9,11 @@
 
 pub mod backoff;
 pub mod blob;
-pub mod blob_file;
+
 pub mod broker;
 pub mod envelope;
 pub mod error;
+pub mod job;
 pub mod memory;
 pub mod results;
 pub mod services;
@@ -32,4 +33,6 @@ pub use results::{JobStatus, JobSummary, ResultStore};
 pub use store::{
     ActivityEntry, ActivityLog, ArchiveRecord, Blob, ImageRecord, ImageStore, JobState,
 };
-pub use transform::{Transform, TransformRegistry, TransformSpec};
+pub use transform::TransformSpec;
+#[cfg(feature = "image")]
+pub use transform::{Transform, TransformRegistry};

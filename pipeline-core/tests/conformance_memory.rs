@@ -31,7 +31,7 @@ mod blobs {
 
 mod file_blobs {
     use super::*;
-    use pipeline_core::blob_file::FileBlobStore;
+    use pipeline_core::blob::FileBlobStore;
 
     async fn store() -> Arc<FileBlobStore> {
         let dir = std::env::temp_dir().join(pipeline_core::testkit::unique("blobs"));

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pipeline_core::blob_file::FileBlobStore;
+use pipeline_core::blob::FileBlobStore;
 use pipeline_core::memory::{
     MemoryArchive, MemoryBlobStore, MemoryBroker, MemoryBrokerConfig, MemoryResultStore,
 };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pipeline_core::blob_file::FileBlobStore;
+use pipeline_core::blob::FileBlobStore;
 use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryResultStore};
 use pipeline_core::services::{
     self, ActivityRecorder, ResultsConsumer, Save2Db, SubmitConfig, Submitter, Transformer,

@@ -14,14 +14,18 @@ mod consume;
 mod replay;
 mod results;
 mod save2db;
+#[cfg(feature = "image")]
 mod submit;
+#[cfg(feature = "image")]
 mod transformer;
 
 pub use activity::ActivityRecorder;
 pub use replay::{ReplayReport, replay_dead};
 pub use results::ResultsConsumer;
 pub use save2db::Save2Db;
+#[cfg(feature = "image")]
 pub use submit::{Accepted, InFlight, SubmitConfig, Submitter, Upload, Validation};
+#[cfg(feature = "image")]
 pub use transformer::{Transformer, TransformerConfig};
 
 use crate::broker::QueueSpec;

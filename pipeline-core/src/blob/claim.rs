@@ -1,70 +1,15 @@
-//! Content-addressed byte storage, and the claim check that moves large
-//! parts out of messages into it.
+//! The claim check: large parts travel through a blob store, messages
+//! carry a reference.
 
-use std::fmt;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::{BlobStore, check_key};
 use crate::envelope::Part;
 use crate::error::{Error, Result};
 use crate::store::Blob;
-
-/// A stored blob as listed for maintenance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlobMeta {
-    /// Its key.
-    pub key: String,
-    /// Bytes.
-    pub size: u64,
-    /// Unix ms of the last `put` of this key (some stores keep whole
-    /// seconds only).
-    pub stored_at_ms: i64,
-}
-
-/// Bytes stored under a key (the hex SHA-256 of the bytes).
-///
-/// # Contract
-/// - `put` then `get` returns the same bytes and media type.
-/// - `put` of an existing key succeeds, keeps the bytes, and refreshes the
-///   blob's `stored_at_ms` (so a blob reused by a new job is never taken
-///   for an old orphan).
-/// - `get` of an unknown key is `None`; `delete` of one is a success.
-/// - `stored_before(t)` lists every blob whose last `put` is older than `t`;
-///   `delete_if_stored_before(k, t)` removes `k` only if that still holds.
-#[async_trait]
-pub trait BlobStore: Send + Sync + fmt::Debug {
-    /// Store `data` under `key`.
-    async fn put(&self, key: &str, content_type: &str, data: Bytes) -> Result<()>;
-    /// Read `key`.
-    async fn get(&self, key: &str) -> Result<Option<Blob>>;
-    /// Remove `key`.
-    async fn delete(&self, key: &str) -> Result<()>;
-    /// Blobs last stored before `before_ms` (Unix ms).
-    async fn stored_before(&self, before_ms: i64) -> Result<Vec<BlobMeta>>;
-    /// Remove `key` only if its last `put` is older than `before_ms`;
-    /// `true` if it was removed. Atomic where the backend allows (SQL,
-    /// memory); elsewhere checked just before deleting.
-    async fn delete_if_stored_before(&self, key: &str, before_ms: i64) -> Result<bool>;
-    /// Whether the store can be used now.
-    async fn ready(&self) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// Refuse a key that is not a hex SHA-256 (keys become file names, object
-/// names and SQL values).
-pub fn check_key(key: &str) -> Result<()> {
-    if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "blob key {key:?} is not a hex SHA-256"
-        )))
-    }
-}
 
 /// Media type of a part (or [`Blob`]) that holds a [`BlobRef`] instead of
 /// the bytes.
@@ -204,57 +149,6 @@ impl ClaimCheck {
     }
 }
 
-/// What [`collect_orphans`] found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OrphanReport {
-    /// Blobs older than the grace period.
-    pub old: u64,
-    /// Of those, still referenced by an archived job.
-    pub referenced: u64,
-    /// Orphans removed (or, in a dry run, that would be).
-    pub removed: u64,
-    /// Their bytes.
-    pub removed_bytes: u64,
-    /// Orphans stored again while the sweep ran (kept).
-    pub revived: u64,
-}
-
-/// Remove blobs no archived job refers to and that nobody stored for
-/// `grace`: originals of jobs that never reached the archive (failed to
-/// publish, dead-lettered and dropped) and results of transforms that were
-/// redone. A blob a job may still need is never older than `grace`: its
-/// `put` refreshes it, and jobs live in queues for minutes, not the
-/// default grace of days (see `docs/backends/sql.md`). With `dry_run`,
-/// nothing is deleted.
-pub async fn collect_orphans(
-    blobs: &dyn BlobStore,
-    archive: &dyn crate::ImageStore,
-    grace: std::time::Duration,
-    dry_run: bool,
-) -> Result<OrphanReport> {
-    let before = crate::envelope::now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-    let old = blobs.stored_before(before).await?;
-    let mut report = OrphanReport {
-        old: old.len() as u64,
-        ..OrphanReport::default()
-    };
-    for chunk in old.chunks(500) {
-        let keys: Vec<String> = chunk.iter().map(|m| m.key.clone()).collect();
-        let used = archive.referenced(&keys).await?;
-        report.referenced += used.len() as u64;
-        for meta in chunk.iter().filter(|m| !used.contains(&m.key)) {
-            let removed = dry_run || blobs.delete_if_stored_before(&meta.key, before).await?;
-            if removed {
-                report.removed += 1;
-                report.removed_bytes += meta.size;
-            } else {
-                report.revived += 1;
-            }
-        }
-    }
-    Ok(report)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,59 +176,6 @@ mod tests {
             data: r.data.clone(),
         };
         assert_eq!(check.resolve(blob).await.unwrap().data, data);
-    }
-
-    #[tokio::test]
-    async fn orphans_are_removed_and_referenced_blobs_kept() {
-        use crate::ImageStore;
-        use crate::memory::MemoryArchive;
-        let store = MemoryBlobStore::new();
-        let archive = MemoryArchive::new();
-        let mut record = crate::testkit::store::record("t", b"original", b"result");
-        let (orig, _) = record.blob_keys();
-        let orig = orig.unwrap();
-        let r = BlobRef {
-            key: orig.clone(),
-            content_type: "image/png".into(),
-            size: 8,
-        };
-        record.original = Some(r.to_blob());
-        store
-            .put(&orig, "image/png", Bytes::from_static(b"original"))
-            .await
-            .unwrap();
-        archive.save(&[record]).await.unwrap();
-        let orphan = sha256_hex(b"orphan");
-        store
-            .put(&orphan, "image/png", Bytes::from_static(b"orphan"))
-            .await
-            .unwrap();
-        let zero = std::time::Duration::ZERO;
-        // Within the grace period nothing is old.
-        let grace = std::time::Duration::from_secs(3600);
-        let none = collect_orphans(&store, &archive, grace, false)
-            .await
-            .unwrap();
-        assert_eq!(none, OrphanReport::default());
-        let t = crate::envelope::now_ms();
-        while crate::envelope::now_ms() <= t {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        let dry = collect_orphans(&store, &archive, zero, true).await.unwrap();
-        assert_eq!((dry.old, dry.referenced, dry.removed), (2, 1, 1));
-        assert!(
-            store.get(&orphan).await.unwrap().is_some(),
-            "dry run deleted"
-        );
-        let done = collect_orphans(&store, &archive, zero, false)
-            .await
-            .unwrap();
-        assert_eq!((done.removed, done.removed_bytes), (1, 6));
-        assert!(store.get(&orphan).await.unwrap().is_none());
-        assert!(
-            store.get(&orig).await.unwrap().is_some(),
-            "referenced blob removed"
-        );
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::blob::{BlobMeta, BlobStore, check_key};
+use super::{BlobMeta, BlobStore, check_key};
 use crate::error::{Error, Result};
 use crate::store::Blob;
 
