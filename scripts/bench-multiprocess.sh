@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${TARGET:-${CARGO_TARGET_DIR:-target}}
 BIN="$TARGET/release"
-cargo build --release -q -p pipeline
+cargo build --release -q -p pipeline-cli
 [ $# -gt 0 ] || set -- samples/photo-800x600.jpg samples/photo-800x600.png samples/blue.jpg
 
 work=$(mktemp -d)

@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod blob;
 
 pub mod broker;
+pub mod connect;
 pub mod envelope;
 pub mod error;
 pub mod job;

@@ -57,6 +57,13 @@ fn ms_of(t: chrono::DateTime<chrono::Utc>) -> i64 {
     t.timestamp_millis()
 }
 
+/// Serve `s3://bucket/prefix` blob-store URLs in `backends`.
+pub fn register(backends: &mut pipeline_core::connect::Backends) {
+    backends.blobs("s3", |url, _| async move {
+        Ok(Arc::new(ObjectBlobStore::from_url(&url)?) as Arc<dyn BlobStore>)
+    });
+}
+
 impl ObjectBlobStore {
     /// A store for `s3://bucket[/prefix][?option=value&...]`, configured
     /// from the `AWS_*` environment variables, then from the options in the

@@ -103,6 +103,17 @@ fn table(pairs: Vec<(&str, AMQPValue)>) -> FieldTable {
     t
 }
 
+/// Serve `amqp://` and `amqps://` broker URLs in `backends`.
+pub fn register(backends: &mut pipeline_core::connect::Backends) {
+    for scheme in ["amqp", "amqps"] {
+        backends.broker(scheme, |url, options| async move {
+            let broker =
+                RabbitBroker::connect(&url, &options.namespace, &options.client_name).await?;
+            Ok(Arc::new(broker) as Arc<dyn Broker>)
+        });
+    }
+}
+
 impl RabbitBroker {
     /// Connect to `url` (see [`RabbitConfig::parse`]) for `namespace`; the
     /// connection shows as `connection_name` in the management tools.

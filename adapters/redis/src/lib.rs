@@ -68,6 +68,23 @@ pub(crate) fn redis_error(what: &str, e: fred::error::Error) -> Error {
 use pipeline_core::urls::BackendUrl;
 pub use pipeline_core::urls::redact;
 
+/// The URL schemes served: a single server, TLS, a cluster, Sentinel.
+pub const SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "redis-sentinel"];
+
+/// Serve the [`SCHEMES`] as brokers and result stores in `backends`.
+pub fn register(backends: &mut pipeline_core::connect::Backends) {
+    for scheme in SCHEMES {
+        backends.broker(scheme, |url, options| async move {
+            let broker = RedisBroker::connect(&url, &options.namespace).await?;
+            Ok(Arc::new(broker) as Arc<dyn Broker>)
+        });
+        backends.results(scheme, |url, options| async move {
+            let store = RedisResultStore::connect(&url, &options.namespace).await?;
+            Ok(Arc::new(store) as Arc<dyn pipeline_core::ResultStore>)
+        });
+    }
+}
+
 impl RedisBroker {
     /// Connect to `url` (`redis://`, `rediss://`, or a cluster / sentinel
     /// URL as fred reads it) for `namespace`.

@@ -15,6 +15,7 @@ pub use blobs::CHUNK_BYTES;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -131,19 +132,79 @@ impl fmt::Debug for SqlArchive {
 
 pub use pipeline_core::urls::redact as redact_url;
 
+/// The URL schemes this build serves (by its `sqlite`, `postgres` and
+/// `mysql` features).
+pub fn schemes() -> &'static [&'static str] {
+    &[
+        #[cfg(feature = "sqlite")]
+        "sqlite",
+        #[cfg(feature = "postgres")]
+        "postgres",
+        #[cfg(feature = "postgres")]
+        "postgresql",
+        #[cfg(feature = "mysql")]
+        "mysql",
+        #[cfg(feature = "mysql")]
+        "mariadb",
+    ]
+}
+
+/// Serve every scheme of [`schemes`] as an archive (images, activity and
+/// the archive's own blob table) in `backends`.
+pub fn register(backends: &mut pipeline_core::connect::Backends) {
+    for scheme in schemes() {
+        backends.archive(scheme, |url, options| async move {
+            let archive = Arc::new(SqlArchive::connect(&url, &options.namespace).await?);
+            Ok(pipeline_core::connect::Archive::of(archive))
+        });
+    }
+}
+
+/// Create the folder of an SQLite file so `?mode=rwc` can create the file.
+/// The path is read as sqlx reads it: what follows `sqlite://` up to `?`,
+/// percent-decoded.
+#[cfg(feature = "sqlite")]
+fn ensure_sqlite_dir(url: &str) -> Result<()> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or_default();
+    let (raw_path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
+    let in_memory = path.is_empty() || path == ":memory:" || query.contains("mode=memory");
+    if in_memory {
+        return Ok(());
+    }
+    if let Some(dir) = std::path::Path::new(path.as_ref()).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
 impl SqlArchive {
     /// Connect to `url` (`sqlite://`, `postgres://`, `mysql://`), and create
     /// or upgrade the tables of `namespace`.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
         let tables = Tables::new(namespace)?;
-        let backend = match url.split_once("://").map(|(s, _)| s) {
-            Some("sqlite") => "sqlite",
+        let backend = match pipeline_core::urls::scheme_of(url).as_deref() {
+            #[cfg(feature = "sqlite")]
+            Some("sqlite") => {
+                ensure_sqlite_dir(url)?;
+                "sqlite"
+            }
+            #[cfg(feature = "postgres")]
             Some("postgres" | "postgresql") => "postgres",
+            #[cfg(feature = "mysql")]
             Some("mysql" | "mariadb") => "mysql",
             _ => {
+                let known: Vec<String> = schemes().iter().map(|s| format!("{s}://")).collect();
                 return Err(Error::Config(format!(
-                    "unsupported database URL {}; supported schemes: sqlite://, postgres://, mysql://",
-                    redact_url(url)
+                    "unsupported database URL {}; supported schemes: {}",
+                    redact_url(url),
+                    known.join(", ")
                 )));
             }
         };
@@ -156,6 +217,7 @@ impl SqlArchive {
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(10));
+        #[cfg(feature = "sqlite")]
         if backend == "sqlite" {
             // WAL lets readers run beside the writer; writers queue on the
             // busy timeout instead of failing.
@@ -171,7 +233,8 @@ impl SqlArchive {
                     .page_size(65536)
                     .pragma("wal_autocheckpoint", "4096")
             });
-        } else {
+        }
+        if backend != "sqlite" {
             opts.max_connections(16);
         }
         let db = Database::connect(opts).await.map_err(|e| {

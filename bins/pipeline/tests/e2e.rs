@@ -14,7 +14,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 fn client() -> reqwest::Client {
-    pipeline::http_client_builder()
+    pipeline::cli::http_client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .expect("client")

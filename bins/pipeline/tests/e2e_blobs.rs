@@ -67,7 +67,7 @@ async fn large_files_go_by_reference_to_s3() {
 async fn by_reference_then_collect(blob_url: String) {
     let in_archive = blob_url == "archive";
     let mut server = Server::start(&["--inline-max", "2000", "--blob-url", &blob_url]);
-    let http = pipeline::http_client_builder().build().unwrap();
+    let http = pipeline::cli::http_client_builder().build().unwrap();
     let originals: Vec<Vec<u8>> = (0..4)
         .map(|i| image_bytes(ImageFormat::Png, 320, 240, i * 40))
         .collect();
@@ -113,8 +113,8 @@ async fn by_reference_then_collect(blob_url: String) {
     let blobs: std::sync::Arc<dyn BlobStore> = if in_archive {
         std::sync::Arc::new(archive.clone())
     } else {
-        let a = pipeline::backends::archive(&db, "pipeline").await.unwrap();
-        pipeline::backends::blob_store(&blob_url, Some(&a))
+        pipeline::backends::compiled()
+            .connect_blobs(&blob_url, &pipeline::ConnectOptions::new("pipeline"))
             .await
             .unwrap()
     };
@@ -225,7 +225,7 @@ fn bad_claim_check_settings_are_refused_at_start() {
     };
     let err = run(&["--blob-url", "ftp://host/x"]);
     assert!(err.contains("unsupported blob store URL"), "{err}");
-    assert!(err.contains("s3://bucket/prefix"), "{err}");
+    assert!(err.contains("s3://") && err.contains("`archive`"), "{err}");
     // Redis takes messages up to 512 MiB: two 300 MB parts cannot fit.
     let err = run(&[
         "--broker-url",

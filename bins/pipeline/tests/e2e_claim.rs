@@ -63,7 +63,7 @@ async fn fifty_megabytes_through(db: &str) {
     let original = big_png();
     assert!(original.len() > 50_000_000, "{} bytes", original.len());
     let original_key = sha256_hex(&original);
-    let http = pipeline::http_client_builder()
+    let http = pipeline::cli::http_client_builder()
         .timeout(Duration::from_secs(300))
         .build()
         .unwrap();

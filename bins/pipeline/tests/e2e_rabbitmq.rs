@@ -156,7 +156,7 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
     }
     let all: Vec<uuid::Uuid> = first.iter().chain(&second).copied().collect();
     wait_activity(&archive, &all, || dump_queues(&ns)).await;
-    let ready = pipeline::http_client_builder()
+    let ready = pipeline::cli::http_client_builder()
         .build()
         .unwrap()
         .get(format!("{base}/readyz"))

@@ -120,6 +120,26 @@ impl MemoryBroker {
         }
     }
 
+    /// A broker for `memory://[?max_depth=N]`, draining for `drain_timeout`
+    /// at `close`.
+    pub fn from_url(url: &str, drain_timeout: Duration) -> Result<Self> {
+        let mut u = crate::urls::BackendUrl::parse(url)?;
+        let mut config = MemoryBrokerConfig {
+            drain_timeout,
+            ..MemoryBrokerConfig::default()
+        };
+        if let Some(depth) = u.take_parsed::<usize>("max_depth")? {
+            if depth == 0 {
+                return Err(Error::Config(format!(
+                    "memory broker URL {u}: max_depth must be at least 1"
+                )));
+            }
+            config.max_depth = depth;
+        }
+        u.reject_remaining(&["max_depth"])?;
+        Ok(Self::with_config(config))
+    }
+
     /// Messages waiting in `queue` plus deliveries not yet settled.
     pub fn depth(&self, queue: &str) -> usize {
         let state = self.inner.lock();

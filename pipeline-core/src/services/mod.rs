@@ -24,7 +24,9 @@ pub use replay::{ReplayReport, replay_dead};
 pub use results::ResultsConsumer;
 pub use save2db::Save2Db;
 #[cfg(feature = "image")]
-pub use submit::{Accepted, InFlight, SubmitConfig, Submitter, Upload, Validation};
+pub use submit::{
+    Accepted, InFlight, SubmitConfig, Submitter, Upload, Validation, default_presets,
+};
 #[cfg(feature = "image")]
 pub use transformer::{Transformer, TransformerConfig};
 

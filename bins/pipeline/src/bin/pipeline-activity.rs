@@ -1,7 +1,10 @@
-//! `pipeline-activity`: the activity role alone, for deployments that scale each role
-//! separately against a shared broker and database. Flags and variables are
-//! those of `pipeline serve`.
+//! `pipeline-activity`: the activity log writer alone, for deployments that scale each role
+//! separately against a shared broker and database. Same flags and
+//! variables as `pipeline serve`.
 
 fn main() -> std::process::ExitCode {
-    pipeline::role_main(pipeline::serve::Roles::ACTIVITY)
+    pipeline::cli::run_role(
+        pipeline::Roles::ACTIVITY,
+        pipeline::TransformRegistry::with_builtins(),
+    )
 }

@@ -1,7 +1,10 @@
-//! `pipeline-save2db`: the save2db role alone, for deployments that scale each role
-//! separately against a shared broker and database. Flags and variables are
-//! those of `pipeline serve`.
+//! `pipeline-save2db`: the archive writer alone, for deployments that scale each role
+//! separately against a shared broker and database. Same flags and
+//! variables as `pipeline serve`.
 
 fn main() -> std::process::ExitCode {
-    pipeline::role_main(pipeline::serve::Roles::SAVE2DB)
+    pipeline::cli::run_role(
+        pipeline::Roles::SAVE2DB,
+        pipeline::TransformRegistry::with_builtins(),
+    )
 }

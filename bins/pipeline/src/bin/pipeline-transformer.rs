@@ -1,7 +1,10 @@
-//! `pipeline-transformer`: the transformer role alone, for deployments that scale each role
-//! separately against a shared broker and database. Flags and variables are
-//! those of `pipeline serve`.
+//! `pipeline-transformer`: a transformer alone, for deployments that scale each role
+//! separately against a shared broker and database. Same flags and
+//! variables as `pipeline serve`.
 
 fn main() -> std::process::ExitCode {
-    pipeline::role_main(pipeline::serve::Roles::TRANSFORMER)
+    pipeline::cli::run_role(
+        pipeline::Roles::TRANSFORMER,
+        pipeline::TransformRegistry::with_builtins(),
+    )
 }

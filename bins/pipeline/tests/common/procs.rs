@@ -73,7 +73,7 @@ pub async fn upload_batch(
     n: usize,
     midway: impl FnOnce() + Send + 'static,
 ) -> Vec<Uuid> {
-    let http = pipeline::http_client_builder()
+    let http = pipeline::cli::http_client_builder()
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
@@ -148,7 +148,7 @@ pub async fn upload_batch(
 
 /// Every result of `ids` from the API at `base`: a 160 x 120 image each.
 pub async fn fetch_all(base: &str, ids: &[Uuid]) {
-    let http = pipeline::http_client_builder()
+    let http = pipeline::cli::http_client_builder()
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();

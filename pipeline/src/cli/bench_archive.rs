@@ -132,7 +132,7 @@ async fn run(
 }
 
 /// Measure each database, bytes then references.
-pub async fn bench_archive(args: ArchiveBenchArgs) -> Result<(), Error> {
+pub(crate) async fn bench_archive(args: ArchiveBenchArgs) -> Result<(), Error> {
     println!(
         "archive: {} records per run, batches of {}, {} writers, {} KB original + {} KB result",
         args.records,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use pipeline_core::Error;
 
-use crate::backends;
+use crate::settings::{ARCHIVE_BLOBS, DEFAULT_DATABASE_URL};
 
 /// Options of `pipeline gc-blobs`.
 #[derive(Debug, Clone, Args)]
@@ -15,11 +15,11 @@ pub struct GcArgs {
     #[arg(
         long,
         env = "PIPELINE_DATABASE_URL",
-        default_value = backends::DEFAULT_DATABASE_URL
+        default_value = DEFAULT_DATABASE_URL, hide_env_values = true
     )]
     pub database_url: String,
     /// Blob store (as for `serve`).
-    #[arg(long, env = "PIPELINE_BLOB_URL", default_value = backends::ARCHIVE_BLOBS)]
+    #[arg(long, env = "PIPELINE_BLOB_URL", default_value = ARCHIVE_BLOBS, hide_env_values = true)]
     pub blob_url: String,
     /// Namespace (table prefix).
     #[arg(long, env = "PIPELINE_NAMESPACE", default_value = "pipeline")]
@@ -35,9 +35,17 @@ pub struct GcArgs {
 }
 
 /// Sweep once and print the report.
-pub async fn gc_blobs(args: GcArgs) -> Result<(), Error> {
-    let archive = backends::archive(&args.database_url, &args.namespace).await?;
-    let blobs = backends::blob_store(&args.blob_url, Some(&archive)).await?;
+pub(crate) async fn gc_blobs(args: GcArgs) -> Result<(), Error> {
+    let backends = crate::backends::compiled();
+    let options = pipeline_core::connect::ConnectOptions::new(args.namespace.clone());
+    let archive = backends
+        .connect_archive(&args.database_url, &options)
+        .await?;
+    let blobs = if crate::assemble::blobs_in_archive(&args.blob_url) {
+        archive.blobs.clone()
+    } else {
+        backends.connect_blobs(&args.blob_url, &options).await?
+    };
     let grace = Duration::from_secs(args.older_than_hours.saturating_mul(3600));
     let r = pipeline_core::collect_orphans(
         blobs.as_ref(),
@@ -68,7 +76,7 @@ pub async fn gc_blobs(args: GcArgs) -> Result<(), Error> {
 pub struct ReplayArgs {
     /// Broker (as for `serve`; the in-memory broker has nothing to replay
     /// from another process).
-    #[arg(long, env = "PIPELINE_BROKER_URL")]
+    #[arg(long, env = "PIPELINE_BROKER_URL", hide_env_values = true)]
     pub broker_url: String,
     /// Namespace (queue prefix).
     #[arg(long, env = "PIPELINE_NAMESPACE", default_value = "pipeline")]
@@ -85,7 +93,7 @@ pub struct ReplayArgs {
 }
 
 /// Replay a queue's dead letters and print the report.
-pub async fn replay_dead(args: ReplayArgs) -> Result<(), Error> {
+pub(crate) async fn replay_dead(args: ReplayArgs) -> Result<(), Error> {
     use pipeline_core::services::queues;
     let known = [
         queues::TRANSFORM,
@@ -100,19 +108,18 @@ pub async fn replay_dead(args: ReplayArgs) -> Result<(), Error> {
             known.join(", ")
         )));
     }
-    if args.broker_url.starts_with("memory:") {
+    if pipeline_core::urls::scheme_of(&args.broker_url).as_deref() == Some("memory") {
         return Err(Error::Config(
             "the in-memory broker lives inside its process: there is nothing to replay from here"
                 .into(),
         ));
     }
-    let broker = backends::broker(
-        &args.broker_url,
-        &args.namespace,
-        &format!("{}-replay-{}", args.namespace, std::process::id()),
-        Duration::from_secs(5),
-    )
-    .await?;
+    let mut options = pipeline_core::connect::ConnectOptions::new(args.namespace.clone());
+    options.client_name = format!("{}-replay-{}", args.namespace, std::process::id());
+    options.drain_timeout = Duration::from_secs(5);
+    let broker = crate::backends::compiled()
+        .connect_broker(&args.broker_url, &options)
+        .await?;
     let report = pipeline_core::services::replay_dead(
         broker.as_ref(),
         &args.queue,

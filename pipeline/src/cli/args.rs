@@ -1,0 +1,208 @@
+//! The flags (and `PIPELINE_*` variables) of every role.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use pipeline_core::services::Validation;
+use pipeline_core::{Error, TransformRegistry};
+
+use crate::settings::{
+    ARCHIVE_BLOBS, DEFAULT_DATABASE_URL, Settings, Urls, parse_preset, parse_presets,
+};
+use crate::{Pipeline, PipelineBuilder, Roles};
+
+/// Upload checks.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ValidateMode {
+    /// Check the header and the file's integrity (PNG checksums, JPEG
+    /// segments; other formats are decoded).
+    Structure,
+    /// Decode the whole image at upload.
+    Full,
+    /// Read the header only (format, dimensions).
+    Header,
+}
+
+impl From<ValidateMode> for Validation {
+    fn from(mode: ValidateMode) -> Self {
+        match mode {
+            ValidateMode::Structure => Validation::Structure,
+            ValidateMode::Full => Validation::Full,
+            ValidateMode::Header => Validation::Header,
+        }
+    }
+}
+
+/// Settings of `pipeline serve` and of every role; each flag also reads
+/// an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the API listens on (port 0 picks a free port).
+    #[arg(long, env = "PIPELINE_LISTEN", default_value = "127.0.0.1:4555")]
+    pub listen: String,
+    /// Broker: memory://, amqp://, amqps://, redis://, rediss://,
+    /// redis-cluster://, redis-sentinel://
+    #[arg(
+        long,
+        env = "PIPELINE_BROKER_URL",
+        default_value = "memory://",
+        hide_env_values = true
+    )]
+    pub broker_url: String,
+    /// Archive database: sqlite://, postgres://, mysql://, mariadb:// (or memory://).
+    #[arg(long, env = "PIPELINE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Result store: memory://, redis://, rediss://, redis-cluster://, redis-sentinel://
+    #[arg(
+        long,
+        env = "PIPELINE_RESULTS_URL",
+        default_value = "memory://",
+        hide_env_values = true
+    )]
+    pub results_url: String,
+    /// Prefix of every queue, key and table this system creates.
+    #[arg(long, env = "PIPELINE_NAMESPACE", default_value = "pipeline")]
+    pub namespace: String,
+    /// Transform spec used when an upload gives none.
+    #[arg(long, env = "PIPELINE_DEFAULT_TRANSFORM", default_value = "stamp")]
+    pub default_transform: String,
+    /// A named preset, NAME=SPEC (repeatable; in the variable, separated by
+    /// ';'). Replaces a built-in preset of the same name.
+    #[arg(
+        long = "preset",
+        env = "PIPELINE_PRESETS",
+        value_delimiter = ';',
+        value_name = "NAME=SPEC"
+    )]
+    pub presets: Vec<String>,
+    /// A file of presets, one `name = spec` per line (`#` comments).
+    #[arg(long, env = "PIPELINE_PRESETS_FILE")]
+    pub presets_file: Option<PathBuf>,
+    /// Largest upload in bytes.
+    #[arg(long, env = "PIPELINE_MAX_UPLOAD_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+    /// Where files above the inline limit go (claim check): `archive` (the
+    /// database's blob table), `file:///path`, `s3://bucket/prefix` (AWS_*
+    /// variables), `memory://` (one process).
+    #[arg(long, env = "PIPELINE_BLOB_URL", default_value = ARCHIVE_BLOBS, hide_env_values = true)]
+    pub blob_url: String,
+    /// Files (originals, results) above this many bytes travel by reference
+    /// through the blob store instead of inside messages.
+    #[arg(long, env = "PIPELINE_INLINE_MAX", default_value_t = pipeline_core::blob::DEFAULT_INLINE_MAX)]
+    pub inline_max: usize,
+    /// Largest image in pixels (width x height), checked from the header.
+    #[arg(long, env = "PIPELINE_MAX_PIXELS", default_value_t = 40_000_000)]
+    pub max_pixels: u64,
+    /// Largest width or height in pixels.
+    #[arg(long, env = "PIPELINE_MAX_DIMENSION", default_value_t = 16_384)]
+    pub max_dimension: u32,
+    /// Jobs accepted and not finished, at most; beyond it uploads get 503.
+    #[arg(long, env = "PIPELINE_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// How uploads are checked.
+    #[arg(
+        long,
+        env = "PIPELINE_VALIDATE",
+        value_enum,
+        default_value = "structure"
+    )]
+    pub validate: ValidateMode,
+    /// Transforms at once in a transformer (default: the number of cores).
+    #[arg(long, env = "PIPELINE_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Seconds a result stays in the result store before GET falls back to the archive.
+    #[arg(long, env = "PIPELINE_RESULT_TTL", default_value_t = 3600)]
+    pub result_ttl: u64,
+    /// Deliveries of one message before it is dead-lettered.
+    #[arg(long, env = "PIPELINE_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Records saved per archive transaction, at most.
+    #[arg(long, env = "PIPELINE_BATCH", default_value_t = 64)]
+    pub batch: usize,
+    /// Seconds to finish accepted work at shutdown.
+    #[arg(long, env = "PIPELINE_DRAIN_TIMEOUT", default_value_t = 60)]
+    pub drain_timeout: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "PIPELINE_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+    /// Serve `/healthz` and `/readyz` on this address (for worker
+    /// processes: ready while the broker, the archive and the blob store
+    /// they use answer).
+    #[arg(long, env = "PIPELINE_HEALTH_LISTEN")]
+    pub health_listen: Option<String>,
+}
+
+impl ServeArgs {
+    /// The settings these flags describe.
+    pub fn settings(&self) -> Result<Settings, Error> {
+        let mut presets = match &self.presets_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::Config(format!(
+                        "cannot read the presets file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                parse_presets(&text)?
+            }
+            None => Default::default(),
+        };
+        for entry in self.presets.iter().filter(|e| !e.trim().is_empty()) {
+            let (name, spec) = parse_preset(entry)?;
+            presets.insert(name, spec);
+        }
+        let defaults = Settings::default();
+        Ok(Settings {
+            namespace: self.namespace.clone(),
+            default_transform: self.default_transform.clone(),
+            presets,
+            max_upload_bytes: self.max_upload_bytes,
+            inline_max: self.inline_max,
+            limits: pipeline_core::transform::ImageLimits {
+                max_width: self.max_dimension,
+                max_height: self.max_dimension,
+                max_pixels: self.max_pixels,
+                ..defaults.limits
+            },
+            max_in_flight: self.max_in_flight,
+            validation: self.validate.into(),
+            concurrency: self.concurrency,
+            result_ttl: Duration::from_secs(self.result_ttl),
+            max_attempts: self.max_attempts,
+            batch: self.batch,
+            drain_timeout: Duration::from_secs(self.drain_timeout),
+            request_grace: defaults.request_grace,
+        })
+    }
+
+    /// The backend URLs.
+    pub fn urls(&self) -> Urls {
+        Urls {
+            broker: self.broker_url.clone(),
+            database: self.database_url.clone(),
+            results: self.results_url.clone(),
+            blobs: self.blob_url.clone(),
+        }
+    }
+
+    /// A builder for `roles` with these flags and `registry`.
+    pub fn builder(
+        &self,
+        roles: Roles,
+        registry: TransformRegistry,
+    ) -> Result<PipelineBuilder, Error> {
+        let mut b = Pipeline::builder()
+            .roles(roles)
+            .settings(self.settings()?)
+            .urls(self.urls())
+            .registry(registry);
+        if roles.api {
+            b = b.listen(self.listen.clone());
+        }
+        if let Some(health) = &self.health_listen {
+            b = b.health_listen(health.clone());
+        }
+        Ok(b)
+    }
+}

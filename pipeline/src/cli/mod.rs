@@ -1,0 +1,179 @@
+//! The command line of `pipeline`, as a library: a program that calls
+//! [`run`] with its own transforms gets every role, `serve`, the load and
+//! benchmark tools and the maintenance commands, with the same flags and
+//! `PIPELINE_*` variables as the stock binary.
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     let registry = pipeline::TransformRegistry::with_builtins();
+//!     pipeline::cli::run(registry)
+//! }
+//! ```
+
+mod args;
+mod bench;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod bench_archive;
+mod load;
+mod maintenance;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pipeline_core::{Error, TransformRegistry};
+
+pub use args::{ServeArgs, ValidateMode};
+pub use bench::BenchArgs;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub use bench_archive::ArchiveBenchArgs;
+pub use load::{LoadArgs, LoadReport, drive};
+pub use maintenance::{GcArgs, ReplayArgs};
+
+use crate::Roles;
+
+/// Default log filter of the long-running commands.
+const SERVE_LOG: &str = "info,sqlx=warn,sea_orm=warn,lapin=warn";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pipeline",
+    version,
+    about = "Upload and transform images through publish/subscribe"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every role in one process.
+    Serve(ServeArgs),
+    /// Run the HTTP API (with its results consumer) alone.
+    Api(ServeArgs),
+    /// Run a transformer alone.
+    Transformer(ServeArgs),
+    /// Run the archive writer alone.
+    Save2db(ServeArgs),
+    /// Run the activity log writer alone.
+    Activity(ServeArgs),
+    /// Load-test a running server over HTTP.
+    Load(LoadArgs),
+    /// Measure the bare transform rate, then an in-process server under load.
+    Bench(BenchArgs),
+    /// Measure archive throughput (rows/s, MB/s) on each database.
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    BenchArchive(ArchiveBenchArgs),
+    /// Remove claim-check blobs that no archived job refers to.
+    GcBlobs(GcArgs),
+    /// Publish a queue's dead letters again (after fixing their cause).
+    ReplayDead(ReplayArgs),
+}
+
+/// Parse the command line and run it with `registry`; the exit code says
+/// whether it succeeded (errors are printed on standard error).
+pub fn run(registry: TransformRegistry) -> ExitCode {
+    let cli = Cli::parse();
+    block_on(async move {
+        match cli.command {
+            Command::Serve(a) => serve(a, Roles::ALL, registry).await,
+            Command::Api(a) => serve(a, Roles::API, registry).await,
+            Command::Transformer(a) => serve(a, Roles::TRANSFORMER, registry).await,
+            Command::Save2db(a) => serve(a, Roles::SAVE2DB, registry).await,
+            Command::Activity(a) => serve(a, Roles::ACTIVITY, registry).await,
+            Command::Load(a) => load::load(a).await,
+            Command::Bench(a) => {
+                init_tracing(false, "warn");
+                bench::bench(a, registry).await
+            }
+            #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+            Command::BenchArchive(a) => {
+                init_tracing(false, "warn");
+                bench_archive::bench_archive(a).await
+            }
+            Command::GcBlobs(a) => {
+                init_tracing(false, "warn");
+                maintenance::gc_blobs(a).await
+            }
+            Command::ReplayDead(a) => {
+                init_tracing(false, "warn");
+                maintenance::replay_dead(a).await
+            }
+        }
+    })
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "One role of the pipeline; every flag also reads its PIPELINE_* variable"
+)]
+struct RoleCli {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+/// `main` of a one-role program (`pipeline-api`, `pipeline-transformer`...):
+/// the flags of `serve`, no subcommand.
+pub fn run_role(roles: Roles, registry: TransformRegistry) -> ExitCode {
+    let cli = RoleCli::parse();
+    block_on(serve(cli.args, roles, registry))
+}
+
+/// Run `roles` until Ctrl-C or SIGTERM, then stop without losing accepted work.
+async fn serve(args: ServeArgs, roles: Roles, registry: TransformRegistry) -> Result<(), Error> {
+    init_tracing(args.log_json, SERVE_LOG);
+    let running = args.builder(roles, registry)?.start().await?;
+    match running.addr() {
+        Some(addr) => println!("pipeline listening on http://{addr}"),
+        None => println!("pipeline worker running ({})", roles.name()),
+    }
+    running.run_until_signal().await
+}
+
+/// Install the log subscriber: `RUST_LOG` or `default` as the filter, JSON
+/// lines if asked, colours only on a terminal.
+pub fn init_tracing(json: bool, default: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    // A second call (a program that installed its own) keeps the first.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Run `future` on a multi-threaded runtime and turn its result into an exit code.
+pub fn block_on(future: impl std::future::Future<Output = Result<(), Error>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A reqwest client builder, after making sure rustls has its crypto
+/// provider when a TLS backend is compiled in (see `pipeline-object-store`).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    #[cfg(feature = "s3")]
+    pipeline_object_store::install_crypto_provider();
+    reqwest::Client::builder()
+}

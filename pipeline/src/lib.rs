@@ -1,0 +1,25 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod assemble;
+pub mod backends;
+mod builder;
+#[cfg(feature = "cli")]
+pub mod cli;
+mod running;
+mod settings;
+
+pub use builder::{Pipeline, PipelineBuilder};
+pub use pipeline_core::connect::{Archive, Backends, ConnectOptions};
+pub use pipeline_core::services::Validation;
+pub use pipeline_core::transform::ImageLimits;
+pub use pipeline_core::{Error, Result, Transform, TransformRegistry};
+pub use running::{Running, StopHandle};
+pub use settings::{
+    ARCHIVE_BLOBS, DEFAULT_DATABASE_URL, Roles, Settings, Urls, parse_preset, parse_presets,
+};
+
+/// The core crate: traits, envelope, transforms, services, memory backends.
+pub use pipeline_core as core;
+/// The HTTP API crate (axum router).
+pub use pipeline_http as http;
