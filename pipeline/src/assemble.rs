@@ -8,9 +8,7 @@ use pipeline_core::services::{
     TransformerConfig, default_presets,
 };
 use pipeline_core::transform::{BlockingPool, Processor};
-use pipeline_core::{
-    Backoff, BlobStore, Broker, ClaimCheck, Error, ResultStore, TransformRegistry,
-};
+use pipeline_core::{BlobStore, Broker, ClaimCheck, Error, ResultStore, TransformRegistry};
 use pipeline_http::{ApiConfig, ApiState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -84,7 +82,7 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
                 worker_id: services::worker_id("transformer"),
                 default_spec: registry.parse(&settings.default_transform)?,
                 prefetch: pool.size() * 2,
-                retry: Backoff::default(),
+                retry: settings.retry,
             },
         );
         let transformer = match &claim {

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use pipeline_core::services::Submitter;
-use pipeline_core::{BlobStore, Broker, Error, ImageStore, ResultStore};
+use bytes::Bytes;
+use pipeline_core::services::{Accepted, Submitter, Upload};
+use pipeline_core::{BlobStore, Broker, Error, ImageStore, JobStatus, ResultStore};
 use pipeline_http::ApiState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 use crate::builder::PipelineBuilder;
 
@@ -151,6 +153,40 @@ impl Running {
     /// without going through HTTP.
     pub fn submitter(&self) -> Option<&Submitter> {
         self.api.as_ref().map(|a| &a.submitter)
+    }
+
+    /// Validate and submit one file for `tenant`, as an upload over HTTP
+    /// would be (API role): `spec` (or the default transform) applies.
+    pub async fn submit(
+        &self,
+        tenant: &str,
+        data: Bytes,
+        spec: Option<&str>,
+    ) -> Result<Accepted, Error> {
+        let submitter = self
+            .submitter()
+            .ok_or_else(|| Error::Config("submitting needs the API role".into()))?;
+        let spec = submitter.resolve_spec(spec, None)?;
+        submitter.in_flight().check_room(1)?;
+        let probe = submitter.validate(data.clone()).await?;
+        let upload = Upload {
+            tenant: tenant.to_string(),
+            filename: None,
+            data,
+        };
+        submitter.submit(upload, probe, &spec).await
+    }
+
+    /// Wait up to `timeout` for job `id` to finish (API role); its status
+    /// then (still pending if the time ran out).
+    pub async fn finished(&self, id: Uuid, timeout: Duration) -> Result<JobStatus, Error> {
+        let results = self
+            .results()
+            .ok_or_else(|| Error::Config("waiting for results needs the API role".into()))?;
+        results
+            .wait(id, timeout)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("job {id}")))
     }
 
     /// The result store (with the API role).

@@ -124,6 +124,8 @@ pub struct Settings {
     pub result_ttl: Duration,
     /// Deliveries of one message before it is dead-lettered.
     pub max_attempts: u32,
+    /// Delays between the attempts of a job that failed transiently.
+    pub retry: pipeline_core::Backoff,
     /// Records saved per archive transaction, at most.
     pub batch: usize,
     /// Time to finish accepted work at shutdown.
@@ -152,6 +154,7 @@ impl Default for Settings {
             concurrency: None,
             result_ttl: Duration::from_secs(3600),
             max_attempts: 5,
+            retry: pipeline_core::Backoff::default(),
             batch: 64,
             drain_timeout: Duration::from_secs(60),
             request_grace: Duration::from_secs(10),

@@ -1,18 +1,17 @@
-//! A custom transformer plugin: `invert`, with an optional channel mask
-//! argument, registered by name and run through the in-memory pipeline.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! A custom transformer plugin, `invert` (with an optional channel mask),
+//! and the registry that adds it to the built-ins. The binaries of this
+//! example are full deployables with the plugin inside:
+//!
+//! - `example-custom-transform` (`src/main.rs`): the whole command line of
+//!   `pipeline` (`serve`, `api`, `transformer`, `save2db`...) via
+//!   `pipeline::cli::run`;
+//! - `invert-worker` (`src/bin/invert-worker.rs`): a transformer embedded
+//!   with the builder.
 
 use bytes::Bytes;
 use image::DynamicImage;
-use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryResultStore};
-use pipeline_core::services::{
-    self, ActivityRecorder, ResultsConsumer, Save2Db, SubmitConfig, Submitter, Transformer,
-    TransformerConfig, Upload,
-};
-use pipeline_core::transform::{BlockingPool, ImageLimits, Processor, TransformContext, codec};
-use pipeline_core::{Broker, Error, JobStatus, Result, ResultStore, Transform, TransformRegistry};
+use pipeline::core::transform::{TransformContext, codec};
+use pipeline::{Error, Result, Transform, TransformRegistry};
 
 /// Inverts the colour channels: `invert` (all) or `invert:rgb`, `invert:r`...
 #[derive(Debug)]
@@ -65,77 +64,11 @@ impl Transform for Invert {
     }
 }
 
-/// Run one image through a whole in-memory pipeline whose registry has the
-/// built-ins plus [`Invert`]; returns the finished job.
-pub async fn run_through_pipeline(image: Bytes, spec: &str) -> Result<JobStatus> {
+/// The built-in transforms plus [`Invert`].
+pub fn registry() -> Result<TransformRegistry> {
     let mut registry = TransformRegistry::with_builtins();
     registry.register(Invert)?;
-    let registry = Arc::new(registry);
-
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    let results: Arc<dyn ResultStore> = Arc::new(MemoryResultStore::new());
-    let archive = Arc::new(MemoryArchive::new());
-    broker.declare(&services::topology(3)).await?;
-
-    let pool = BlockingPool::per_core();
-    let transformer = Transformer::new(
-        broker.clone(),
-        Processor::new(registry.clone(), ImageLimits::default()),
-        pool.clone(),
-        TransformerConfig {
-            worker_id: services::worker_id("example"),
-            default_spec: registry.parse("invert")?,
-            prefetch: 4,
-            retry: pipeline_core::Backoff::default(),
-        },
-    );
-    let never = futures_pending;
-    let workers = [
-        tokio::spawn(transformer.run(never())),
-        tokio::spawn(
-            ResultsConsumer::new(broker.clone(), results.clone(), Duration::from_secs(60), 8)
-                .run(never()),
-        ),
-        tokio::spawn(Save2Db::new(broker.clone(), archive.clone(), 16).run(never())),
-        tokio::spawn(ActivityRecorder::new(broker.clone(), archive, 16).run(never())),
-    ];
-
-    let submitter = Submitter::new(
-        broker.clone(),
-        results.clone(),
-        registry,
-        pool,
-        SubmitConfig::default(),
-    )
-    .await?;
-    let spec = submitter.resolve_spec(Some(spec), None)?;
-    let probe = submitter.validate(image.clone()).await?;
-    let accepted = submitter
-        .submit(
-            Upload {
-                tenant: "example".into(),
-                filename: None,
-                data: image,
-            },
-            probe,
-            &spec,
-        )
-        .await?;
-    let done = results
-        .wait(accepted.id, Duration::from_secs(30))
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("job {}", accepted.id)))?;
-
-    // Close drains the queues (archive, activity), then the workers end.
-    broker.close().await?;
-    for w in workers {
-        w.await.map_err(|e| Error::Closed(e.to_string()))??;
-    }
-    Ok(done)
-}
-
-async fn futures_pending() {
-    std::future::pending::<()>().await
+    Ok(registry)
 }
 
 /// A small red PNG to try it on.
@@ -158,14 +91,34 @@ pub fn sample_png() -> Result<Bytes> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::Duration;
+
+    use pipeline::core::JobState;
+    use pipeline::{Pipeline, Roles};
+
     use super::*;
-    use pipeline_core::JobState;
+
+    /// The plugin through a whole in-process pipeline built with the
+    /// builder (memory broker and archive).
+    async fn through_pipeline(spec: &str) -> Result<pipeline::core::JobStatus> {
+        let running = Pipeline::builder()
+            .roles(Roles::ALL)
+            .registry(registry()?)
+            .database_url("memory://")
+            .start()
+            .await?;
+        let submitted = running.submit("example", sample_png()?, Some(spec)).await;
+        let done = match submitted {
+            Ok(accepted) => running.finished(accepted.id, Duration::from_secs(30)).await,
+            Err(e) => Err(e),
+        };
+        running.shutdown().await?;
+        done
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn invert_runs_through_the_pipeline() {
-        let done = run_through_pipeline(sample_png().unwrap(), "invert:rg,format:png")
-            .await
-            .unwrap();
+        let done = through_pipeline("invert:rg,format:png").await.unwrap();
         assert_eq!(done.state, JobState::Done, "{:?}", done.error);
         let result = done.result.expect("result bytes");
         assert_eq!(result.content_type, "image/png");
@@ -176,9 +129,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_arguments_are_refused_before_publishing() {
-        let err = run_through_pipeline(sample_png().unwrap(), "invert:xyz")
-            .await
-            .unwrap_err();
+        let err = through_pipeline("invert:xyz").await.unwrap_err();
         assert!(err.to_string().contains("channel mask"), "{err}");
     }
 }

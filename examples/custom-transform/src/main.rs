@@ -1,21 +1,18 @@
-//! Run with: cargo run -p example-custom-transform
+//! Run with: cargo run -p example-custom-transform -- serve
 //!
-//! Registers the `invert` plugin next to the built-in transforms, sends a
-//! red PNG through the in-memory pipeline and prints what came back.
+//! The whole command line of `pipeline` (every role, `serve`, `bench`,
+//! the maintenance commands; same flags and `PIPELINE_*` variables) with
+//! the `invert` plugin inside. Try it:
+//! `curl -F files=@samples/red.png 'http://127.0.0.1:4555/v1/images?transform=invert'`.
 
-use example_custom_transform::{run_through_pipeline, sample_png};
+use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let done = run_through_pipeline(sample_png()?, "invert,format:png").await?;
-    let result = done.result.ok_or("the job produced no result")?;
-    println!(
-        "job {} is {:?}: {} bytes of {} (spec {})",
-        done.job_id,
-        done.state,
-        result.data.len(),
-        result.content_type,
-        done.spec
-    );
-    Ok(())
+fn main() -> ExitCode {
+    match example_custom_transform::registry() {
+        Ok(registry) => pipeline::cli::run(registry),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -8,18 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pipeline_core::blob::FileBlobStore;
-use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryResultStore};
-use pipeline_core::services::{
-    self, ActivityRecorder, ResultsConsumer, Save2Db, SubmitConfig, Submitter, Transformer,
-    TransformerConfig, Upload,
-};
-use pipeline_core::store::Blob;
-use pipeline_core::transform::{BlockingPool, ImageLimits, Processor};
-use pipeline_core::{
-    BlobRef, BlobStore, Broker, ClaimCheck, Error, ImageStore, Result, ResultStore,
-    TransformRegistry,
-};
+use pipeline::core::blob::FileBlobStore;
+use pipeline::core::memory::MemoryArchive;
+use pipeline::core::store::Blob;
+use pipeline::core::{BlobRef, BlobStore, ClaimCheck, ImageStore};
+use pipeline::{Archive, Error, Pipeline, Result};
 
 /// What came out of [`run_by_reference`].
 #[derive(Debug)]
@@ -52,69 +45,30 @@ pub fn noise_png(side: u32) -> Result<Bytes> {
 /// `inline_max` bytes going to a blob store in `dir`.
 pub async fn run_by_reference(dir: &Path, image: Bytes, inline_max: usize) -> Result<Outcome> {
     let blobs: Arc<dyn BlobStore> = Arc::new(FileBlobStore::open(dir).await?);
-    let claim = ClaimCheck::new(blobs.clone(), inline_max);
-    let registry = Arc::new(TransformRegistry::with_builtins());
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    let results: Arc<dyn ResultStore> = Arc::new(MemoryResultStore::new());
     let archive = Arc::new(MemoryArchive::new());
-    broker.declare(&services::topology(3)).await?;
-
-    let pool = BlockingPool::per_core();
-    let transformer = Transformer::new(
-        broker.clone(),
-        Processor::new(registry.clone(), ImageLimits::default()),
-        pool.clone(),
-        TransformerConfig {
-            worker_id: services::worker_id("example"),
-            default_spec: registry.parse("stamp")?,
-            prefetch: 2,
-            retry: pipeline_core::Backoff::default(),
-        },
-    )
-    .with_claim_check(claim.clone());
-    let never = || std::future::pending::<()>();
-    let workers = [
-        tokio::spawn(transformer.run(never())),
-        tokio::spawn(
-            ResultsConsumer::new(broker.clone(), results.clone(), Duration::from_secs(60), 8)
-                .run(never()),
-        ),
-        tokio::spawn(Save2Db::new(broker.clone(), archive.clone(), 16).run(never())),
-        tokio::spawn(ActivityRecorder::new(broker.clone(), archive.clone(), 16).run(never())),
-    ];
-
-    let submitter = Submitter::new(
-        broker.clone(),
-        results.clone(),
-        registry,
-        pool,
-        SubmitConfig::default(),
-    )
-    .await?
-    .with_claim_check(claim.clone());
-    let spec = submitter.resolve_spec(None, None)?;
-    let probe = submitter.validate(image.clone()).await?;
-    let upload = Upload {
-        tenant: "example".into(),
-        filename: Some("noise.png".into()),
-        data: image,
-    };
-    let accepted = submitter.submit(upload, probe, &spec).await?;
-    let done = results
-        .wait(accepted.id, Duration::from_secs(60))
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("job {}", accepted.id)))?;
+    let running = Pipeline::builder()
+        .archive(Archive {
+            images: archive.clone(),
+            activity: archive.clone(),
+            blobs: blobs.clone(),
+        })
+        .blobs(blobs.clone())
+        .configure(|s| s.inline_max = inline_max)
+        .start()
+        .await?;
+    let accepted = running.submit("example", image, None).await?;
+    let done = running
+        .finished(accepted.id, Duration::from_secs(60))
+        .await?;
     let result = done
         .result
         .ok_or_else(|| Error::NotFound(format!("job {} has no result", accepted.id)))?;
     let result_reference = BlobRef::of_blob(&result)?;
-    let result = claim.resolve(result).await?;
-
-    // Close drains the queues (archive, activity), then the workers end.
-    broker.close().await?;
-    for w in workers {
-        w.await.map_err(|e| Error::Closed(e.to_string()))??;
-    }
+    let result = ClaimCheck::new(blobs.clone(), inline_max)
+        .resolve(result)
+        .await?;
+    // The in-memory broker drains its queues (archive, activity) first.
+    running.shutdown().await?;
     let archived = archive
         .original(accepted.id)
         .await?

@@ -22,6 +22,7 @@
 
 pub mod blobs;
 pub mod broker;
+pub mod process;
 pub mod results;
 pub mod store;
 

@@ -134,6 +134,19 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The values of the `PIPELINE_*` variables alone (defaults for the
+    /// others), for programs that take no flags.
+    pub fn from_env() -> Result<Self, Error> {
+        #[derive(Debug, clap::Parser)]
+        struct EnvOnly {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        <EnvOnly as clap::Parser>::try_parse_from(["pipeline"])
+            .map(|c| c.args)
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+
     /// The settings these flags describe.
     pub fn settings(&self) -> Result<Settings, Error> {
         let mut presets = match &self.presets_file {
@@ -170,6 +183,7 @@ impl ServeArgs {
             concurrency: self.concurrency,
             result_ttl: Duration::from_secs(self.result_ttl),
             max_attempts: self.max_attempts,
+            retry: defaults.retry,
             batch: self.batch,
             drain_timeout: Duration::from_secs(self.drain_timeout),
             request_grace: defaults.request_grace,
