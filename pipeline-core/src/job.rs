@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Where a job stands.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -43,6 +44,7 @@ impl JobState {
 }
 
 /// Why a job failed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobFailure {
     /// Stable machine-readable code, for example `corrupt_image`.
@@ -52,6 +54,7 @@ pub struct JobFailure {
 }
 
 /// Facts about one image file.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaInfo {
     /// Format name, for example `jpeg`.
@@ -69,6 +72,7 @@ pub struct MediaInfo {
 }
 
 /// What a transformer reports about a job: the `info` part of its messages.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobInfo {
     /// The uploaded image (absent when it could not even be read).

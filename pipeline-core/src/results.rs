@@ -71,6 +71,7 @@ impl JobStatus {
 }
 
 /// Serializable view of a [`JobStatus`] without bytes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobSummary {
     /// Job id.

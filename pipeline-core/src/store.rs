@@ -61,6 +61,7 @@ impl ArchiveRecord {
 }
 
 /// An archived job as read back.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {
     /// Job id.
@@ -88,6 +89,7 @@ pub struct ImageRecord {
 }
 
 /// One page of a listing.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page {
     /// Newest first.

@@ -2,11 +2,21 @@
 //!
 //! The HTTP API of the pipeline as an axum [`Router`]: `/v1/images` (upload,
 //! status, result, original, list), `/v1/events` (server-sent completions),
-//! the prototype's `/image` routes, `/healthz`, `/readyz`, `/openapi.json`
-//! and a small upload page at `/`. Embed it with [`router`].
+//! `/v1/transforms` (the catalogue of operations and presets), the
+//! prototype's `/image` routes, `/healthz`, `/readyz`, `/openapi.json`
+//! (generated from the handlers, see [`ApiDoc`]) and a small upload page at
+//! `/`. Embed it with [`router`].
+#![warn(missing_docs)]
 
+mod catalog;
+mod common;
 mod error;
-mod handlers;
+mod events;
+mod health;
+mod lookup;
+mod openapi;
+pub mod schema;
+mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +25,11 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use pipeline_core::services::Submitter;
-use pipeline_core::{BlobStore, Broker, ImageStore, ResultStore};
+use pipeline_core::{Broker, ImageStore, ResultStore};
 
 pub use error::ApiError;
+pub use health::health_router;
+pub use openapi::{ApiDoc, document};
 
 /// Limits and defaults of the API.
 #[derive(Debug, Clone)]
@@ -64,56 +76,21 @@ pub fn router(state: ApiState) -> Router {
         .saturating_mul(state.config.max_files)
         .saturating_add(1024 * 1024);
     Router::new()
-        .route("/", get(handlers::index))
-        .route("/v1/images", post(handlers::upload).get(handlers::list))
-        .route("/v1/images/{id}", get(handlers::status))
-        .route("/v1/images/{id}/result", get(handlers::result))
-        .route("/v1/images/{id}/original", get(handlers::original))
-        .route("/v1/events", get(handlers::events))
-        .route("/image", post(handlers::legacy_upload))
-        .route("/image/{id}", get(handlers::legacy_get))
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/openapi.json", get(handlers::openapi))
-        .fallback(handlers::not_found)
+        .route("/", get(openapi::index))
+        .route("/v1/images", post(upload::upload).get(lookup::list))
+        .route("/v1/images/{id}", get(lookup::status))
+        .route("/v1/images/{id}/result", get(lookup::result))
+        .route("/v1/images/{id}/original", get(lookup::original))
+        .route("/v1/events", get(events::events))
+        .route("/v1/transforms", get(catalog::transforms))
+        .route("/image", post(upload::legacy_upload))
+        .route("/image/{id}", get(lookup::legacy_get))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi))
+        .fallback(openapi::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(Arc::new(state))
-}
-
-/// `/healthz` and `/readyz` alone, for worker processes: ready while the
-/// broker and, when given, the archive and the blob store answer.
-pub fn health_router(
-    broker: Arc<dyn Broker>,
-    archive: Option<Arc<dyn ImageStore>>,
-    blobs: Option<Arc<dyn BlobStore>>,
-) -> Router {
-    let readyz = move || {
-        let (broker, archive, blobs) = (broker.clone(), archive.clone(), blobs.clone());
-        async move {
-            let optional = |r: Option<pipeline_core::Result<()>>| r.unwrap_or(Ok(()));
-            let archive = async {
-                match &archive {
-                    Some(a) => Some(a.ready().await),
-                    None => None,
-                }
-            };
-            let blobs = async {
-                match &blobs {
-                    Some(b) => Some(b.ready().await),
-                    None => None,
-                }
-            };
-            let (broker, archive, blobs) = tokio::join!(broker.ready(), archive, blobs);
-            handlers::readiness(&[
-                ("broker", broker),
-                ("archive", optional(archive)),
-                ("blobs", optional(blobs)),
-            ])
-        }
-    };
-    Router::new()
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(readyz))
 }
 
 #[cfg(test)]
@@ -195,6 +172,100 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert_eq!(json(r).await["error"]["code"], "not_found");
+    }
+
+    #[test]
+    fn the_openapi_document_covers_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(&document()).unwrap();
+        if std::env::var_os("PIPELINE_PRINT_OPENAPI").is_some() {
+            println!("{}", document());
+        }
+        let paths = doc["paths"].as_object().unwrap();
+        let mut documented: Vec<String> = Vec::new();
+        for (path, item) in paths {
+            for method in item.as_object().unwrap().keys() {
+                documented.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+        documented.sort();
+        // Every route of `router` but the page and the document itself.
+        let mut routes = vec![
+            "POST /v1/images",
+            "GET /v1/images",
+            "GET /v1/images/{id}",
+            "GET /v1/images/{id}/result",
+            "GET /v1/images/{id}/original",
+            "GET /v1/events",
+            "GET /v1/transforms",
+            "POST /image",
+            "GET /image/{id}",
+            "GET /healthz",
+            "GET /readyz",
+        ];
+        routes.sort();
+        assert_eq!(documented, routes);
+        // Every operation documents its errors with the error body.
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                let responses = op["responses"].as_object().unwrap();
+                for (code, r) in responses {
+                    if code.starts_with('4') {
+                        let schema = &r["content"]["application/json"]["schema"]["$ref"];
+                        assert_eq!(
+                            schema, "#/components/schemas/ErrorBody",
+                            "{method} {path} {code}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_catalogue_lists_operations_and_presets() {
+        let app = app().await;
+        let r = app
+            .oneshot(Request::get("/v1/transforms").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = json(r).await;
+        let ops = body["operations"].as_array().unwrap();
+        let resize = ops.iter().find(|o| o["name"] == "resize").unwrap();
+        assert!(resize["usage"].as_str().unwrap().starts_with("resize:WxH"));
+        assert_eq!(resize["params"][0]["kind"], "size");
+        assert_eq!(resize["params"][1]["choices"][1], "fill");
+        assert_eq!(resize["params"][1]["required"], false);
+        let presets = body["presets"].as_array().unwrap();
+        assert!(presets.iter().any(|p| p["name"] == "thumbnail"));
+        assert_eq!(body["default_transform"], "stamp");
+    }
+
+    #[tokio::test]
+    async fn wait_is_capped_before_it_can_overflow() {
+        let app = app().await;
+        let id = uuid::Uuid::now_v7();
+        for wait in ["1e20", "1.7976931348623157e308"] {
+            let r = app
+                .clone()
+                .oneshot(
+                    Request::get(format!("/v1/images/{id}/result?wait={wait}"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "wait={wait}");
+        }
+        let r = app
+            .oneshot(
+                Request::get(format!("/v1/images/{id}/result?wait=-1"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ pub use pool::BlockingPool;
 #[cfg(feature = "image")]
 pub use processor::{Processed, Processor};
 #[cfg(feature = "image")]
-pub use registry::{Transform, TransformContext, TransformRegistry};
+pub use registry::{Param, ParamKind, Transform, TransformContext, TransformRegistry};
 pub use spec::{MAX_OPERATIONS, Operation, TransformSpec};
 #[cfg(feature = "image")]
 pub use stamp::{draw_text, stamp_text};

@@ -36,6 +36,11 @@ pub trait Transform: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// One line on what it does and its arguments, for error messages and docs.
     fn usage(&self) -> &str;
+    /// Its arguments, in order, for catalogues and generated forms
+    /// (`GET /v1/transforms`). The default describes none.
+    fn params(&self) -> Vec<Param> {
+        Vec::new()
+    }
     /// Check arguments.
     fn validate(&self, args: &[String]) -> Result<()>;
     /// Transform `image`.
@@ -45,6 +50,81 @@ pub trait Transform: Send + Sync + 'static {
         args: &[String],
         ctx: &mut TransformContext,
     ) -> Result<DynamicImage>;
+}
+
+/// What kind of value an argument takes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamKind {
+    /// A whole number.
+    Integer,
+    /// A decimal number.
+    Number,
+    /// `WxH`, `Wx`, `xH` or `N` pixels.
+    Size,
+    /// One of [`Param::choices`].
+    Choice,
+    /// Free text.
+    Text,
+}
+
+/// One argument of a transform.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Param {
+    /// Its name in usage lines and forms.
+    pub name: String,
+    /// What it takes.
+    pub kind: ParamKind,
+    /// Whether it must be given (optional ones come last).
+    pub required: bool,
+    /// What it does.
+    pub description: String,
+    /// The accepted values of a [`ParamKind::Choice`].
+    pub choices: Vec<String>,
+    /// Smallest value (numbers; each side of a size).
+    pub min: Option<f64>,
+    /// Largest value.
+    pub max: Option<f64>,
+    /// Value when left out.
+    pub default: Option<String>,
+}
+
+impl Param {
+    /// A required argument.
+    pub fn new(name: &str, kind: ParamKind, description: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            kind,
+            required: true,
+            description: description.to_string(),
+            choices: Vec::new(),
+            min: None,
+            max: None,
+            default: None,
+        }
+    }
+
+    /// Optional, with `default` (if it has one).
+    pub fn optional(mut self, default: Option<&str>) -> Self {
+        self.required = false;
+        self.default = default.map(str::to_string);
+        self
+    }
+
+    /// Bounds of a number (or of each side of a size).
+    pub fn range(mut self, min: f64, max: f64) -> Self {
+        self.min = Some(min);
+        self.max = Some(max);
+        self
+    }
+
+    /// The values of a choice.
+    pub fn choices(mut self, choices: &[&str]) -> Self {
+        self.choices = choices.iter().map(|c| c.to_string()).collect();
+        self
+    }
 }
 
 /// Transforms by name.
@@ -99,6 +179,11 @@ impl TransformRegistry {
             .values()
             .map(|t| (t.name().to_string(), t.usage().to_string()))
             .collect()
+    }
+
+    /// Every transform, by name.
+    pub fn transforms(&self) -> impl Iterator<Item = &Arc<dyn Transform>> {
+        self.transforms.values()
     }
 
     /// Check every operation of `spec` (known name, valid arguments).

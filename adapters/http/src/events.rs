@@ -1,0 +1,44 @@
+//! `GET /v1/events`: completions of the tenant's jobs as server-sent events.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+
+use crate::common::{ApiResult, AppState, tenant};
+use crate::openapi::TenantHeader;
+use crate::schema::ErrorBody;
+
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "images",
+    params(TenantHeader),
+    responses(
+        (status = 200, description = "One event per finished job of the tenant: `event` is `done` or `failed`, `id` the job id, `data` its status as JSON", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Bad tenant", body = ErrorBody),
+        (status = 503, description = "The result store is down; retry", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn events(State(state): AppState, headers: HeaderMap) -> ApiResult<Response> {
+    let tenant = tenant(&headers)?;
+    let stream = state.results.completions().await?;
+    let events = stream
+        .filter(move |s| futures::future::ready(s.tenant == tenant))
+        .map(|s| {
+            let data = serde_json::to_string(&s).unwrap_or_default();
+            Ok::<_, Infallible>(
+                Event::default()
+                    .event(s.status.as_str())
+                    .id(s.id.to_string())
+                    .data(data),
+            )
+        });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

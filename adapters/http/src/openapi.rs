@@ -1,0 +1,68 @@
+//! The OpenAPI document, generated from the handlers and the types of
+//! [`crate::schema`]; the upload page; the 404 of unknown routes.
+
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use utoipa::{IntoParams, OpenApi};
+
+use crate::error::ApiError;
+use crate::{catalog, events, health, lookup, upload};
+
+/// The `X-Tenant` header every image route reads.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct TenantHeader {
+    /// Tenant owning the jobs (1-128 characters of A-Z, a-z, 0-9, '-', '_',
+    /// '.'); `default` when absent.
+    #[param(rename = "X-Tenant", pattern = r"^[A-Za-z0-9._-]{1,128}$")]
+    x_tenant: Option<String>,
+}
+
+/// The API's OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "pipeline",
+        description = "Upload images, get them back transformed. Errors are JSON with a stable `code`.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    paths(
+        upload::upload,
+        lookup::list,
+        lookup::status,
+        lookup::result,
+        lookup::original,
+        events::events,
+        catalog::transforms,
+        upload::legacy_upload,
+        lookup::legacy_get,
+        health::healthz,
+        health::readyz,
+    ),
+    tags(
+        (name = "images", description = "Uploads, results and the archive"),
+        (name = "prototype", description = "The Python prototype's routes"),
+        (name = "operations", description = "Health and readiness"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON.
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
+}
+
+pub(crate) async fn index() -> Html<&'static str> {
+    Html(include_str!("../assets/index.html"))
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}

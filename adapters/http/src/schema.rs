@@ -1,0 +1,208 @@
+//! The JSON bodies of the API, as types: the handlers serialize them and
+//! the OpenAPI document is generated from them, so the two cannot drift.
+
+use std::collections::BTreeMap;
+
+use pipeline_core::ImageRecord;
+use pipeline_core::services::Accepted;
+use pipeline_core::store::{JobFailure, JobInfo, JobState, MediaInfo};
+use pipeline_core::transform::Param;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Answer to `POST /v1/images`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadResponse {
+    /// One entry per uploaded file, in request order.
+    pub images: Vec<UploadedImage>,
+}
+
+/// One accepted upload.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadedImage {
+    /// Job id.
+    pub id: Uuid,
+    /// Always `pending` at upload.
+    pub status: JobState,
+    /// Detected input format (`jpeg`, `png`...).
+    pub format: String,
+    /// Input width in pixels.
+    pub width: u32,
+    /// Input height in pixels.
+    pub height: u32,
+    /// The transform spec that will be applied, in compact form.
+    pub spec: String,
+    /// `GET` for the status.
+    pub status_url: String,
+    /// `GET` for the transformed image.
+    pub result_url: String,
+    /// `GET` for the image as uploaded.
+    pub original_url: String,
+}
+
+impl From<&Accepted> for UploadedImage {
+    fn from(a: &Accepted) -> Self {
+        Self {
+            id: a.id,
+            status: JobState::Pending,
+            format: a.format.clone(),
+            width: a.width,
+            height: a.height,
+            spec: a.spec.clone(),
+            status_url: format!("/v1/images/{}", a.id),
+            result_url: format!("/v1/images/{}/result", a.id),
+            original_url: format!("/v1/images/{}/original", a.id),
+        }
+    }
+}
+
+/// Answer to the prototype's `POST /image`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LegacyUploadResponse {
+    /// Job id.
+    pub id: Uuid,
+}
+
+/// Where a job stands (`GET /v1/images/{id}`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImageStatus {
+    /// Job id.
+    pub id: Uuid,
+    /// Owner.
+    pub tenant: String,
+    /// `pending`, `done` or `failed`.
+    pub status: JobState,
+    /// Transform spec in compact form.
+    pub spec: String,
+    /// Unix ms of submission.
+    pub submitted_at_ms: i64,
+    /// Unix ms of the last change.
+    pub updated_at_ms: i64,
+    /// What the transformer reported (while the job is in the result store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<JobInfo>,
+    /// The uploaded image (once archived).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original: Option<MediaInfo>,
+    /// The transformed image (once archived).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<MediaInfo>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobFailure>,
+    /// Worker that ran it (once archived).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Whether this comes from the archive (the result store's copy expired).
+    pub archived: bool,
+}
+
+impl From<ImageRecord> for ImageStatus {
+    fn from(r: ImageRecord) -> Self {
+        Self {
+            id: r.job_id,
+            tenant: r.tenant,
+            status: r.state,
+            spec: r.spec,
+            submitted_at_ms: r.submitted_at_ms,
+            updated_at_ms: r.finished_at_ms,
+            info: None,
+            original: r.original,
+            result: r.result,
+            error: r.error,
+            worker: Some(r.worker),
+            archived: true,
+        }
+    }
+}
+
+/// A job that is not finished (`202`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Pending {
+    /// Job id.
+    pub id: Uuid,
+    /// Always `pending`.
+    pub status: JobState,
+}
+
+/// A page of archived jobs (`GET /v1/images`), newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImageList {
+    /// The jobs of this page.
+    pub items: Vec<ImageRecord>,
+    /// Pass back as `cursor` for the next page; `null` at the end.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// An error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// Stable code and human message of an error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`corrupt_image`, `not_found`...).
+    pub code: String,
+    /// What was wrong, for a person.
+    pub message: String,
+    /// For `job_failed`: the job's own failure code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The catalogue of transforms (`GET /v1/transforms`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Catalogue {
+    /// Every registered operation, by name.
+    pub operations: Vec<OperationInfo>,
+    /// Every preset (`?preset=`), by name.
+    pub presets: Vec<PresetInfo>,
+    /// The spec applied when an upload names none.
+    pub default_transform: String,
+    /// Most operations in one spec.
+    pub max_operations: usize,
+}
+
+/// One operation of the catalogue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationInfo {
+    /// Its name in specs.
+    pub name: String,
+    /// One line on what it does and its arguments.
+    pub usage: String,
+    /// Its arguments, in order (`name:arg1:arg2`).
+    pub params: Vec<Param>,
+}
+
+/// One preset of the catalogue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresetInfo {
+    /// Its name (`?preset=NAME`).
+    pub name: String,
+    /// The spec it stands for.
+    pub spec: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` while the process serves requests.
+    pub status: String,
+}
+
+/// `GET /readyz`: `status` is `ready` or `not_ready`; every other key is a
+/// backend (`broker`, `results`, `archive`, `blobs`) with `ok` or what is
+/// wrong.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ready", "broker": "ok", "archive": "ok"}))]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    /// Each backend checked: `ok`, or its error.
+    #[serde(flatten)]
+    pub checks: BTreeMap<String, String>,
+}
