@@ -19,6 +19,11 @@ pub use settings::{
     ARCHIVE_BLOBS, DEFAULT_DATABASE_URL, Roles, Settings, Urls, parse_preset, parse_presets,
 };
 
+/// `docs/embedding.md`, compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/embedding.md")]
+pub struct EmbeddingGuide;
+
 /// The core crate: traits, envelope, transforms, services, memory backends.
 pub use pipeline_core as core;
 /// The HTTP API crate (axum router).

@@ -215,7 +215,7 @@ impl BlobStore for SqlArchive {
             content_type: content_type.to_string(),
             data,
         };
-        crate::retry_conflicts(|| self.put_once(key, &blob)).await
+        crate::images::retry_conflicts(|| self.put_once(key, &blob)).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Blob>> {

@@ -56,7 +56,7 @@ async fn run(transformer_bin: &str, transformer_args: &[&str]) {
         START,
     );
 
-    let http = reqwest::Client::new();
+    let http = pipeline::cli::http_client_builder().build().unwrap();
     let png = example_custom_transform::sample_png().unwrap();
     let resp = http
         .post(format!(

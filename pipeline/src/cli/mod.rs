@@ -170,10 +170,10 @@ pub fn block_on(future: impl std::future::Future<Output = Result<(), Error>>) ->
     }
 }
 
-/// A reqwest client builder, after making sure rustls has its crypto
-/// provider when a TLS backend is compiled in (see `pipeline-object-store`).
+/// A reqwest client builder, after making sure rustls has its process-wide
+/// crypto provider: in a build where another crate turned on reqwest's
+/// rustls without a provider, building a client would panic otherwise.
 pub fn http_client_builder() -> reqwest::ClientBuilder {
-    #[cfg(feature = "s3")]
-    pipeline_object_store::install_crypto_provider();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
 }
