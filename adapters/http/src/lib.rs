@@ -6,7 +6,6 @@
 //! prototype's `/image` routes, `/healthz`, `/readyz`, `/openapi.json`
 //! (generated from the handlers, see [`ApiDoc`]) and a small upload page at
 //! `/`. Embed it with [`router`].
-#![warn(missing_docs)]
 
 mod catalog;
 mod common;

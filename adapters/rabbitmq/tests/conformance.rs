@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use pipeline_rabbitmq::RabbitBroker;
 
+/// The RabbitMQ URL of the suite, with queues that expire.
 pub fn url() -> String {
     let base = std::env::var("PIPELINE_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
