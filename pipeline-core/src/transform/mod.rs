@@ -15,6 +15,8 @@ mod registry;
 mod spec;
 #[cfg(feature = "image")]
 mod stamp;
+#[cfg(feature = "image")]
+mod structure;
 
 #[cfg(feature = "image")]
 pub use codec::{ImageLimits, OutputFormat, Probe};

@@ -10,6 +10,32 @@ use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 pub mod procs;
 pub mod proxy;
 
+/// An HTTP client with a 60 s timeout.
+pub fn client() -> reqwest::Client {
+    pipeline::cli::http_client_builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// Status and `error.code` of an error answer (which must have a message).
+pub async fn error_code(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.expect("error body is JSON");
+    let code = body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_string();
+    assert!(
+        !body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "no message: {body}"
+    );
+    (status, code)
+}
+
 /// A running `pipeline serve` on a free port with its own data folder.
 pub struct Server {
     pub child: Child,
