@@ -10,6 +10,7 @@ use futures::StreamExt;
 
 use crate::common::{ApiResult, AppState, tenant};
 use crate::openapi::TenantHeader;
+use crate::responses::*;
 use crate::schema::ErrorBody;
 
 #[utoipa::path(
@@ -20,8 +21,7 @@ use crate::schema::ErrorBody;
     responses(
         (status = 200, description = "One event per finished job of the tenant: `event` is `done` or `failed`, `id` the job id, `data` its status as JSON", content_type = "text/event-stream", body = String),
         (status = 400, description = "Bad tenant", body = ErrorBody),
-        (status = 503, description = "The result store is down; retry", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, response = Unavailable),
     )
 )]
 pub(crate) async fn events(State(state): AppState, headers: HeaderMap) -> ApiResult<Response> {

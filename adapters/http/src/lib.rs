@@ -14,6 +14,7 @@ mod events;
 mod health;
 mod lookup;
 mod openapi;
+mod responses;
 pub mod schema;
 mod upload;
 
@@ -203,12 +204,22 @@ mod tests {
         ];
         routes.sort();
         assert_eq!(documented, routes);
-        // Every operation documents its errors with the error body.
+        // Every operation documents its errors with the error body, and
+        // every reference resolves.
         for (path, item) in paths {
             for (method, op) in item.as_object().unwrap() {
                 let responses = op["responses"].as_object().unwrap();
                 for (code, r) in responses {
-                    if code.starts_with('4') {
+                    let r = match r["$ref"].as_str() {
+                        Some(name) => {
+                            let name = name.trim_start_matches("#/components/responses/");
+                            &doc["components"]["responses"][name]
+                        }
+                        None => r,
+                    };
+                    assert!(r.is_object(), "{method} {path} {code}: dangling reference");
+                    // `/readyz` answers 503 with its readiness body.
+                    if code.starts_with('4') || (code.starts_with('5') && path != "/readyz") {
                         let schema = &r["content"]["application/json"]["schema"]["$ref"];
                         assert_eq!(
                             schema, "#/components/schemas/ErrorBody",

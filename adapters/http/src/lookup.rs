@@ -19,6 +19,7 @@ use crate::ApiState;
 use crate::common::{ApiResult, AppState, job_id, query, tenant};
 use crate::error::ApiError;
 use crate::openapi::TenantHeader;
+use crate::responses::*;
 use crate::schema::{ErrorBody, ErrorDetail, ImageList, ImageStatus, Pending};
 
 /// Where a job stands, from the result store or else the archive.
@@ -134,9 +135,8 @@ fn wait_of(state: &ApiState, q: WaitQuery) -> ApiResult<Duration> {
     responses(
         (status = 200, description = "Where the job stands", body = ImageStatus),
         (status = 400, description = "Bad tenant", body = ErrorBody),
-        (status = 404, description = "No such job for this tenant", body = ErrorBody),
-        (status = 503, description = "A backend is down; retry", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
     )
 )]
 pub(crate) async fn status(
@@ -176,16 +176,12 @@ pub(crate) async fn status(
     tag = "images",
     params(("id" = String, Path, description = "Job id (a UUID)"), WaitQuery, TenantHeader),
     responses(
-        (status = 200, description = "The transformed image", content(
-            ("image/jpeg"), ("image/png"), ("image/webp"), ("image/gif"), ("image/bmp"), ("image/tiff")
-        )),
-        (status = 202, description = "Not finished yet (after `wait`, if given)", body = Pending,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 200, response = Image),
+        (status = 202, response = NotReady),
         (status = 400, description = "Bad `wait` or tenant", body = ErrorBody),
-        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 404, response = NotFound),
         (status = 422, description = "The job failed: `reason` says why", body = ErrorBody),
-        (status = 503, description = "A backend is down; retry", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, response = Unavailable),
     )
 )]
 pub(crate) async fn result(
@@ -239,15 +235,11 @@ async fn archived_result(state: &ApiState, r: ImageRecord) -> ApiResult<Response
     tag = "images",
     params(("id" = String, Path, description = "Job id (a UUID)"), TenantHeader),
     responses(
-        (status = 200, description = "The image as uploaded (once archived)", content(
-            ("image/jpeg"), ("image/png"), ("image/webp"), ("image/gif"), ("image/bmp"), ("image/tiff")
-        )),
-        (status = 202, description = "Known, not archived yet", body = Pending,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 200, response = Image),
+        (status = 202, response = NotReady),
         (status = 400, description = "Bad tenant", body = ErrorBody),
-        (status = 404, description = "No such job for this tenant", body = ErrorBody),
-        (status = 503, description = "A backend is down; retry", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
     )
 )]
 pub(crate) async fn original(
@@ -293,8 +285,7 @@ pub(crate) struct ListQuery {
     responses(
         (status = 200, description = "Archived jobs of the tenant, newest first", body = ImageList),
         (status = 400, description = "Bad cursor, limit or tenant", body = ErrorBody),
-        (status = 503, description = "A backend is down; retry", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, response = Unavailable),
     )
 )]
 pub(crate) async fn list(
@@ -336,15 +327,12 @@ pub(crate) async fn list(
     tag = "prototype",
     params(("id" = String, Path, description = "Job id (a UUID)"), TenantHeader),
     responses(
-        (status = 200, description = "The transformed image", content(
-            ("image/jpeg"), ("image/png"), ("image/webp"), ("image/gif"), ("image/bmp"), ("image/tiff")
-        )),
+        (status = 200, response = Image),
         (status = 204, description = "Not ready yet"),
         (status = 400, description = "Bad tenant", body = ErrorBody),
-        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 404, response = NotFound),
         (status = 422, description = "The job failed: `reason` says why", body = ErrorBody),
-        (status = 503, description = "A backend is down; retry", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, response = Unavailable),
     )
 )]
 pub(crate) async fn legacy_get(

@@ -40,6 +40,15 @@ pub(crate) struct TenantHeader {
         health::healthz,
         health::readyz,
     ),
+    components(
+        responses(
+            crate::responses::Image,
+            crate::responses::NotFound,
+            crate::responses::NotReady,
+            crate::responses::Unavailable
+        ),
+        schemas(crate::schema::ErrorBody, crate::schema::Pending)
+    ),
     tags(
         (name = "images", description = "Uploads, results and the archive"),
         (name = "prototype", description = "The Python prototype's routes"),

@@ -16,6 +16,7 @@ use crate::ApiState;
 use crate::common::{ApiResult, AppState, query, tenant};
 use crate::error::ApiError;
 use crate::openapi::TenantHeader;
+use crate::responses::*;
 use crate::schema::{ErrorBody, LegacyUploadResponse, UploadResponse, UploadedImage};
 
 /// Query of `POST /v1/images`.
@@ -271,8 +272,7 @@ async fn accept(
         (status = 413, description = "A file or the request is too large, or too many files", body = ErrorBody),
         (status = 415, description = "Not an image, or a format the deployment does not accept", body = ErrorBody),
         (status = 422, description = "A corrupt image, or one over the pixel limits", body = ErrorBody),
-        (status = 503, description = "Too many jobs in flight, or a backend is down; retry", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, response = Unavailable),
     )
 )]
 pub(crate) async fn upload(
@@ -310,8 +310,7 @@ pub(crate) async fn upload(
         (status = 413, description = "The image is too large", body = ErrorBody),
         (status = 415, description = "Not an image, or not multipart/form-data", body = ErrorBody),
         (status = 422, description = "A corrupt image, or one over the pixel limits", body = ErrorBody),
-        (status = 503, description = "Too many jobs in flight, or a backend is down; retry", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, response = Unavailable),
     )
 )]
 pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiResult<Response> {

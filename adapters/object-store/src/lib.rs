@@ -72,6 +72,11 @@ impl ObjectBlobStore {
     /// in the environment, not in the URL.
     pub fn from_url(url: &str) -> Result<Self> {
         let u = BackendUrl::parse(url)?;
+        if u.scheme() != "s3" {
+            return Err(Error::Config(format!(
+                "blob store URL {u}: expected s3://bucket/prefix"
+            )));
+        }
         let options = u.query_pairs();
         let options: Vec<(&str, &str)> = options
             .iter()
