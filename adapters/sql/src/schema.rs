@@ -2,7 +2,10 @@
 //! built at run time with sea-query, which writes each database's own types.
 
 use sea_orm::sea_query::{Alias, ColumnDef, ExprTrait, Index, Table, TableCreateStatement};
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement};
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
+};
 
 use pipeline_core::{Error, Result};
 
@@ -204,13 +207,88 @@ fn v2(backend: DatabaseBackend, t: &Tables) -> Vec<Statement> {
     out
 }
 
-/// Apply the migrations not yet recorded in the namespace's migration table.
+/// Apply the migrations not yet recorded in the namespace's migration
+/// table, one process at a time: several processes starting together on a
+/// fresh namespace would otherwise race on `CREATE TABLE IF NOT EXISTS`
+/// (PostgreSQL then fails one with a duplicate `pg_type` key).
+///
+/// The lock lives as long as one transaction on one connection:
+/// PostgreSQL's `pg_advisory_xact_lock` (and the DDL is transactional, so
+/// a migration applies whole or not at all), MySQL/MariaDB's `GET_LOCK`
+/// (released explicitly; DDL commits by itself there), SQLite's `BEGIN
+/// IMMEDIATE` (the database's write lock; others wait on the busy timeout).
 pub(crate) async fn migrate(
     db: &DatabaseConnection,
     backend_name: &'static str,
     t: &Tables,
 ) -> Result<()> {
     let backend = db.get_database_backend();
+    let err = |e| db_error(backend_name, e);
+    let options = TransactionOptions {
+        sqlite_transaction_mode: (backend == DatabaseBackend::Sqlite)
+            .then_some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    };
+    let txn = db.begin_with_options(options).await.map_err(err)?;
+    let lock_name = t.migrations.clone();
+    match backend {
+        DatabaseBackend::Postgres => {
+            let sql = format!("SELECT pg_advisory_xact_lock({})", lock_key(&lock_name));
+            txn.execute_raw(Statement::from_string(backend, sql))
+                .await
+                .map_err(err)?;
+        }
+        DatabaseBackend::MySql => {
+            let sql = format!("SELECT GET_LOCK('{lock_name}', {MIGRATION_LOCK_WAIT_S}) AS got");
+            let got: Option<i64> = txn
+                .query_one_raw(Statement::from_string(backend, sql))
+                .await
+                .map_err(err)?
+                .and_then(|row| row.try_get("", "got").ok());
+            if got != Some(1) {
+                return Err(Error::Unavailable(format!(
+                    "another process held the migration lock of {lock_name} for {MIGRATION_LOCK_WAIT_S} s"
+                )));
+            }
+        }
+        _ => {}
+    }
+    let applied = apply(&txn, backend, backend_name, t).await;
+    if backend == DatabaseBackend::MySql {
+        let sql = format!("SELECT RELEASE_LOCK('{lock_name}')");
+        if let Err(e) = txn.execute_raw(Statement::from_string(backend, sql)).await {
+            tracing::warn!(error = %e, "releasing the migration lock failed");
+        }
+    }
+    match applied {
+        Ok(()) => txn.commit().await.map_err(err),
+        Err(e) => {
+            let _ = txn.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Longest wait for another process's migrations (MySQL/MariaDB).
+const MIGRATION_LOCK_WAIT_S: u32 = 120;
+
+/// A stable 63-bit key for `name` (FNV-1a), for PostgreSQL's advisory locks.
+fn lock_key(name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h >> 1) as i64
+}
+
+/// Create the migration table and apply the missing migrations on `conn`.
+async fn apply<C: ConnectionTrait>(
+    conn: &C,
+    backend: DatabaseBackend,
+    backend_name: &'static str,
+    t: &Tables,
+) -> Result<()> {
     let mut table = Table::create();
     table
         .table(Alias::new(&t.migrations))
@@ -218,7 +296,7 @@ pub(crate) async fn migrate(
         .col(col("version").big_integer().not_null().primary_key())
         .col(col("name").string_len(255).not_null())
         .col(col("applied_at").big_integer().not_null());
-    db.execute(&table)
+    conn.execute(&table)
         .await
         .map_err(|e| db_error(backend_name, e))?;
 
@@ -232,7 +310,7 @@ pub(crate) async fn migrate(
             .from(Alias::new(&t.migrations))
             .and_where(sea_orm::sea_query::Expr::col(Alias::new("version")).eq(version))
             .to_owned();
-        if db
+        if conn
             .query_one(&q)
             .await
             .map_err(|e| db_error(backend_name, e))?
@@ -241,10 +319,10 @@ pub(crate) async fn migrate(
             continue;
         }
         for stmt in statements {
-            if let Err(e) = db.execute_raw(stmt).await {
+            if let Err(e) = conn.execute_raw(stmt).await {
                 let msg = e.to_string();
-                // Another process may have won the race to create an index
-                // or add a column.
+                // A database upgraded by a version without the lock may
+                // hold an index or column already.
                 let raced = [
                     "Duplicate key name",
                     "already exists",
@@ -276,7 +354,7 @@ pub(crate) async fn migrate(
                     .to_owned(),
             )
             .to_owned();
-        db.execute(&insert)
+        conn.execute(&insert)
             .await
             .map_err(|e| db_error(backend_name, e))?;
         tracing::info!(version, name, "applied archive migration");
