@@ -30,6 +30,8 @@ pub mod headers {
     pub const ERROR_CODE: &str = "error-code";
     /// Human-readable error of a failed job.
     pub const ERROR: &str = "error";
+    /// Deliveries a job had when it was given up.
+    pub const ATTEMPTS: &str = "attempts";
     /// Prefix of every dead-letter header (removed when a message is replayed).
     pub const DEAD_LETTER_PREFIX: &str = "dead-letter-";
     /// Why a message was dead-lettered, for a person.

@@ -83,6 +83,7 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
                 default_spec: registry.parse(&settings.default_transform)?,
                 prefetch: pool.size() * 2,
                 retry: settings.retry,
+                max_attempts: settings.max_attempts,
             },
         );
         let transformer = match &claim {

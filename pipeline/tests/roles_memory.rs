@@ -36,6 +36,30 @@ impl Transform for Explode {
     }
 }
 
+/// A plugin whose backend is always down: every attempt fails transiently.
+struct Outage;
+impl Transform for Outage {
+    fn name(&self) -> &str {
+        "outage"
+    }
+    fn usage(&self) -> &str {
+        "outage"
+    }
+    fn validate(&self, _: &[String]) -> Result<()> {
+        Ok(())
+    }
+    fn apply(
+        &self,
+        _: DynamicImage,
+        _: &[String],
+        _: &mut TransformContext,
+    ) -> Result<DynamicImage> {
+        Err(pipeline::Error::Unavailable(
+            "the plugin's backend is down".into(),
+        ))
+    }
+}
+
 /// Fails the first `failures` publishes of one event, then behaves.
 #[derive(Debug)]
 struct Flaky {
@@ -79,6 +103,7 @@ impl Broker for Flaky {
 async fn start(broker: Arc<dyn Broker>) -> (Running, Arc<MemoryArchive>) {
     let mut registry = TransformRegistry::with_builtins();
     registry.register(Explode).unwrap();
+    registry.register(Outage).unwrap();
     let archive = Arc::new(MemoryArchive::new());
     let running = Pipeline::builder()
         .broker(broker)
@@ -92,6 +117,7 @@ async fn start(broker: Arc<dyn Broker>) -> (Running, Arc<MemoryArchive>) {
             s.concurrency = Some(2);
             s.batch = 8;
             s.retry = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
+            s.max_attempts = 3;
         })
         .start()
         .await
@@ -188,4 +214,32 @@ async fn a_transient_outage_is_retried_and_archived_once() {
         1,
         "{events:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_out_of_attempts_ends_failed_for_every_reader() {
+    let broker = Arc::new(MemoryBroker::new());
+    let (p, archive) = start(broker.clone()).await;
+    let id = submit(&p, "outage").await;
+    let status = p.finished(id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    let err = status.error.unwrap();
+    assert_eq!(err.code, "retries_exhausted");
+    assert!(
+        err.message.contains("gave up after 3 attempts") && err.message.contains("is down"),
+        "{}",
+        err.message
+    );
+    // Its in-flight slot is released when the result store announces it.
+    let submitter = p.submitter().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !submitter.in_flight().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "slot never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p.shutdown().await.unwrap();
+    let record = archive.get(id).await.unwrap().expect("archived");
+    assert_eq!(record.state, JobState::Failed);
+    assert_eq!(record.error.unwrap().code, "retries_exhausted");
+    assert_eq!(broker.depth("transform.dead"), 0, "not dead-lettered");
 }

@@ -28,7 +28,7 @@ pub use submit::{
     Accepted, InFlight, SubmitConfig, Submitter, Upload, Validation, default_presets,
 };
 #[cfg(feature = "image")]
-pub use transformer::{Transformer, TransformerConfig};
+pub use transformer::{RETRIES_EXHAUSTED, Transformer, TransformerConfig};
 
 use crate::broker::QueueSpec;
 use crate::envelope::events;

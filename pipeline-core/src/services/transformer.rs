@@ -17,6 +17,9 @@ use crate::store::{JobInfo, MediaInfo, sha256_hex};
 use crate::transform::codec::{content_type, format_name};
 use crate::transform::{BlockingPool, Processed, Processor, TransformSpec};
 
+/// Failure code of a job whose transient failures used up its attempts.
+pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+
 /// Settings of a transformer.
 #[derive(Debug, Clone)]
 pub struct TransformerConfig {
@@ -29,6 +32,11 @@ pub struct TransformerConfig {
     pub prefetch: usize,
     /// Backoff for transient failures (publishing downstream).
     pub retry: Backoff,
+    /// Deliveries of a job before it is given up: the last one that fails
+    /// transiently publishes `image.failed` (code `retries_exhausted`), so
+    /// the job ends `failed` for every reader instead of waiting, pending,
+    /// in the dead-letter queue. Use the queue's `max_attempts`.
+    pub max_attempts: u32,
 }
 
 /// Subscribes to submitted images, transforms them on a bounded blocking
@@ -112,12 +120,15 @@ impl Transformer {
             Err(e) => {
                 tracing::info!(job_id = %env.job_id, code = e.code(), error = %e, "job failed");
                 self.broker
-                    .publish(self.failure_event(&env, &e, started))
+                    .publish(self.failure_event(&env, e.code(), &e.to_string(), started))
                     .await
             }
         };
         let settled = match published {
             Ok(()) => delivery.ack().await,
+            Err(e) if delivery.attempt() >= self.config.max_attempts => {
+                self.give_up(delivery, &env, &e, started).await
+            }
             Err(e) => {
                 let delay = self.config.retry.delay(delivery.attempt());
                 tracing::warn!(job_id = %env.job_id, error = %e, ?delay, "job not finished; retrying");
@@ -126,6 +137,31 @@ impl Transformer {
         };
         if let Err(e) = settled {
             tracing::warn!(job_id = %env.job_id, error = %e, "settling failed; the job will be redelivered");
+        }
+    }
+
+    /// The job failed transiently on its last attempt: publish its terminal
+    /// failure and ack, or, if even that fails, let the delivery policy
+    /// dead-letter it.
+    async fn give_up(
+        &self,
+        delivery: Delivery,
+        env: &Envelope,
+        error: &Error,
+        started: Instant,
+    ) -> Result<()> {
+        let attempts = delivery.attempt();
+        let message = format!("gave up after {attempts} attempts: {error}");
+        tracing::warn!(job_id = %env.job_id, attempts, error = %error, "job failed: retries exhausted");
+        let failed = self
+            .failure_event(env, RETRIES_EXHAUSTED, &message, started)
+            .with_header(headers::ATTEMPTS, attempts.to_string());
+        match self.broker.publish(failed).await {
+            Ok(()) => delivery.ack().await,
+            Err(e) => {
+                let reason = format!("{message}; publishing the failure failed too: {e}");
+                delivery.nack(std::time::Duration::ZERO, reason).await
+            }
         }
     }
 
@@ -231,7 +267,13 @@ impl Transformer {
         Ok((transformed, archived))
     }
 
-    fn failure_event(&self, env: &Envelope, error: &Error, started: Instant) -> Envelope {
+    fn failure_event(
+        &self,
+        env: &Envelope,
+        code: &str,
+        message: &str,
+        started: Instant,
+    ) -> Envelope {
         let info = self.info(None, None, None);
         let mut failed = env
             .follow_up(events::FAILED)
@@ -240,8 +282,8 @@ impl Transformer {
                 headers::DURATION_MS,
                 format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
             )
-            .with_header(headers::ERROR_CODE, error.code())
-            .with_header(headers::ERROR, error.to_string())
+            .with_header(headers::ERROR_CODE, code)
+            .with_header(headers::ERROR, message)
             .with_part(Part::new(
                 parts::INFO,
                 "application/json",
