@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use fred::prelude::{ClientLike, LuaInterface, SortedSetsInterface, StreamsInterface};
+use fred::prelude::{
+    ClientLike, KeysInterface, LuaInterface, SortedSetsInterface, StreamsInterface,
+};
+use fred::types::Expiration;
 use fred::types::Value;
 use fred::types::streams::XReadResponse;
 use pipeline_core::broker::policy::{self, DeadCause, Disposition};
@@ -42,7 +45,11 @@ struct State {
     permits: Arc<Semaphore>,
     buffer: VecDeque<(String, Envelope)>,
     last_claim: tokio::time::Instant,
+    last_liveness_check: tokio::time::Instant,
     last_move: tokio::time::Instant,
+    /// Keeps this consumer's heartbeat going; dropping it stops the
+    /// heartbeat and removes the key.
+    _alive: tokio::sync::oneshot::Sender<()>,
     /// Pauses after failed reads, reset by a good one.
     backoff: pipeline_core::backoff::Retrying,
 }
@@ -57,9 +64,16 @@ pub(crate) async fn subscribe(inner: Arc<Inner>, sub: Subscription) -> Result<De
         .init()
         .await
         .map_err(|e| redis_error("connect a reader", e))?;
+    let consumer = format!("c-{}", uuid::Uuid::now_v7());
+    // Alive before the first read, so no one takes this consumer's entries.
+    let key = inner.alive_key(&sub.queue, &consumer);
+    beat(&inner, &key).await?;
+    let alive = heartbeat(Arc::clone(&inner), key);
     let state = State {
         stream: inner.stream(&sub.queue),
-        consumer: format!("c-{}", uuid::Uuid::now_v7()),
+        consumer,
+        _alive: alive,
+        last_liveness_check: tokio::time::Instant::now(),
         queue: sub.queue,
         permits: Arc::new(Semaphore::new(sub.prefetch)),
         buffer: VecDeque::new(),
@@ -102,6 +116,12 @@ impl State {
                 self.last_move = tokio::time::Instant::now();
                 if let Err(e) = self.move_due().await {
                     tracing::warn!(queue = %self.queue, error = %e, "moving delayed entries failed");
+                }
+            }
+            if self.last_liveness_check.elapsed() >= self.inner.liveness / 3 {
+                self.last_liveness_check = tokio::time::Instant::now();
+                if let Err(e) = self.claim_from_dead().await {
+                    tracing::warn!(queue = %self.queue, error = %e, "taking over the entries of dead consumers failed");
                 }
             }
             if self.last_claim.elapsed() >= self.inner.claim_idle / 4 {
@@ -176,9 +196,80 @@ impl State {
         }
     }
 
+    /// Take over the entries of consumers whose heartbeat expired (their
+    /// process died): within the liveness period of the death, whatever
+    /// their entries' age. A live consumer keeps its entries however long
+    /// its jobs take.
+    async fn claim_from_dead(&mut self) -> Result<()> {
+        let summary: Value = self
+            .inner
+            .client
+            .xpending(self.stream.as_str(), GROUP, ())
+            .await
+            .map_err(|e| redis_error("XPENDING", e))?;
+        for consumer in pending_consumers(summary) {
+            if consumer == self.consumer {
+                continue;
+            }
+            let key = self.inner.alive_key(&self.queue, &consumer);
+            let alive: i64 = self
+                .inner
+                .client
+                .exists(key)
+                .await
+                .map_err(|e| redis_error("EXISTS", e))?;
+            if alive > 0 {
+                continue;
+            }
+            // Entries it took at least a moment ago (a consumer writes its
+            // heartbeat before its first read, so this only guards against
+            // a clock race).
+            let grace = CLAIM_GRACE.as_millis() as u64;
+            let pending: Vec<(String, String, u64, u64)> = self
+                .inner
+                .client
+                .xpending(
+                    self.stream.as_str(),
+                    GROUP,
+                    (grace, "-", "+", 100, consumer.as_str()),
+                )
+                .await
+                .map_err(|e| redis_error("XPENDING", e))?;
+            let ids: Vec<String> = pending.into_iter().map(|(id, ..)| id).collect();
+            if ids.is_empty() {
+                let _: std::result::Result<i64, _> = self
+                    .inner
+                    .client
+                    .xgroup_delconsumer(self.stream.as_str(), GROUP, consumer.as_str())
+                    .await;
+                continue;
+            }
+            let claimed: Vec<Entry> = self
+                .inner
+                .client
+                .xclaim_values(
+                    self.stream.as_str(),
+                    GROUP,
+                    self.consumer.as_str(),
+                    grace,
+                    ids,
+                    None,
+                    None,
+                    None,
+                    false,
+                    false,
+                )
+                .await
+                .map_err(|e| redis_error("XCLAIM", e))?;
+            tracing::warn!(queue = %self.queue, %consumer, entries = claimed.len(), "a consumer died; taking over its entries");
+            self.take_over(claimed).await?;
+        }
+        Ok(())
+    }
+
     /// Take over entries another consumer left pending for `claim_idle`
-    /// (it died): each counts as an attempt, so an entry that kills its
-    /// consumers ends in the dead-letter stream.
+    /// (it died without a heartbeat): each counts as an attempt, so an entry
+    /// that kills its consumers ends in the dead-letter stream.
     async fn claim_abandoned(&mut self) -> Result<()> {
         let idle = self.inner.claim_idle.as_millis() as u64;
         let (_, claimed): (String, Vec<Entry>) = self
@@ -195,6 +286,12 @@ impl State {
             )
             .await
             .map_err(|e| redis_error("XAUTOCLAIM", e))?;
+        self.take_over(claimed).await
+    }
+
+    /// Entries taken from a dead consumer: delivered again (one attempt
+    /// more, or dead-lettered by the policy), then removed here.
+    async fn take_over(&mut self, claimed: Vec<Entry>) -> Result<()> {
         for (id, mut fields) in claimed {
             let frame = fields.remove(FIELD).unwrap_or_default();
             let handled = match wire::decode(frame.clone()) {
@@ -230,6 +327,59 @@ impl State {
             .map_err(|e| redis_error("move delayed entries", e))?;
         Ok(())
     }
+}
+
+/// How long an entry must have been pending before it can be taken from a
+/// dead consumer.
+const CLAIM_GRACE: Duration = Duration::from_millis(500);
+
+/// Refresh the heartbeat `key` for the liveness period.
+async fn beat(inner: &Inner, key: &str) -> Result<()> {
+    let ttl = i64::try_from(inner.liveness.as_millis()).unwrap_or(i64::MAX);
+    let _: Value = inner
+        .client
+        .set(key, "1", Some(Expiration::PX(ttl)), None, false)
+        .await
+        .map_err(|e| redis_error("SET heartbeat", e))?;
+    Ok(())
+}
+
+/// Refresh `key` three times per liveness period until the returned sender
+/// is dropped (the subscription ended), then remove it. A killed process
+/// stops beating and its key expires.
+fn heartbeat(inner: Arc<Inner>, key: String) -> tokio::sync::oneshot::Sender<()> {
+    let (tx, mut stop) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                () = tokio::time::sleep(inner.liveness / 3) => {}
+            }
+            if let Err(e) = beat(&inner, &key).await {
+                tracing::warn!(%key, error = %e, "heartbeat failed");
+            }
+        }
+        let _: std::result::Result<i64, _> = inner.client.del(&key).await;
+    });
+    tx
+}
+
+/// The consumers with pending entries, from an XPENDING summary
+/// (`[count, first, last, [[consumer, count], ...]]`).
+fn pending_consumers(summary: Value) -> Vec<String> {
+    let Value::Array(parts) = summary else {
+        return Vec::new();
+    };
+    let Some(Value::Array(consumers)) = parts.into_iter().nth(3) else {
+        return Vec::new();
+    };
+    consumers
+        .into_iter()
+        .filter_map(|c| match c {
+            Value::Array(pair) => pair.into_iter().next().and_then(|v| v.into_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// XACK then XDEL: a settled entry leaves the stream, so streams hold only

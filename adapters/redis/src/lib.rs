@@ -57,8 +57,11 @@ pub(crate) struct Inner {
     /// Keys created by `declare` expire after this (tests, ephemeral setups).
     key_ttl: Option<Duration>,
     /// Entries pending this long with a consumer are taken over (its
-    /// consumer is presumed dead).
+    /// consumer is presumed dead): the safety net behind liveness.
     pub(crate) claim_idle: Duration,
+    /// A consumer's heartbeat key lives this long; once it has expired,
+    /// the consumer is dead and live ones take its entries over.
+    pub(crate) liveness: Duration,
 }
 
 pub(crate) fn redis_error(what: &str, e: fred::error::Error) -> Error {
@@ -90,8 +93,11 @@ impl RedisBroker {
     /// URL as fred reads it) for `namespace`.
     ///
     /// Adapter options in the query string (removed before fred reads the
-    /// URL): `claim_idle_ms` (default 60000), `key_ttl_s` (none) and
-    /// `ca_file` (PEM roots for `rediss://`; default the system's).
+    /// URL): `liveness_ms` (default 3000: a consumer whose heartbeat is
+    /// older is dead, and its entries move on), `claim_idle_ms` (default
+    /// 60000: the safety net for entries of consumers without a
+    /// heartbeat), `key_ttl_s` (none) and `ca_file` (PEM roots for
+    /// `rediss://`; default the system's).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
         let (config, options) = config_from_url(url)?;
         Self::connect_config(
@@ -100,6 +106,7 @@ impl RedisBroker {
             namespace,
             options.key_ttl,
             options.claim_idle.unwrap_or(Duration::from_secs(60)),
+            options.liveness.unwrap_or(DEFAULT_LIVENESS),
         )
         .await
     }
@@ -122,8 +129,9 @@ impl RedisBroker {
         key_ttl: Option<Duration>,
         claim_idle: Duration,
     ) -> Result<Self> {
-        let (config, _) = config_from_url(url)?;
-        Self::connect_config(config, url, namespace, key_ttl, claim_idle).await
+        let (config, options) = config_from_url(url)?;
+        let liveness = options.liveness.unwrap_or(DEFAULT_LIVENESS);
+        Self::connect_config(config, url, namespace, key_ttl, claim_idle, liveness).await
     }
 
     async fn connect_config(
@@ -132,6 +140,7 @@ impl RedisBroker {
         namespace: &str,
         key_ttl: Option<Duration>,
         claim_idle: Duration,
+        liveness: Duration,
     ) -> Result<Self> {
         let client = new_client(&config)?;
         client
@@ -147,6 +156,7 @@ impl RedisBroker {
                 closed: AtomicBool::new(false),
                 key_ttl,
                 claim_idle,
+                liveness,
             }),
         })
     }
@@ -197,7 +207,11 @@ impl RedisBroker {
 pub(crate) struct UrlOptions {
     claim_idle: Option<Duration>,
     key_ttl: Option<Duration>,
+    liveness: Option<Duration>,
 }
+
+/// Default heartbeat lifetime of a consumer.
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(3);
 
 /// fred's configuration for `url`, and the adapter's options in it:
 /// `claim_idle_ms`, `key_ttl_s`, and `ca_file` (PEM certificates trusted
@@ -212,6 +226,9 @@ pub(crate) fn config_from_url(url: &str) -> Result<(Config, UrlOptions)> {
         key_ttl: u
             .take_parsed::<u64>("key_ttl_s")?
             .map(|s| Duration::from_secs(s.max(1))),
+        liveness: u
+            .take_parsed::<u64>("liveness_ms")?
+            .map(|ms| Duration::from_millis(ms.max(300))),
     };
     let ca_file = u.take("ca_file");
     let mut config = Config::from_url(u.as_str()).map_err(|e| bad(&u, e.to_string()))?;
@@ -280,6 +297,12 @@ impl Inner {
             Some(base) => format!("{{{}.{base}}}:dead", self.namespace),
             None => format!("{{{}.{queue}}}", self.namespace),
         }
+    }
+
+    /// Heartbeat key of `consumer` of `queue` (beside its stream, in the
+    /// same cluster slot).
+    pub(crate) fn alive_key(&self, queue: &str, consumer: &str) -> String {
+        format!("{}:alive:{consumer}", self.stream(queue))
     }
 
     pub(crate) fn delayed(&self, queue: &str) -> String {
