@@ -64,7 +64,8 @@ pub(crate) async fn subscribe(inner: Arc<Inner>, sub: Subscription) -> Result<De
         .init()
         .await
         .map_err(|e| redis_error("connect a reader", e))?;
-    let consumer = format!("c-{}", uuid::Uuid::now_v7());
+    // The process id tells operators (XINFO CONSUMERS) which process holds what.
+    let consumer = format!("c-{}-{}", std::process::id(), uuid::Uuid::now_v7());
     // Alive before the first read, so no one takes this consumer's entries.
     let key = inner.alive_key(&sub.queue, &consumer);
     beat(&inner, &key).await?;
@@ -225,16 +226,22 @@ impl State {
             // heartbeat before its first read, so this only guards against
             // a clock race).
             let grace = CLAIM_GRACE.as_millis() as u64;
+            // No more than this consumer can take on now.
+            let wanted = (self.permits.available_permits() + 1) as u64;
             let pending: Vec<(String, String, u64, u64)> = self
                 .inner
                 .client
                 .xpending(
                     self.stream.as_str(),
                     GROUP,
-                    (grace, "-", "+", 100, consumer.as_str()),
+                    (grace, "-", "+", wanted, consumer.as_str()),
                 )
                 .await
                 .map_err(|e| redis_error("XPENDING", e))?;
+            let delivered: HashMap<String, u64> = pending
+                .iter()
+                .map(|(id, _, _, count)| (id.clone(), *count))
+                .collect();
             let ids: Vec<String> = pending.into_iter().map(|(id, ..)| id).collect();
             if ids.is_empty() {
                 let _: std::result::Result<i64, _> = self
@@ -262,7 +269,44 @@ impl State {
                 .await
                 .map_err(|e| redis_error("XCLAIM", e))?;
             tracing::warn!(queue = %self.queue, %consumer, entries = claimed.len(), "a consumer died; taking over its entries");
-            self.take_over(claimed).await?;
+            self.adopt(claimed, &delivered).await?;
+        }
+        Ok(())
+    }
+
+    /// Entries claimed from a dead consumer, handed out by this one next,
+    /// in their place in the queue (not behind what is waiting). Their
+    /// attempt is the frame's plus the deliveries Redis counted for the
+    /// entry, so an entry that kills every consumer still ends in the
+    /// dead-letter stream.
+    async fn adopt(&mut self, claimed: Vec<Entry>, delivered: &HashMap<String, u64>) -> Result<()> {
+        let max = self.inner.max_attempts(&self.queue);
+        for (id, mut fields) in claimed.into_iter().rev() {
+            let frame = fields.remove(FIELD).unwrap_or_default();
+            let env = match wire::decode(frame.clone()) {
+                Ok(mut env) => {
+                    let before = delivered.get(&id).copied().unwrap_or(1).max(1);
+                    let made = u64::from(env.attempt) + before - 1;
+                    env.attempt = u32::try_from(made).unwrap_or(u32::MAX);
+                    env
+                }
+                Err(e) => {
+                    let env = policy::malformed(&self.queue, frame, &e);
+                    self.inner.add_dead(&self.queue, &env).await?;
+                    remove(&self.inner, &self.stream, &id).await?;
+                    continue;
+                }
+            };
+            match policy::unsettled(&self.queue, max, env) {
+                Disposition::Retry { envelope, .. } => {
+                    tracing::warn!(queue = %self.queue, job_id = %envelope.job_id, attempt = envelope.attempt, "took over an entry of a dead consumer");
+                    self.buffer.push_front((id, envelope));
+                }
+                dead => {
+                    dispose(&self.inner, &self.queue, dead).await?;
+                    remove(&self.inner, &self.stream, &id).await?;
+                }
+            }
         }
         Ok(())
     }

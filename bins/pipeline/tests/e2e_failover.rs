@@ -1,0 +1,121 @@
+//! Failover on Redis: a transformer killed with SIGKILL while it holds
+//! jobs; every job it held completes within 5 s of the kill (by liveness,
+//! not by idle time), and every job of the batch completes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::procs::{fetch_all, fetch_result, spawn, upload_batch};
+use fred::prelude::{ClientLike, StreamsInterface};
+use uuid::Uuid;
+
+/// The jobs the consumer of process `pid` holds in `stream`.
+async fn held_by(redis: &fred::clients::Client, stream: &str, pid: u32) -> Vec<Uuid> {
+    let summary: fred::types::Value = redis.xpending(stream, "pipeline", ()).await.unwrap();
+    let prefix = format!("c-{pid}-");
+    let consumer = summary
+        .into_array()
+        .into_iter()
+        .nth(3)
+        .map(|c| c.into_array())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|pair| pair.into_array().into_iter().next()?.into_string())
+        .find(|name| name.starts_with(&prefix))
+        .expect("the killed transformer held no entry");
+    let pending: Vec<(String, String, u64, u64)> = redis
+        .xpending(stream, "pipeline", ("-", "+", 100, consumer.as_str()))
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    for (id, ..) in pending {
+        let entries: Vec<(String, HashMap<String, Bytes>)> =
+            redis.xrange_values(stream, &id, &id, None).await.unwrap();
+        for (_, mut fields) in entries {
+            let frame = fields.remove("f").expect("frame field");
+            jobs.push(pipeline_core::wire::decode(frame).unwrap().job_id);
+        }
+    }
+    jobs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_transformers_jobs_move_on_within_five_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = pipeline_core::testkit::unique("fo").replace('-', "_");
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+    let redis_url = std::env::var("PIPELINE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let sep = if redis_url.contains('?') { '&' } else { '?' };
+    // Idle-time claims only after 10 minutes: only liveness can move the
+    // dead transformer's jobs within the test.
+    let env = vec![
+        (
+            "PIPELINE_BROKER_URL",
+            format!("{redis_url}{sep}claim_idle_ms=600000&key_ttl_s=900"),
+        ),
+        ("PIPELINE_DATABASE_URL", db.clone()),
+        ("PIPELINE_NAMESPACE", ns.clone()),
+        ("PIPELINE_LISTEN", "127.0.0.1:0".to_string()),
+        ("PIPELINE_CONCURRENCY", "1".to_string()),
+        ("PIPELINE_MAX_IN_FLIGHT", "4096".to_string()),
+    ];
+    let (_api, line) = spawn(env!("CARGO_BIN_EXE_pipeline-api"), "api", &env);
+    let base = line
+        .strip_prefix("pipeline listening on ")
+        .unwrap()
+        .to_string();
+    let (mut t1, _) = spawn(env!("CARGO_BIN_EXE_pipeline-transformer"), "t1", &env);
+    let (_t2, _) = spawn(env!("CARGO_BIN_EXE_pipeline-transformer"), "t2", &env);
+    let (_save, _) = spawn(env!("CARGO_BIN_EXE_pipeline-save2db"), "save2db", &env);
+    let (_activity, _) = spawn(env!("CARGO_BIN_EXE_pipeline-activity"), "activity", &env);
+
+    let ids = upload_batch(&base, 200, || {}).await;
+    // Both transformers are busy with a backlog: kill one now.
+    let pid = t1.child.id();
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let killed = Instant::now();
+    let _ = t1.child.wait();
+
+    let config = fred::types::config::Config::from_url(&redis_url).unwrap();
+    let redis = fred::clients::Client::new(config, None, None, None);
+    redis.init().await.unwrap();
+    let held = held_by(&redis, &format!("{{{ns}.transform}}"), pid).await;
+    assert!(!held.is_empty());
+
+    let http = pipeline::cli::http_client_builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut slowest = Duration::ZERO;
+    for id in &held {
+        fetch_result(&http, &base, &id.to_string(), Duration::from_secs(60)).await;
+        slowest = slowest.max(killed.elapsed());
+    }
+    println!(
+        "{} jobs held by the killed transformer; the last completed {slowest:?} after the kill",
+        held.len()
+    );
+    assert!(slowest < Duration::from_secs(5), "took {slowest:?}");
+    fetch_all(&base, &ids).await;
+    println!(
+        "all {} jobs done {:?} after the kill",
+        ids.len(),
+        killed.elapsed()
+    );
+
+    drop((_api, _t2, _save, _activity));
+    let broker = pipeline_redis::RedisBroker::connect(&redis_url, &ns)
+        .await
+        .unwrap();
+    broker.delete_all().await.unwrap();
+}
