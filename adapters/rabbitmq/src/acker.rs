@@ -6,13 +6,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::{Channel, Consumer};
 use pipeline_core::broker::policy::{self, DeadCause, Disposition};
 use pipeline_core::broker::{Acker, Delivery};
 use pipeline_core::{Envelope, Error, Result, wire};
 
-use crate::{Inner, RECONNECT_BACKOFF, bounded};
+use crate::{Inner, RECONNECT_BACKOFF, RPC_TIMEOUT, bounded};
 
 pub(crate) struct ConsumerState {
     pub inner: Arc<Inner>,
@@ -141,6 +141,48 @@ impl ConsumerState {
                 requeue(acker).await;
             }
         }
+    }
+}
+
+impl Drop for ConsumerState {
+    /// The subscription ended (its stream was dropped or closed): cancel the
+    /// consumer on the server, and hand back what it had prefetched but
+    /// never handed out, so another subscription gets it now rather than
+    /// when this process exits. Deliveries handed out keep their channel
+    /// open until they are settled.
+    fn drop(&mut self) {
+        let (channel, mut consumer) = (self.channel.clone(), self.consumer.clone());
+        let tag = consumer.tag();
+        self.inner
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, t)| *t != tag);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
+            if !matches!(bounded("cancel a consumer", cancel).await, Ok(Ok(()))) {
+                // The channel is gone: the server returned everything.
+                return;
+            }
+            // After the cancel, the consumer yields what it still buffers, then ends.
+            while let Ok(Some(Ok(d))) = tokio::time::timeout(RPC_TIMEOUT, consumer.next()).await {
+                requeue_now(&d.acker).await;
+            }
+        });
+    }
+}
+
+/// Give a delivery back to its queue at once.
+async fn requeue_now(acker: &lapin::Acker) {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if !matches!(bounded("requeue", acker.nack(options)).await, Ok(Ok(_))) {
+        tracing::debug!("requeue failed; the channel will return the message");
     }
 }
 

@@ -16,9 +16,10 @@ pub fn url() -> String {
     format!("{base}{sep}expires_ms=60000&publish_timeout_ms=20000")
 }
 
-async fn rabbit() -> Arc<RabbitBroker> {
+async fn rabbit_with(options: &str) -> Arc<RabbitBroker> {
     let ns = pipeline_core::testkit::unique("conf");
-    match RabbitBroker::connect(&url(), &ns, &format!("{ns}-test")).await {
+    let url = format!("{}{options}", url());
+    match RabbitBroker::connect(&url, &ns, &format!("{ns}-test")).await {
         Ok(b) => Arc::new(b),
         Err(e) => panic!(
             "RabbitMQ is unreachable ({e}); start it (see .ci/run) or set PIPELINE_TEST_AMQP_URL"
@@ -26,4 +27,14 @@ async fn rabbit() -> Arc<RabbitBroker> {
     }
 }
 
-pipeline_core::broker_conformance!(rabbit());
+/// Classic queues (the default).
+mod classic {
+    use super::*;
+    pipeline_core::broker_conformance!(rabbit_with(""));
+}
+
+/// Quorum queues (replicated; the server's delivery limit as a net).
+mod quorum {
+    use super::*;
+    pipeline_core::broker_conformance!(rabbit_with("&queue_type=quorum"));
+}

@@ -119,7 +119,14 @@ macro_rules! broker_conformance {
             close_drains_and_refuses_publishes,
             concurrent_publishers,
             large_payload_20mb,
-            dead_letters_can_be_replayed
+            dead_letters_can_be_replayed,
+            declare_is_idempotent,
+            a_subscription_ends_and_resumes,
+            several_queues_consumed_at_once,
+            ordered_when_declared,
+            deliveries_settle_after_close,
+            ready_until_closed,
+            stress_nothing_lost_or_doubled
         );
     };
     (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {
