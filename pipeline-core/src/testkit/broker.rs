@@ -607,7 +607,7 @@ pub async fn declare_is_idempotent(broker: Arc<dyn Broker>) {
     let (queue, p) = setup(broker.as_ref(), &["again"], 3).await;
     let spec = QueueSpec::new(queue.clone(), &[&format!("{p}.again")], 3);
     broker
-        .declare(&[spec.clone()])
+        .declare(std::slice::from_ref(&spec))
         .await
         .expect("declare again");
     broker.declare(&[spec]).await.expect("declare a third time");
