@@ -45,3 +45,13 @@ mod file_blobs {
         }
     );
 }
+
+mod transforms {
+    /// Every built-in operation passes the transform suite.
+    #[test]
+    fn builtins_pass_the_transform_suite() {
+        pipeline_core::testkit::transform::check_registry(
+            &pipeline_core::TransformRegistry::with_builtins(),
+        );
+    }
+}

@@ -127,6 +127,11 @@ mod tests {
         assert_eq!(img.get_pixel(10, 40).0, [55, 245, 10]);
     }
 
+    #[test]
+    fn invert_passes_the_transform_suite() {
+        pipeline_core::testkit::transform::check_transform(&Invert);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_arguments_are_refused_before_publishing() {
         let err = through_pipeline("invert:xyz").await.unwrap_err();

@@ -25,6 +25,8 @@ pub mod broker;
 pub mod process;
 pub mod results;
 pub mod store;
+#[cfg(feature = "image")]
+pub mod transform;
 
 /// A random lower-case suffix for names that must not collide between runs.
 pub fn unique(prefix: &str) -> String {

@@ -41,6 +41,12 @@ pub trait Transform: Send + Sync + 'static {
     fn params(&self) -> Vec<Param> {
         Vec::new()
     }
+    /// Whether `apply` gives the same pixels for the same input and
+    /// arguments (the default); the stamp, which draws the time and random
+    /// characters, is not.
+    fn deterministic(&self) -> bool {
+        true
+    }
     /// Check arguments.
     fn validate(&self, args: &[String]) -> Result<()>;
     /// Transform `image`.

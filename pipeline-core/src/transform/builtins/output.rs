@@ -19,6 +19,9 @@ impl Transform for Stamp {
     fn params(&self) -> Vec<Param> {
         Vec::new()
     }
+    fn deterministic(&self) -> bool {
+        false
+    }
     fn validate(&self, args: &[String]) -> Result<()> {
         arity("stamp", args, 0, 0)
     }
