@@ -148,6 +148,48 @@ impl RabbitBroker {
     pub fn queue_name(&self, queue: &str) -> String {
         self.inner.full(queue)
     }
+
+    /// Delete every queue this broker declared (with their dead-letter and
+    /// retry queues) and the namespace's exchange: for tests and for
+    /// decommissioning a namespace (its consumers must be stopped).
+    /// Returns how many queues were deleted.
+    pub async fn delete_all(&self) -> Result<usize> {
+        let link = self.inner.link().await?;
+        let ch = link
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("open a channel", &e))?;
+        let mut names = Vec::new();
+        for spec in self.inner.declared_specs() {
+            let full = self.inner.full(&spec.name);
+            names.push(self.inner.full(&dead_letter_queue(&spec.name)));
+            names.extend(
+                RETRY_DELAYS_MS
+                    .iter()
+                    .map(|ms| format!("{full}.retry.{ms}")),
+            );
+            names.push(full);
+        }
+        for name in &names {
+            let deleted = ch.queue_delete(
+                name.clone().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            );
+            bounded("delete a queue", deleted)
+                .await?
+                .map_err(|e| unavailable(&format!("delete queue {name:?}"), &e))?;
+        }
+        let exchange = ch.exchange_delete(
+            self.inner.namespace.clone().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        );
+        bounded("delete the exchange", exchange)
+            .await?
+            .map_err(|e| unavailable("delete the exchange", &e))?;
+        let _ = bounded("close a channel", ch.close(200, "deleted".into())).await;
+        Ok(names.len())
+    }
 }
 
 impl Inner {

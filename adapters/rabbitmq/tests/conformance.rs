@@ -27,14 +27,11 @@ async fn rabbit_with(options: &str) -> Arc<RabbitBroker> {
     }
 }
 
-/// Classic queues (the default).
-mod classic {
-    use super::*;
-    pipeline_core::broker_conformance!(rabbit_with(""));
-}
-
-/// Quorum queues (replicated; the server's delivery limit as a net).
-mod quorum {
-    use super::*;
-    pipeline_core::broker_conformance!(rabbit_with("&queue_type=quorum"));
-}
+// Classic queues (the default; quorum queues run the same suite in
+// `resilience.rs`); every case deletes its queues as it ends.
+pipeline_core::broker_conformance!(
+    rabbit_with(""),
+    cleanup = |b: Arc<RabbitBroker>| async move {
+        let _ = b.delete_all().await;
+    }
+);

@@ -193,5 +193,12 @@ mod quorum {
         Arc::new(connect("&queue_type=quorum").await.0)
     }
 
-    pipeline_core::broker_conformance!(rabbit_quorum());
+    // Each case's quorum queues (Raft groups) are deleted as it ends,
+    // rather than left to expire together later.
+    pipeline_core::broker_conformance!(
+        rabbit_quorum(),
+        cleanup = |b: Arc<RabbitBroker>| async move {
+            let _ = b.delete_all().await;
+        }
+    );
 }
