@@ -1,0 +1,237 @@
+//! Settling: nacks, delays, drops, dead letters and their replay.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::broker::{Broker, dead_letter_queue};
+use crate::envelope::{Envelope, headers};
+
+/// A nacked delivery comes back with `attempt` + 1.
+pub async fn nack_redelivers_with_higher_attempt(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["retry"], 5).await;
+    let m = message(&format!("{p}.retry"), 3);
+    broker.publish(m.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    for attempt in 1..=3 {
+        let d = next(&mut s).await;
+        assert_eq!(d.envelope().id, m.id);
+        assert_eq!(d.attempt(), attempt);
+        assert_eq!(d.envelope().parts, m.parts);
+        if attempt < 3 {
+            d.nack(Duration::ZERO, "try again").await.expect("nack");
+        } else {
+            d.ack().await.expect("ack");
+        }
+    }
+    assert_quiet(&mut s).await;
+}
+
+/// A nack with a delay is not redelivered before the delay.
+pub async fn nack_delay_is_honoured(broker: Arc<dyn Broker>) {
+    if !broker.capabilities().delayed_retry {
+        skipped(
+            "nack_delay_is_honoured",
+            "the backend does not declare delayed_retry",
+        );
+        return;
+    }
+    let (queue, p) = setup(broker.as_ref(), &["later"], 5).await;
+    broker
+        .publish(message(&format!("{p}.later"), 1))
+        .await
+        .expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    let d = next(&mut s).await;
+    let delay = Duration::from_millis(700);
+    let nacked = Instant::now();
+    d.nack(delay, "later").await.expect("nack");
+    let d = next(&mut s).await;
+    assert!(
+        nacked.elapsed() >= delay,
+        "redelivered after {:?}",
+        nacked.elapsed()
+    );
+    assert_eq!(d.attempt(), 2);
+    d.ack().await.expect("ack");
+}
+
+/// Dropping a delivery unsettled redelivers it.
+pub async fn dropped_delivery_is_redelivered(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["drop"], 5).await;
+    let m = message(&format!("{p}.drop"), 2);
+    broker.publish(m.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    let d = next(&mut s).await;
+    assert_eq!(d.envelope().id, m.id);
+    drop(d);
+    let d = next(&mut s).await;
+    assert_eq!(d.envelope().id, m.id);
+    assert!(d.attempt() >= 2, "attempt {}", d.attempt());
+    d.ack().await.expect("ack");
+    assert_quiet(&mut s).await;
+}
+
+/// After `max_attempts` nacks the message is in the dead-letter queue with
+/// the reason, and the queue behind it keeps flowing.
+pub async fn dead_letter_after_max_attempts_keeps_reason(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["poison"], 3).await;
+    let poison = message(&format!("{p}.poison"), 1);
+    let fine = message(&format!("{p}.poison"), 2);
+    broker.publish(poison.clone()).await.expect("publish");
+    broker.publish(fine.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 2).await;
+    let mut fine_seen = false;
+    let mut poison_attempts = 0;
+    while !(fine_seen && poison_attempts == 3) {
+        let d = next(&mut s).await;
+        if d.envelope().id == fine.id {
+            fine_seen = true;
+            d.ack().await.expect("ack");
+        } else {
+            poison_attempts += 1;
+            assert_eq!(d.attempt(), poison_attempts);
+            d.nack(Duration::ZERO, "still broken").await.expect("nack");
+        }
+    }
+    assert_quiet(&mut s).await;
+    let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 1).await;
+    let d = next(&mut dead).await;
+    assert_eq!(d.envelope().id, poison.id);
+    assert_eq!(d.envelope().parts, poison.parts);
+    assert_dead_headers(
+        d.envelope(),
+        &queue,
+        "exhausted",
+        3,
+        "gave up after 3 attempts: still broken",
+    );
+    d.ack().await.expect("ack");
+}
+
+/// The dead-letter headers of [`crate::broker::policy`], the same on every
+/// backend: reason, cause, queue without the namespace, attempts, time.
+fn assert_dead_headers(env: &Envelope, queue: &str, cause: &str, attempts: u32, reason: &str) {
+    let h = |name: &str| env.header(name).unwrap_or_default().to_string();
+    assert_eq!(h(headers::DEAD_LETTER_REASON), reason, "{:?}", env.headers);
+    assert_eq!(h(headers::DEAD_LETTER_CAUSE), cause, "{:?}", env.headers);
+    assert_eq!(h(headers::DEAD_LETTER_QUEUE), queue, "{:?}", env.headers);
+    assert_eq!(
+        h(headers::DEAD_LETTER_ATTEMPTS),
+        attempts.to_string(),
+        "{:?}",
+        env.headers
+    );
+    let at: i64 = h(headers::DEAD_LETTER_AT_MS)
+        .parse()
+        .expect("dead-letter-at-ms");
+    let now = crate::envelope::now_ms();
+    assert!(
+        at <= now && now - at < 600_000,
+        "dead-letter-at-ms {at}, now {now}"
+    );
+    let known = [
+        headers::DEAD_LETTER_REASON,
+        headers::DEAD_LETTER_CAUSE,
+        headers::DEAD_LETTER_QUEUE,
+        headers::DEAD_LETTER_ATTEMPTS,
+        headers::DEAD_LETTER_AT_MS,
+    ];
+    let extra: Vec<&String> = env
+        .headers
+        .keys()
+        .filter(|k| k.starts_with(headers::DEAD_LETTER_PREFIX) && !known.contains(&k.as_str()))
+        .collect();
+    assert!(extra.is_empty(), "unexpected dead-letter headers {extra:?}");
+}
+
+/// A delivery dropped unsettled on its last attempt goes to the dead-letter
+/// queue (cause `abandoned`), so a message that kills its consumers cannot
+/// loop for ever.
+pub async fn dropped_at_max_attempts_is_dead_lettered(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["crash"], 2).await;
+    let m = message(&format!("{p}.crash"), 3);
+    broker.publish(m.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    for attempt in 1..=2 {
+        let d = next(&mut s).await;
+        assert_eq!(d.envelope().id, m.id);
+        assert_eq!(d.attempt(), attempt);
+        drop(d);
+    }
+    assert_quiet(&mut s).await;
+    let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 1).await;
+    let d = next(&mut dead).await;
+    assert_eq!(d.envelope().id, m.id);
+    assert_eq!(d.envelope().parts, m.parts);
+    assert_dead_headers(
+        d.envelope(),
+        &queue,
+        "abandoned",
+        2,
+        "delivered 2 times without being settled (its consumers died or dropped it)",
+    );
+    d.ack().await.expect("ack");
+}
+
+/// `dead_letter` moves the message at once, reason kept.
+pub async fn explicit_dead_letter_keeps_reason(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["bad"], 5).await;
+    let m = message(&format!("{p}.bad"), 1);
+    broker.publish(m.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    next(&mut s)
+        .await
+        .dead_letter("cannot parse")
+        .await
+        .expect("dead-letter");
+    assert_quiet(&mut s).await;
+    let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 1).await;
+    let d = next(&mut dead).await;
+    assert_eq!(d.envelope().id, m.id);
+    assert_dead_headers(d.envelope(), &queue, "rejected", 1, "cannot parse");
+    d.ack().await.expect("ack");
+}
+
+/// Dead letters are published again by `replay_dead`, with a fresh attempt
+/// count and without their dead-letter headers, and leave the dead queue.
+pub async fn dead_letters_can_be_replayed(broker: Arc<dyn Broker>) {
+    use crate::services::replay_dead;
+    let (queue, prefix) = setup(broker.as_ref(), &["job"], 1).await;
+    let mut jobs = Vec::new();
+    for n in 0..3 {
+        let env = message(&format!("{prefix}.job"), n);
+        broker.publish(env.clone()).await.unwrap();
+        jobs.push(env);
+    }
+    let mut s = sub(broker.as_ref(), &queue, 8).await;
+    for _ in 0..3 {
+        next(&mut s).await.dead_letter("boom").await.unwrap();
+    }
+    drop(s);
+
+    let report = replay_dead(broker.as_ref(), &queue, u64::MAX, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!((report.replayed, report.kept), (3, 0), "{report:?}");
+    let mut s = sub(broker.as_ref(), &queue, 8).await;
+    for _ in 0..3 {
+        let d = next(&mut s).await;
+        assert_eq!(d.attempt(), 1);
+        let left: Vec<&String> = d
+            .envelope()
+            .headers
+            .keys()
+            .filter(|k| k.starts_with(headers::DEAD_LETTER_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "dead-letter headers kept: {left:?}");
+        let sent = jobs
+            .iter()
+            .find(|j| j.id == d.envelope().id)
+            .expect("a replayed job");
+        assert_eq!(d.envelope().parts, sent.parts, "payload intact");
+        d.ack().await.unwrap();
+    }
+    let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 8).await;
+    assert_quiet(&mut dead).await;
+}
