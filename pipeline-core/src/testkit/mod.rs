@@ -78,7 +78,8 @@ pub fn run_while_this_process_lives(servers: &[String], cleanup: &str) {
 }
 
 /// Run `case` on the backend `made`, then `cleanup` on it even when the
-/// case panicked (the panic is then resumed).
+/// case panicked (the panic is then resumed); each is bounded by
+/// [`CASE_TIMEOUT`].
 pub async fn run_case<T, C, CF, K, KF>(made: T, case: C, cleanup: K)
 where
     T: Clone,
@@ -88,14 +89,23 @@ where
     KF: std::future::Future<Output = ()>,
 {
     use futures::FutureExt;
-    let outcome = std::panic::AssertUnwindSafe(case(made.clone()))
-        .catch_unwind()
-        .await;
-    cleanup(made).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
+    let bounded = tokio::time::timeout(CASE_TIMEOUT, case(made.clone()));
+    let outcome = std::panic::AssertUnwindSafe(bounded).catch_unwind().await;
+    let cleaned = tokio::time::timeout(CASE_TIMEOUT, cleanup(made)).await;
+    match outcome {
+        Err(panic) => std::panic::resume_unwind(panic),
+        Ok(Err(_)) => panic!("the case did not finish within {CASE_TIMEOUT:?}"),
+        Ok(Ok(())) => {}
     }
+    assert!(
+        cleaned.is_ok(),
+        "the cleanup did not finish within {CASE_TIMEOUT:?}"
+    );
 }
+
+/// Longest a conformance case (or its cleanup) may run: a hung case fails
+/// with its name instead of holding the whole run.
+pub const CASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// Expand the broker suite into tests; `$make` is an expression giving a
 /// future of `Arc<T>` with `T: Broker`; `cleanup = f` (optional) gets that
