@@ -93,7 +93,7 @@ impl RedisBroker {
     /// URL as fred reads it) for `namespace`.
     ///
     /// Adapter options in the query string (removed before fred reads the
-    /// URL): `liveness_ms` (default 3000: a consumer whose heartbeat is
+    /// URL): `liveness_ms` (default 2000: a consumer whose heartbeat is
     /// older is dead, and its entries move on), `claim_idle_ms` (default
     /// 60000: the safety net for entries of consumers without a
     /// heartbeat), `key_ttl_s` (none) and `ca_file` (PEM roots for
@@ -211,7 +211,7 @@ pub(crate) struct UrlOptions {
 }
 
 /// Default heartbeat lifetime of a consumer.
-pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(3);
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(2);
 
 /// fred's configuration for `url`, and the adapter's options in it:
 /// `claim_idle_ms`, `key_ttl_s`, and `ca_file` (PEM certificates trusted

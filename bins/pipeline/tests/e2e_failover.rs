@@ -1,6 +1,7 @@
-//! Failover on Redis: a transformer killed with SIGKILL while it holds
-//! jobs; every job it held completes within 5 s of the kill (by liveness,
-//! not by idle time), and every job of the batch completes.
+//! Failover: a transformer killed with SIGKILL while it holds jobs; every
+//! job it held completes within 5 s of the kill, on Redis (by liveness, not
+//! by idle time) and on RabbitMQ (which hands back a dead connection's
+//! deliveries at once).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -10,7 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::procs::{fetch_all, fetch_result, spawn, upload_batch};
+use common::image_bytes;
+use common::procs::{fetch_all, fetch_result, rabbit_env, spawn, upload_batch};
 use fred::prelude::{ClientLike, StreamsInterface};
 use uuid::Uuid;
 
@@ -118,4 +120,86 @@ async fn a_killed_transformers_jobs_move_on_within_five_seconds() {
         .await
         .unwrap();
     broker.delete_all().await.unwrap();
+}
+
+/// RabbitMQ does not say which deliveries a connection held, so every job
+/// in flight at the kill is timed: a bound on the ones the dead process held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_rabbitmq_every_job_in_flight_at_the_kill_completes_within_five_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = pipeline_core::testkit::unique("fo").replace('-', "_");
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+    let env = rabbit_env(&ns, &db);
+    let (_api, line) = spawn(env!("CARGO_BIN_EXE_pipeline-api"), "api", &env);
+    let base = line
+        .strip_prefix("pipeline listening on ")
+        .unwrap()
+        .to_string();
+    let (mut t1, _) = spawn(env!("CARGO_BIN_EXE_pipeline-transformer"), "t1", &env);
+    let (_t2, _) = spawn(env!("CARGO_BIN_EXE_pipeline-transformer"), "t2", &env);
+    let (_save, _) = spawn(env!("CARGO_BIN_EXE_pipeline-save2db"), "save2db", &env);
+    let (_activity, _) = spawn(env!("CARGO_BIN_EXE_pipeline-activity"), "activity", &env);
+
+    // Large images, so each transformer (one job at a time, two held)
+    // is still busy when the uploads are all in.
+    let http = pipeline::cli::http_client_builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let uploads = (0..6u8).map(|seed| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let body = image_bytes(image::ImageFormat::Jpeg, 2400, 1800, seed);
+            let answer: serde_json::Value = http
+                .post(format!("{base}/v1/images"))
+                .header("content-type", "image/jpeg")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["images"][0]["id"].as_str().unwrap().to_string()
+        }
+    });
+    let ids = futures::future::join_all(uploads).await;
+    let status = Command::new("kill")
+        .args(["-9", &t1.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let killed = Instant::now();
+    let _ = t1.child.wait();
+    // Which jobs were still unfinished at the kill (the two the dead
+    // transformer held among them, unless it had finished them).
+    let mut unfinished = Vec::new();
+    for id in &ids {
+        let status: serde_json::Value = http
+            .get(format!("{base}/v1/images/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"] == "pending" {
+            unfinished.push(id.clone());
+        }
+    }
+    assert!(
+        unfinished.len() >= 3,
+        "only {} jobs in flight at the kill",
+        unfinished.len()
+    );
+    let mut slowest = Duration::ZERO;
+    for id in &unfinished {
+        fetch_result(&http, &base, id, Duration::from_secs(60)).await;
+        slowest = slowest.max(killed.elapsed());
+    }
+    println!(
+        "{} jobs unfinished at the kill; the last completed {slowest:?} after it",
+        unfinished.len()
+    );
+    assert!(slowest < Duration::from_secs(5), "took {slowest:?}");
 }
