@@ -458,3 +458,22 @@ fn the_readme_curl_examples_run() {
     }
     assert!(!id.is_empty(), "no upload in the README's examples");
 }
+
+#[test]
+fn every_route_of_the_api_is_in_docs_api_md() {
+    let api = read(&root().join("docs/api.md"));
+    let doc: serde_json::Value = serde_json::from_str(&pipeline::http::document()).unwrap();
+    let mut missing = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let route = format!("`{} {path}", method.to_uppercase());
+            if !api.contains(&route) {
+                missing.push(route);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "routes missing from docs/api.md: {missing:?}"
+    );
+}
