@@ -28,7 +28,7 @@ async fn rabbit_with(options: &str) -> Arc<RabbitBroker> {
 }
 
 // Classic queues (the default; quorum queues run the same suite in
-// `resilience.rs`); every case deletes its queues as it ends.
+// `conformance_quorum.rs`); every case deletes its queues as it ends.
 pipeline_core::broker_conformance!(
     rabbit_with(""),
     cleanup = |b: Arc<RabbitBroker>| async move {
