@@ -18,6 +18,11 @@ pub mod events {
     pub const ARCHIVED: &str = "image.archived";
     /// A job failed permanently; carries the reason (and the original).
     pub const FAILED: &str = "image.failed";
+    /// save2db gave a job's record up (refused by the archive, or out of
+    /// attempts): the record is in the dead-letter queue, not the archive.
+    pub const ARCHIVE_FAILED: &str = "image.archive_failed";
+    /// A job was deleted from the result store and the archive.
+    pub const DELETED: &str = "image.deleted";
 }
 
 /// Well-known header names.
@@ -32,6 +37,9 @@ pub mod headers {
     pub const ERROR: &str = "error";
     /// Deliveries a job had when it was given up.
     pub const ATTEMPTS: &str = "attempts";
+    /// Delivery number of the message a worker handled when it emitted the
+    /// event (1 = first try).
+    pub const ATTEMPT: &str = "attempt";
     /// Prefix of every dead-letter header (removed when a message is replayed).
     pub const DEAD_LETTER_PREFIX: &str = "dead-letter-";
     /// Why a message was dead-lettered, for a person.

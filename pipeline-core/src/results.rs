@@ -104,6 +104,8 @@ pub struct JobSummary {
 ///   when `timeout` passes; `None` for an unknown job. It is woken by the
 ///   `put`, not by polling.
 /// - `completions` yields every terminal status put after it was called.
+/// - `delete` forgets a job: `get` returns `None` afterwards (a job
+///   deleted on purpose, see `DELETE /v1/images/{id}`).
 #[async_trait]
 pub trait ResultStore: Send + Sync + fmt::Debug {
     /// Record a status.
@@ -116,6 +118,8 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
     async fn completions(&self) -> Result<BoxStream<'static, JobSummary>>;
     /// `Ok` while the store is reachable.
     async fn ready(&self) -> Result<()>;
+    /// Forget a job.
+    async fn delete(&self, job_id: Uuid) -> Result<()>;
 }
 
 /// The completions a store announces on `done`, as a stream for

@@ -35,7 +35,61 @@ pub struct ArchiveRecord {
     pub finished_at_ms: i64,
 }
 
+/// Longest tenant an archive keeps.
+pub const MAX_TENANT_LEN: usize = 128;
+/// Longest worker name an archive keeps.
+pub const MAX_WORKER_LEN: usize = 255;
+/// Longest failure code an archive keeps.
+pub const MAX_ERROR_CODE_LEN: usize = 64;
+/// Longest content type an archive keeps.
+pub const MAX_CONTENT_TYPE_LEN: usize = 100;
+/// Longest format name an archive keeps.
+pub const MAX_FORMAT_LEN: usize = 16;
+
 impl ArchiveRecord {
+    /// Refuse a record whose fields exceed what every archive keeps (the
+    /// `MAX_*_LEN` limits), so a store never truncates one silently.
+    pub fn check(&self) -> Result<()> {
+        let too_long = |what: &str, value: &str, max: usize| {
+            (value.len() > max).then(|| {
+                crate::Error::invalid(format!(
+                    "job {}: {what} is {} bytes, the archive keeps at most {max}",
+                    self.job_id,
+                    value.len()
+                ))
+            })
+        };
+        let mut problems = vec![
+            too_long("the tenant", &self.tenant, MAX_TENANT_LEN),
+            too_long("the worker", &self.info.worker, MAX_WORKER_LEN),
+        ];
+        if let Some(e) = &self.error {
+            problems.push(too_long("the error code", &e.code, MAX_ERROR_CODE_LEN));
+        }
+        for m in [&self.info.original, &self.info.result]
+            .into_iter()
+            .flatten()
+        {
+            problems.push(too_long("a format", &m.format, MAX_FORMAT_LEN));
+            problems.push(too_long(
+                "a content type",
+                &m.content_type,
+                MAX_CONTENT_TYPE_LEN,
+            ));
+        }
+        for b in [&self.original, &self.result].into_iter().flatten() {
+            problems.push(too_long(
+                "a content type",
+                &b.content_type,
+                MAX_CONTENT_TYPE_LEN,
+            ));
+        }
+        match problems.into_iter().flatten().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Content keys (hex SHA-256) of the original and the result: the key a
     /// [`BlobRef`](crate::blob::BlobRef) names, or, for bytes, taken from
     /// `info` when it describes the same bytes (the transformer hashed them
@@ -112,10 +166,33 @@ impl Page {
     }
 }
 
+/// What [`ImageStore::delete`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deletion {
+    /// Whether the tenant has such a job in the archive, or had and
+    /// deleted it before.
+    pub found: bool,
+    /// Blob keys no archived job refers to any more. The store removed
+    /// those it holds itself; a claim-check blob store elsewhere is the
+    /// caller's to clean.
+    pub released: Vec<String>,
+}
+
+/// What [`ImageStore::expire`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expiry {
+    /// Jobs removed.
+    pub jobs: u64,
+    /// Blob keys released (as in [`Deletion::released`]).
+    pub released: Vec<String>,
+}
+
 /// The permanent archive of jobs.
 ///
 /// # Contract
-/// - `save` stores a batch atomically: all records or none.
+/// - `save` stores a batch atomically: all records or none. A record
+///   [`ArchiveRecord::check`] refuses fails the batch with a permanent
+///   (non-retryable) error.
 /// - `save` is idempotent by job id: saving a job again (double delivery)
 ///   changes nothing and creates no duplicate row; the first write wins.
 /// - Blobs are content-addressed by SHA-256: identical bytes are stored once
@@ -129,6 +206,15 @@ impl Page {
 ///   reference, to resolve with [`ClaimCheck::resolve`](crate::ClaimCheck::resolve)
 ///   (a store that is also the blob store may return the bytes).
 /// - `referenced` tells which blob keys a saved job still points to.
+/// - `delete` removes a tenant's archived job and releases its blobs (a
+///   blob another job refers to stays), leaving a mark: the job then reads
+///   as unknown everywhere, and saving it again changes nothing (a late
+///   duplicate cannot bring it back). Idempotent (`found` again the second
+///   time); a job that is not archived, or is another tenant's, is left
+///   alone with `found: false`.
+/// - `expire` removes jobs finished before a time for good (and the marks
+///   of deleted jobs older than that), releasing blobs as `delete` does,
+///   safely against a concurrent `save` of a job sharing a blob.
 #[async_trait]
 pub trait ImageStore: Send + Sync + fmt::Debug {
     /// Store finished jobs (see the contract).
@@ -145,9 +231,14 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
     async fn ready(&self) -> Result<()>;
     /// Which of `keys` an archived job refers to (original or result).
     async fn referenced(&self, keys: &[String]) -> Result<std::collections::HashSet<String>>;
+    /// Delete `tenant`'s job (see the contract).
+    async fn delete(&self, job_id: Uuid, tenant: &str) -> Result<Deletion>;
+    /// Remove up to `limit` jobs finished before `finished_before_ms`.
+    async fn expire(&self, finished_before_ms: i64, limit: usize) -> Result<Expiry>;
 }
 
 /// One event of the activity log.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActivityEntry {
     /// Id of the message the event came from (the idempotency key).
@@ -168,6 +259,10 @@ pub struct ActivityEntry {
     pub duration_ms: Option<f64>,
     /// Error, if the event is a failure.
     pub error: Option<String>,
+    /// Delivery number of the message the worker handled (1 = first try),
+    /// if reported.
+    #[serde(default)]
+    pub attempt: Option<u32>,
 }
 
 /// Where the activity log is kept.

@@ -62,6 +62,12 @@ impl ImageStore for Switchable {
     async fn referenced(&self, keys: &[String]) -> Result<std::collections::HashSet<String>> {
         self.inner.referenced(keys).await
     }
+    async fn delete(&self, id: uuid::Uuid, tenant: &str) -> Result<pipeline_core::store::Deletion> {
+        self.inner.delete(id, tenant).await
+    }
+    async fn expire(&self, before: i64, limit: usize) -> Result<pipeline_core::store::Expiry> {
+        self.inner.expire(before, limit).await
+    }
 }
 
 fn archived_event() -> Envelope {

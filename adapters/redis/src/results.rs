@@ -260,4 +260,13 @@ impl ResultStore for RedisResultStore {
     async fn ready(&self) -> Result<()> {
         crate::bounded_ping(&self.client).await
     }
+
+    async fn delete(&self, job_id: Uuid) -> Result<()> {
+        let _: i64 = self
+            .client
+            .del(self.key(job_id))
+            .await
+            .map_err(|e| redis_error("DEL", e))?;
+        Ok(())
+    }
 }

@@ -40,6 +40,7 @@ impl ActivityLog for SqlArchive {
                         "size",
                         "duration_ms",
                         "error",
+                        "attempt",
                     ]
                     .map(Alias::new),
                 );
@@ -55,6 +56,7 @@ impl ActivityLog for SqlArchive {
                         (e.size as i64).into(),
                         e.duration_ms.into(),
                         e.error.clone().into(),
+                        e.attempt.map(i64::from).into(),
                     ])
                     .map_err(|err| Error::backend(self.backend, err.to_string(), false))?;
             }
@@ -98,6 +100,10 @@ impl ActivityLog for SqlArchive {
                         .unwrap_or(0),
                     duration_ms: row.try_get("", "duration_ms").map_err(|e| self.err(e))?,
                     error: row.try_get("", "error").map_err(|e| self.err(e))?,
+                    attempt: row
+                        .try_get::<Option<i64>>("", "attempt")
+                        .map_err(|e| self.err(e))?
+                        .and_then(|a| u32::try_from(a).ok()),
                 })
             })
             .collect()

@@ -12,12 +12,14 @@ use uuid::Uuid;
 
 use pipeline_core::envelope::now_ms;
 use pipeline_core::store::{
-    ArchiveRecord, Blob, ImageRecord, ImageStore, JobFailure, JobState, MediaInfo, Page,
+    ArchiveRecord, Blob, Deletion, Expiry, ImageRecord, ImageStore, JobFailure, JobState,
+    MediaInfo, Page,
 };
 use pipeline_core::{Backoff, Error, Result};
 
 use crate::SqlArchive;
 use crate::connect::ROWS_PER_STATEMENT;
+use crate::retention::DELETED;
 
 /// Whether a database error is a transaction conflict worth running again.
 /// Whether the database rolled the transaction back because of another
@@ -65,6 +67,7 @@ type KeyedBlob<'a> = (String, &'a Blob);
 type Keyed<'a> = (&'a ArchiveRecord, Option<String>, Option<String>);
 
 impl SqlArchive {
+    /// Which of `values` the `key` column of `table` holds.
     pub(crate) async fn existing<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -72,13 +75,39 @@ impl SqlArchive {
         key: &str,
         values: Vec<String>,
     ) -> Result<HashSet<String>> {
+        self.existing_rows(conn, table, key, values, false).await
+    }
+
+    /// [`existing`](Self::existing), share-locking the rows found until the
+    /// transaction ends: a blob about to be referenced by a new job cannot
+    /// be deleted under it (see `retention.rs`).
+    pub(crate) async fn existing_locked<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        table: &str,
+        key: &str,
+        values: Vec<String>,
+    ) -> Result<HashSet<String>> {
+        self.existing_rows(conn, table, key, values, true).await
+    }
+
+    async fn existing_rows<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        table: &str,
+        key: &str,
+        values: Vec<String>,
+        lock: bool,
+    ) -> Result<HashSet<String>> {
         let mut found = HashSet::new();
         for chunk in values.chunks(ROWS_PER_STATEMENT) {
-            let q = Query::select()
-                .column(Alias::new(key))
+            let mut q = Query::select();
+            q.column(Alias::new(key))
                 .from(Alias::new(table))
-                .and_where(Expr::col(Alias::new(key)).is_in(chunk.iter().cloned()))
-                .to_owned();
+                .and_where(Expr::col(Alias::new(key)).is_in(chunk.iter().cloned()));
+            if lock {
+                q.lock_shared();
+            }
             for row in conn.query_all(&q).await.map_err(|e| self.err(e))? {
                 found.insert(row.try_get::<String>("", key).map_err(|e| self.err(e))?);
             }
@@ -320,7 +349,7 @@ impl SqlArchive {
             }
         }
         let stored = self
-            .existing(
+            .existing_locked(
                 &txn,
                 &self.tables.blobs,
                 "sha256",
@@ -345,6 +374,9 @@ impl SqlArchive {
 impl ImageStore for SqlArchive {
     async fn save(&self, records: &[ArchiveRecord]) -> Result<()> {
         // First write wins, also within a batch.
+        for r in records {
+            r.check()?;
+        }
         let mut seen = HashSet::new();
         let fresh: Vec<&ArchiveRecord> = records.iter().filter(|r| seen.insert(r.job_id)).collect();
         if fresh.is_empty() {
@@ -361,6 +393,7 @@ impl ImageStore for SqlArchive {
             .expr(Expr::col(sea_orm::sea_query::Asterisk))
             .from(Alias::new(&self.tables.images))
             .and_where(Expr::col(Alias::new("job_id")).eq(job_id.to_string()))
+            .and_where(Expr::col(Alias::new("state")).ne(DELETED))
             .to_owned();
         match self.db.query_one(&q).await.map_err(|e| self.err(e))? {
             Some(row) => self.record_of(&row).map(Some),
@@ -386,6 +419,7 @@ impl ImageStore for SqlArchive {
         q.expr(Expr::col(sea_orm::sea_query::Asterisk))
             .from(Alias::new(&self.tables.images))
             .and_where(Expr::col(Alias::new("tenant")).eq(tenant))
+            .and_where(Expr::col(Alias::new("state")).ne(DELETED))
             .order_by(Alias::new("job_id"), Order::Desc)
             .limit(limit as u64 + 1);
         if let Some(c) = cursor {
@@ -401,6 +435,14 @@ impl ImageStore for SqlArchive {
 
     async fn ready(&self) -> Result<()> {
         self.ping().await
+    }
+
+    async fn delete(&self, job_id: Uuid, tenant: &str) -> Result<Deletion> {
+        retry_conflicts(|| self.delete_once(job_id, tenant)).await
+    }
+
+    async fn expire(&self, finished_before_ms: i64, limit: usize) -> Result<Expiry> {
+        retry_conflicts(|| self.expire_once(finished_before_ms, limit)).await
     }
 }
 

@@ -12,6 +12,7 @@ mod blobs;
 mod connect;
 mod error;
 mod images;
+mod retention;
 mod schema;
 
 pub use blobs::CHUNK_BYTES;

@@ -207,6 +207,28 @@ fn v2(backend: DatabaseBackend, t: &Tables) -> Vec<Statement> {
     out
 }
 
+/// Migration 3: the delivery attempt of each activity event; jobs by
+/// finish time (retention), activity by time.
+fn v3(backend: DatabaseBackend, t: &Tables) -> Vec<Statement> {
+    let attempt = Table::alter()
+        .table(Alias::new(&t.activity))
+        .add_column(col("attempt").big_integer().null())
+        .to_owned();
+    let mut out = vec![backend.build(&attempt)];
+    for (table, column) in [(&t.images, "finished_at"), (&t.activity, "at_ms")] {
+        let mut index = Index::create();
+        index
+            .name(format!("{table}_{column}"))
+            .table(Alias::new(table.as_str()))
+            .col(Alias::new(column));
+        if backend != DatabaseBackend::MySql {
+            index.if_not_exists();
+        }
+        out.push(backend.build(&index.to_owned()));
+    }
+    out
+}
+
 /// Apply the migrations not yet recorded in the namespace's migration
 /// table, one process at a time: several processes starting together on a
 /// fresh namespace would otherwise race on `CREATE TABLE IF NOT EXISTS`
@@ -300,9 +322,10 @@ async fn apply<C: ConnectionTrait>(
         .await
         .map_err(|e| db_error(backend_name, e))?;
 
-    let migrations: [(i64, &str, Vec<Statement>); 2] = [
+    let migrations: [(i64, &str, Vec<Statement>); 3] = [
         (1, "images, blobs, activity", v1(backend, t)),
         (2, "blob chunks, blobs by age", v2(backend, t)),
+        (3, "activity attempts, jobs by finish time", v3(backend, t)),
     ];
     for (version, name, statements) in migrations {
         let q = sea_orm::sea_query::Query::select()

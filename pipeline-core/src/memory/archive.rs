@@ -8,7 +8,8 @@ use super::lock;
 use crate::envelope::now_ms;
 use crate::error::Result;
 use crate::store::{
-    ActivityEntry, ActivityLog, ArchiveRecord, Blob, ImageRecord, ImageStore, Page,
+    ActivityEntry, ActivityLog, ArchiveRecord, Blob, Deletion, Expiry, ImageRecord, ImageStore,
+    Page,
 };
 
 /// Archive and activity log in memory (tests, demos).
@@ -23,6 +24,27 @@ struct State {
     images: BTreeMap<Uuid, (ImageRecord, Option<String>, Option<String>)>,
     blobs: HashMap<String, Blob>,
     activity: BTreeMap<Uuid, ActivityEntry>,
+    /// Deleted jobs: tenant and when.
+    deleted: HashMap<Uuid, (String, i64)>,
+}
+
+impl State {
+    /// Drop the blobs among `keys` no job refers to any more; all of them
+    /// are released.
+    fn release(&mut self, keys: [Option<String>; 2]) -> Vec<String> {
+        let mut released = Vec::new();
+        for key in keys.into_iter().flatten() {
+            let used = self
+                .images
+                .values()
+                .any(|(_, o, r)| o.as_ref() == Some(&key) || r.as_ref() == Some(&key));
+            if !used && !released.contains(&key) {
+                self.blobs.remove(&key);
+                released.push(key);
+            }
+        }
+        released
+    }
 }
 
 impl MemoryArchive {
@@ -40,10 +62,13 @@ impl MemoryArchive {
 #[async_trait]
 impl ImageStore for MemoryArchive {
     async fn save(&self, records: &[ArchiveRecord]) -> Result<()> {
+        for r in records {
+            r.check()?;
+        }
         let mut state = lock(&self.state);
         let now = now_ms();
         for r in records {
-            if state.images.contains_key(&r.job_id) {
+            if state.images.contains_key(&r.job_id) || state.deleted.contains_key(&r.job_id) {
                 continue;
             }
             let (original, result) = r.blob_keys();
@@ -123,6 +148,52 @@ impl ImageStore for MemoryArchive {
 
     async fn ready(&self) -> Result<()> {
         Ok(())
+    }
+
+    async fn delete(&self, job_id: Uuid, tenant: &str) -> Result<Deletion> {
+        let mut state = lock(&self.state);
+        if let Some((t, _)) = state.deleted.get(&job_id) {
+            return Ok(Deletion {
+                found: t == tenant,
+                released: Vec::new(),
+            });
+        }
+        if !state
+            .images
+            .get(&job_id)
+            .is_some_and(|(r, _, _)| r.tenant == tenant)
+        {
+            return Ok(Deletion::default());
+        }
+        let Some((_, original, result)) = state.images.remove(&job_id) else {
+            return Ok(Deletion::default());
+        };
+        state.deleted.insert(job_id, (tenant.to_string(), now_ms()));
+        Ok(Deletion {
+            found: true,
+            released: state.release([original, result]),
+        })
+    }
+
+    async fn expire(&self, finished_before_ms: i64, limit: usize) -> Result<Expiry> {
+        let mut state = lock(&self.state);
+        let old: Vec<Uuid> = state
+            .images
+            .iter()
+            .filter(|(_, (r, _, _))| r.finished_at_ms < finished_before_ms)
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect();
+        let mut expiry = Expiry::default();
+        for id in old {
+            if let Some((_, original, result)) = state.images.remove(&id) {
+                expiry.jobs += 1;
+                let released = state.release([original, result]);
+                expiry.released.extend(released);
+            }
+        }
+        state.deleted.retain(|_, (_, at)| *at >= finished_before_ms);
+        Ok(expiry)
     }
 }
 

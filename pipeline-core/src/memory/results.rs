@@ -112,4 +112,9 @@ impl ResultStore for MemoryResultStore {
     async fn ready(&self) -> Result<()> {
         Ok(())
     }
+
+    async fn delete(&self, job_id: Uuid) -> Result<()> {
+        lock(&self.entries).map.remove(&job_id);
+        Ok(())
+    }
 }

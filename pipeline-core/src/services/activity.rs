@@ -83,5 +83,6 @@ fn entry_of(d: &Delivery) -> Parsed<ActivityEntry> {
             .header(headers::DURATION_MS)
             .and_then(|v| v.parse().ok()),
         error: env.header(headers::ERROR).map(str::to_string),
+        attempt: env.header(headers::ATTEMPT).and_then(|v| v.parse().ok()),
     })
 }

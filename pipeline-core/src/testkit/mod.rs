@@ -165,7 +165,10 @@ macro_rules! store_conformance {
             list_by_tenant_with_cursor,
             large_blobs,
             activity_is_idempotent,
-            references_are_kept_and_reported
+            references_are_kept_and_reported,
+            a_batch_is_all_or_nothing,
+            delete_releases_blobs_but_shared_ones,
+            expire_removes_old_jobs_only
         );
     };
     (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {
@@ -200,7 +203,8 @@ macro_rules! results_conformance {
             statuses_expire,
             wait_is_woken_by_the_result,
             wait_times_out_with_the_current_status,
-            completions_stream_finished_jobs
+            completions_stream_finished_jobs,
+            delete_forgets_a_job
         );
     };
     (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {

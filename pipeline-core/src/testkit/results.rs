@@ -149,3 +149,24 @@ pub async fn completions_stream_finished_jobs(store: Arc<dyn ResultStore>) {
         }
     }
 }
+
+/// A deleted job is forgotten; deleting an unknown one is not an error.
+pub async fn delete_forgets_a_job(store: Arc<dyn ResultStore>) {
+    let p = pending("t");
+    let d = done(&p, b"bytes");
+    store.put(d, TTL).await.expect("put");
+    let other = pending("t");
+    store.put(other.clone(), TTL).await.expect("put other");
+    store.delete(p.job_id).await.expect("delete");
+    assert_eq!(store.get(p.job_id).await.expect("get"), None);
+    assert_eq!(
+        store
+            .wait(p.job_id, Duration::from_millis(10))
+            .await
+            .expect("wait"),
+        None
+    );
+    assert_eq!(store.get(other.job_id).await.expect("other"), Some(other));
+    store.delete(p.job_id).await.expect("delete again");
+    store.delete(Uuid::now_v7()).await.expect("delete unknown");
+}

@@ -263,6 +263,7 @@ pub async fn activity_is_idempotent(_: Arc<dyn ImageStore>, log: Arc<dyn Activit
         size: 1234,
         duration_ms: Some(12.5),
         error: error.map(str::to_string),
+        attempt: Some(2),
     };
     let a = entry("image.submitted", 1000, None);
     let b = entry("image.failed", 2000, Some("bad"));
@@ -334,4 +335,172 @@ pub async fn references_are_kept_and_reported(store: Arc<dyn ImageStore>, _: Arc
         Some(got) => assert_eq!(got, reference),
         None => assert_eq!(back.data, big),
     }
+}
+
+/// A batch with a record the archive refuses stores nothing, with a
+/// permanent error; the good records saved alone are then stored.
+pub async fn a_batch_is_all_or_nothing(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+    let tenant = unique("tenant");
+    let good_a = record(
+        &tenant,
+        &bytes(&unique("a"), 900),
+        &bytes(&unique("ra"), 90),
+    );
+    let good_b = record(
+        &tenant,
+        &bytes(&unique("b"), 900),
+        &bytes(&unique("rb"), 90),
+    );
+    let mut bad = record(
+        &tenant,
+        &bytes(&unique("c"), 900),
+        &bytes(&unique("rc"), 90),
+    );
+    bad.tenant = "t".repeat(crate::store::MAX_TENANT_LEN + 1);
+    let err = store
+        .save(&[good_a.clone(), bad.clone(), good_b.clone()])
+        .await
+        .expect_err("a batch holding a refused record must fail");
+    assert!(!err.is_retryable(), "a refused record is permanent: {err}");
+    for r in [&good_a, &bad, &good_b] {
+        assert_eq!(store.get(r.job_id).await.expect("get"), None, "{err}");
+    }
+    let keys: Vec<String> = [&good_a, &good_b]
+        .iter()
+        .flat_map(|r| {
+            let (o, res) = r.blob_keys();
+            [o, res]
+        })
+        .flatten()
+        .collect();
+    assert!(
+        store
+            .referenced(&keys)
+            .await
+            .expect("referenced")
+            .is_empty(),
+        "no job of the failed batch is referenced"
+    );
+    store
+        .save(&[good_a.clone(), good_b.clone()])
+        .await
+        .expect("the good records alone");
+    for r in [&good_a, &good_b] {
+        assert!(store.get(r.job_id).await.expect("get").is_some());
+    }
+}
+
+/// Deleting a job removes it for every reader, releases its blobs but
+/// those another job shares, is idempotent and tenant-scoped, and a late
+/// duplicate save does not bring it back.
+pub async fn delete_releases_blobs_but_shared_ones(
+    store: Arc<dyn ImageStore>,
+    _: Arc<dyn ActivityLog>,
+) {
+    let tenant = unique("tenant");
+    let shared = bytes(&unique("shared"), 4000);
+    let a = record(&tenant, &shared, &bytes(&unique("ra"), 300));
+    let b = record(&tenant, &shared, &bytes(&unique("rb"), 300));
+    store.save(&[a.clone(), b.clone()]).await.expect("save");
+    let (shared_key, a_result) = a.blob_keys();
+    let (shared_key, a_result) = (shared_key.expect("key"), a_result.expect("key"));
+
+    let other = store
+        .delete(a.job_id, "someone-else")
+        .await
+        .expect("delete");
+    assert_eq!(other, crate::store::Deletion::default(), "another tenant's");
+    assert!(store.get(a.job_id).await.expect("get").is_some());
+
+    let first = store.delete(a.job_id, &tenant).await.expect("delete");
+    assert!(first.found);
+    assert_eq!(
+        first.released,
+        vec![a_result.clone()],
+        "only its own result"
+    );
+    assert_eq!(store.get(a.job_id).await.expect("get"), None);
+    assert_eq!(store.original(a.job_id).await.expect("original"), None);
+    assert_eq!(store.result(a.job_id).await.expect("result"), None);
+    let page = store.list(&tenant, None, 10).await.expect("list");
+    assert_eq!(
+        page.items.iter().map(|r| r.job_id).collect::<Vec<_>>(),
+        vec![b.job_id]
+    );
+    let used = store
+        .referenced(&[shared_key.clone(), a_result.clone()])
+        .await
+        .expect("referenced");
+    assert!(
+        used.contains(&shared_key) && !used.contains(&a_result),
+        "{used:?}"
+    );
+    assert_eq!(store.original(b.job_id).await.expect("b"), b.original);
+
+    let again = store.delete(a.job_id, &tenant).await.expect("again");
+    assert!(again.found, "deleting twice finds the deleted job");
+    assert!(again.released.is_empty());
+    store
+        .save(std::slice::from_ref(&a))
+        .await
+        .expect("late duplicate");
+    assert_eq!(store.get(a.job_id).await.expect("get"), None, "not revived");
+
+    let last = store.delete(b.job_id, &tenant).await.expect("delete b");
+    assert!(last.found);
+    let mut released = last.released;
+    released.sort();
+    let (_, b_result) = b.blob_keys();
+    let mut want = vec![shared_key.clone(), b_result.expect("key")];
+    want.sort();
+    assert_eq!(released, want);
+    assert!(
+        store
+            .referenced(&[shared_key])
+            .await
+            .expect("referenced")
+            .is_empty()
+    );
+    let unknown = store
+        .delete(Uuid::now_v7(), &tenant)
+        .await
+        .expect("unknown");
+    assert!(!unknown.found);
+}
+
+/// `expire` removes jobs finished before the cutoff, keeps newer ones and
+/// the blobs they share, and works in bounded steps.
+pub async fn expire_removes_old_jobs_only(store: Arc<dyn ImageStore>, _: Arc<dyn ActivityLog>) {
+    let tenant = unique("tenant");
+    let shared = bytes(&unique("shared"), 2000);
+    let mut old: Vec<ArchiveRecord> = (0..3)
+        .map(|i| record(&tenant, &shared, &bytes(&unique(&format!("old{i}")), 100)))
+        .collect();
+    for (i, r) in old.iter_mut().enumerate() {
+        r.finished_at_ms = 1_000 + i as i64;
+    }
+    let mut new = record(&tenant, &shared, &bytes(&unique("new"), 100));
+    new.finished_at_ms = 5_000;
+    let mut all = old.clone();
+    all.push(new.clone());
+    store.save(&all).await.expect("save");
+
+    let first = store.expire(2_000, 2).await.expect("expire");
+    assert_eq!(first.jobs, 2, "at most the limit");
+    let rest = store.expire(2_000, 100).await.expect("expire");
+    assert_eq!(rest.jobs, 1);
+    assert_eq!(store.expire(2_000, 100).await.expect("again").jobs, 0);
+    for r in &old {
+        assert_eq!(store.get(r.job_id).await.expect("get"), None);
+    }
+    let mut released: Vec<String> = first.released.into_iter().chain(rest.released).collect();
+    released.sort();
+    let mut want: Vec<String> = old.iter().filter_map(|r| r.blob_keys().1).collect();
+    want.sort();
+    assert_eq!(released, want, "the old results, not the shared original");
+    assert!(store.get(new.job_id).await.expect("get").is_some());
+    assert_eq!(
+        store.original(new.job_id).await.expect("original"),
+        new.original
+    );
 }
