@@ -183,6 +183,8 @@ pub struct Deletion {
 pub struct Expiry {
     /// Jobs removed.
     pub jobs: u64,
+    /// Marks of deleted jobs removed (they count toward the limit).
+    pub marks: u64,
     /// Blob keys released (as in [`Deletion::released`]).
     pub released: Vec<String>,
 }

@@ -94,7 +94,9 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
     }
     if let Some(a) = &archive {
         if roles.save2db {
-            let save = Save2Db::new(broker.clone(), a.images.clone(), settings.batch);
+            let save = Save2Db::new(broker.clone(), a.images.clone(), settings.batch)
+                .with_max_attempts(settings.max_attempts)
+                .with_retry(settings.retry);
             workers.push(tokio::spawn(save.run(stopped())));
         }
         if roles.activity {
@@ -135,12 +137,15 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
             None => submitter,
         };
         let consumer =
-            ResultsConsumer::new(broker.clone(), results.clone(), settings.result_ttl, 64);
+            ResultsConsumer::new(broker.clone(), results.clone(), settings.result_ttl, 64)
+                .with_max_attempts(settings.max_attempts)
+                .with_retry(settings.retry);
         workers.push(tokio::spawn(consumer.run(stopped())));
         api = Some(ApiState {
             submitter,
             results: results.clone(),
             archive: a.images.clone(),
+            activity: a.activity.clone(),
             broker: broker.clone(),
             config: ApiConfig {
                 max_upload_bytes: settings.max_upload_bytes,

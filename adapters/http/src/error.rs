@@ -94,6 +94,7 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status, body).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE
             || self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::CONFLICT
         {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -1,7 +1,8 @@
 //! # pipeline-http
 //!
 //! The HTTP API of the pipeline as an axum [`Router`]: `/v1/images` (upload,
-//! status, result, original, list), `/v1/events` (server-sent completions),
+//! status, result, original, list, delete, a job's timeline), `/v1/events`
+//! (server-sent completions),
 //! `/v1/transforms` (the catalogue of operations and presets), the
 //! prototype's `/image` routes, `/healthz`, `/readyz`, `/openapi.json`
 //! (generated from the handlers, see [`ApiDoc`]) and a small upload page at
@@ -9,6 +10,7 @@
 
 mod catalog;
 mod common;
+mod delete;
 mod error;
 mod events;
 mod health;
@@ -16,6 +18,7 @@ mod lookup;
 mod openapi;
 mod responses;
 pub mod schema;
+mod timeline;
 mod upload;
 
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use pipeline_core::services::Submitter;
-use pipeline_core::{Broker, ImageStore, ResultStore};
+use pipeline_core::{ActivityLog, Broker, ImageStore, ResultStore};
 
 pub use error::ApiError;
 pub use health::health_router;
@@ -62,6 +65,8 @@ pub struct ApiState {
     pub results: Arc<dyn ResultStore>,
     /// Archive fallback after the result TTL.
     pub archive: Arc<dyn ImageStore>,
+    /// Jobs' timelines.
+    pub activity: Arc<dyn ActivityLog>,
     /// For readiness.
     pub broker: Arc<dyn Broker>,
     /// Limits.
@@ -78,7 +83,11 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(openapi::index))
         .route("/v1/images", post(upload::upload).get(lookup::list))
-        .route("/v1/images/{id}", get(lookup::status))
+        .route(
+            "/v1/images/{id}",
+            get(lookup::status).delete(delete::delete),
+        )
+        .route("/v1/images/{id}/events", get(timeline::job_events))
         .route("/v1/images/{id}/result", get(lookup::result))
         .route("/v1/images/{id}/original", get(lookup::original))
         .route("/v1/events", get(events::events))
@@ -120,10 +129,12 @@ mod tests {
         )
         .await
         .unwrap();
+        let archive = Arc::new(MemoryArchive::new());
         router(ApiState {
             submitter,
             results,
-            archive: Arc::new(MemoryArchive::new()),
+            archive: archive.clone(),
+            activity: archive,
             broker,
             config: ApiConfig::default(),
         })
@@ -193,6 +204,8 @@ mod tests {
             "POST /v1/images",
             "GET /v1/images",
             "GET /v1/images/{id}",
+            "DELETE /v1/images/{id}",
+            "GET /v1/images/{id}/events",
             "GET /v1/images/{id}/result",
             "GET /v1/images/{id}/original",
             "GET /v1/events",

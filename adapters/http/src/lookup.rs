@@ -15,12 +15,12 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::ApiState;
 use crate::common::{ApiResult, AppState, job_id, query, tenant};
 use crate::error::ApiError;
 use crate::openapi::TenantHeader;
 use crate::responses::*;
 use crate::schema::{ErrorBody, ErrorDetail, ImageList, ImageStatus, Pending};
+use crate::{ApiState, timeline};
 
 /// Where a job stands, from the result store or else the archive.
 enum Found {
@@ -148,6 +148,12 @@ pub(crate) async fn status(
     let tenant = tenant(&headers)?;
     match find(&state, id, &tenant, Duration::ZERO).await? {
         Some(Found::Live(s)) => {
+            // A finished job not in the archive: did save2db give it up?
+            let archive_error = if s.state.is_terminal() && state.archive.get(id).await?.is_none() {
+                timeline::archive_failure(&timeline::entries(&state, id, &tenant).await?)
+            } else {
+                None
+            };
             let s = s.summary();
             Ok(Json(ImageStatus {
                 id: s.id,
@@ -162,11 +168,18 @@ pub(crate) async fn status(
                 error: s.error,
                 worker: None,
                 archived: false,
+                archive_error,
             })
             .into_response())
         }
         Some(Found::Archived(r)) => Ok(Json(ImageStatus::from(r)).into_response()),
-        None => Err(ApiError::not_found(&raw)),
+        None => {
+            let entries = timeline::entries(&state, id, &tenant).await?;
+            match timeline::unarchived_status(id, &entries) {
+                Some(status) => Ok(Json(status).into_response()),
+                None => Err(ApiError::not_found(&raw)),
+            }
+        }
     }
 }
 

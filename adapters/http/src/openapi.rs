@@ -6,7 +6,7 @@ use axum::response::{Html, IntoResponse, Response};
 use utoipa::{IntoParams, OpenApi};
 
 use crate::error::ApiError;
-use crate::{catalog, events, health, lookup, upload};
+use crate::{catalog, delete, events, health, lookup, timeline, upload};
 
 /// The `X-Tenant` header every image route reads.
 #[derive(IntoParams)]
@@ -31,6 +31,8 @@ pub(crate) struct TenantHeader {
         upload::upload,
         lookup::list,
         lookup::status,
+        delete::delete,
+        timeline::job_events,
         lookup::result,
         lookup::original,
         events::events,

@@ -96,6 +96,23 @@ pub struct ImageStatus {
     pub worker: Option<String>,
     /// Whether this comes from the archive (the result store's copy expired).
     pub archived: bool,
+    /// Why the job's record never reached the archive (save2db gave it up;
+    /// it waits in the dead-letter queue for a replay). The result is
+    /// served while the result store keeps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive_error: Option<JobFailure>,
+}
+
+/// A job's timeline (`GET /v1/images/{id}/events`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobEvents {
+    /// Job id.
+    pub id: Uuid,
+    /// Every event the activity log recorded for the job, oldest first:
+    /// `image.submitted`, `image.transformed`/`image.failed`,
+    /// `image.archived`, `image.archive_failed`, `image.deleted`; each with
+    /// its worker, size, duration, error and delivery `attempt`.
+    pub events: Vec<pipeline_core::store::ActivityEntry>,
 }
 
 impl From<ImageRecord> for ImageStatus {
@@ -113,6 +130,7 @@ impl From<ImageRecord> for ImageStatus {
             error: r.error,
             worker: Some(r.worker),
             archived: true,
+            archive_error: None,
         }
     }
 }

@@ -157,10 +157,19 @@ impl SqlArchive {
             .and_where(Expr::col(Alias::new("job_id")).is_in(rows.iter().map(|r| r.job_id.clone())))
             .to_owned();
         txn.execute(&remove).await.map_err(|e| self.err(e))?;
-        let jobs = rows.iter().filter(|r| r.state != DELETED).count() as u64;
+        let marks = rows.iter().filter(|r| r.state == DELETED).count() as u64;
+        let jobs = rows.len() as u64 - marks;
         let keys = rows.into_iter().flat_map(|r| r.keys).collect();
         let released = self.release(&txn, keys).await?;
-        self.finish(txn, Expiry { jobs, released }).await
+        self.finish(
+            txn,
+            Expiry {
+                jobs,
+                marks,
+                released,
+            },
+        )
+        .await
     }
 
     /// Delete the blobs among `keys` that no job refers to any more (after

@@ -63,6 +63,7 @@ fn help_commands() -> Vec<(String, Vec<String>)> {
         "bench",
         "bench-archive",
         "gc-blobs",
+        "expire",
         "replay-dead",
     ] {
         commands.push((pipeline.clone(), vec![sub.to_string()]));

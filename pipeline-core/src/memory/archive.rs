@@ -158,10 +158,10 @@ impl ImageStore for MemoryArchive {
                 released: Vec::new(),
             });
         }
-        if !state
+        if state
             .images
             .get(&job_id)
-            .is_some_and(|(r, _, _)| r.tenant == tenant)
+            .is_none_or(|(r, _, _)| r.tenant != tenant)
         {
             return Ok(Deletion::default());
         }
@@ -192,7 +192,18 @@ impl ImageStore for MemoryArchive {
                 expiry.released.extend(released);
             }
         }
-        state.deleted.retain(|_, (_, at)| *at >= finished_before_ms);
+        let room = limit.saturating_sub(expiry.jobs as usize);
+        let marks: Vec<Uuid> = state
+            .deleted
+            .iter()
+            .filter(|(_, (_, at))| *at < finished_before_ms)
+            .map(|(id, _)| *id)
+            .take(room)
+            .collect();
+        for id in marks {
+            state.deleted.remove(&id);
+            expiry.marks += 1;
+        }
         Ok(expiry)
     }
 }

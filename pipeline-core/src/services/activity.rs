@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::consume::{Parsed, consume_batches};
+use super::consume::{Parsed, Settling, consume_batches};
 use super::queues;
 use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery};
@@ -37,7 +37,12 @@ impl ActivityRecorder {
             self.broker.as_ref(),
             queues::ACTIVITY,
             self.batch,
-            Backoff::default(),
+            Settling {
+                retry: Backoff::default(),
+                // The broker's policy dead-letters at the queue's limit.
+                max_attempts: u32::MAX,
+                announce: None,
+            },
             shutdown,
             entry_of,
             |entries: Vec<ActivityEntry>| {

@@ -8,6 +8,7 @@ use futures::{FutureExt, StreamExt};
 
 use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery, Subscription};
+use crate::envelope::headers;
 use crate::error::{Error, Result};
 
 /// Consume `queue`, handling up to `prefetch` deliveries at once, until
@@ -43,6 +44,46 @@ where
 /// A delivery turned into a record, or the reason it cannot be.
 pub(crate) type Parsed<T> = std::result::Result<T, String>;
 
+/// How a batch consumer settles what it cannot handle.
+#[derive(Clone, Copy)]
+pub(crate) struct Settling<'a> {
+    /// Backoff of a nacked delivery.
+    pub retry: Backoff,
+    /// The delivery whose failure is retryable is given up (dead-lettered)
+    /// on this attempt instead of nacked.
+    pub max_attempts: u32,
+    /// Event announcing, with the reason, each delivery given up (before
+    /// it is dead-lettered), so readers learn that the job went no further.
+    pub announce: Option<(&'a dyn Broker, &'static str)>,
+}
+
+impl Settling<'_> {
+    /// Announce `d` as given up (when set), then dead-letter it.
+    async fn give_up(&self, queue: &str, d: Delivery, reason: String) {
+        tracing::warn!(queue, job_id = %d.envelope().job_id, attempt = d.attempt(), %reason, "giving the message up (dead-lettering it)");
+        if let Some((broker, event)) = self.announce {
+            let mut note = d
+                .envelope()
+                .follow_up(event)
+                .with_header(
+                    headers::ERROR_CODE,
+                    event.rsplit('.').next().unwrap_or(event),
+                )
+                .with_header(headers::ERROR, reason.clone())
+                .with_header(headers::ATTEMPTS, d.attempt().to_string());
+            for stale in [headers::WORKER, headers::DURATION_MS, headers::ATTEMPT] {
+                note.headers.remove(stale);
+            }
+            if let Err(e) = broker.publish(note).await {
+                tracing::warn!(queue, error = %e, "announcing a message given up failed");
+            }
+        }
+        if let Err(e) = d.dead_letter(reason).await {
+            tracing::warn!(queue, error = %e, "dead-letter failed; the message will come back");
+        }
+    }
+}
+
 /// Consume `queue` in batches of up to `batch` waiting deliveries. Each
 /// delivery is parsed (unparseable ones are dead-lettered); the records are
 /// handed to `save` together and acked after it succeeds.
@@ -52,14 +93,15 @@ pub(crate) type Parsed<T> = std::result::Result<T, String>;
 /// is down), whatever the error, for as long as it takes; a retryable
 /// failure while the store answers `ready`, for at most
 /// [`MAX_HOLD`], after which the batch is nacked with the retry policy's
-/// delay. A permanent failure is retried record by record so one bad
-/// record cannot hold back the others. At shutdown a held batch is nacked.
+/// delay (or given up on its last attempt, see [`Settling`]). A permanent
+/// failure is retried record by record so one bad record cannot hold back
+/// the others. At shutdown a held batch is nacked.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn consume_batches<T, P, S, F, R, RF>(
     broker: &dyn Broker,
     queue: &str,
     batch: usize,
-    retry: Backoff,
+    settling: Settling<'_>,
     shutdown: impl Future<Output = ()> + Send,
     parse: P,
     save: S,
@@ -91,10 +133,9 @@ where
                         deliveries.push(d);
                     }
                     Err(reason) => {
-                        tracing::warn!(queue, job_id = %d.envelope().job_id, %reason, "dead-lettering unusable message");
-                        if let Err(e) = d.dead_letter(reason).await {
-                            tracing::warn!(queue, error = %e, "dead-letter failed; the message will come back");
-                        }
+                        settling
+                            .give_up(queue, d, format!("unusable message: {reason}"))
+                            .await
                     }
                 },
                 Err(e) => {
@@ -106,23 +147,23 @@ where
             continue;
         }
         match save_holding(queue, &records, &save, &ready, shutdown.clone()).await {
-            Ok(()) => settle_all(deliveries, None, retry).await,
+            Ok(()) => settle_all(queue, deliveries, None, settling).await,
             Err(e) if e.is_retryable() => {
                 tracing::warn!(queue, error = %e, count = deliveries.len(), "batch not saved; handing it back to the broker");
-                settle_all(deliveries, Some(e), retry).await;
+                settle_all(queue, deliveries, Some(e), settling).await;
             }
             Err(e) => {
                 tracing::warn!(queue, error = %e, "batch refused; saving one by one");
                 for (record, d) in records.into_iter().zip(deliveries) {
                     match save(vec![record]).await {
-                        Ok(()) => settle_all(vec![d], None, retry).await,
-                        Err(e) if e.is_retryable() => settle_all(vec![d], Some(e), retry).await,
+                        Ok(()) => settle_all(queue, vec![d], None, settling).await,
+                        Err(e) if e.is_retryable() => {
+                            settle_all(queue, vec![d], Some(e), settling).await
+                        }
                         Err(e) => {
-                            if let Err(e2) =
-                                d.dead_letter(format!("refused by the store: {e}")).await
-                            {
-                                tracing::warn!(queue, error = %e2, "dead-letter failed");
-                            }
+                            settling
+                                .give_up(queue, d, format!("refused by the store: {e}"))
+                                .await
                         }
                     }
                 }
@@ -188,15 +229,26 @@ where
     }
 }
 
-/// Ack every delivery, or nack them with backoff when `error` is set.
-async fn settle_all(deliveries: Vec<Delivery>, error: Option<Error>, retry: Backoff) {
+/// Ack every delivery, or, when `error` is set, nack them with backoff
+/// (give up those on their last attempt).
+async fn settle_all(
+    queue: &str,
+    deliveries: Vec<Delivery>,
+    error: Option<Error>,
+    settling: Settling<'_>,
+) {
     let results = futures::future::join_all(deliveries.into_iter().map(|d| {
         let error = error.as_ref().map(ToString::to_string);
         async move {
             match error {
                 None => d.ack().await,
+                Some(reason) if d.attempt() >= settling.max_attempts => {
+                    let reason = format!("gave up after {} attempts: {reason}", d.attempt());
+                    settling.give_up(queue, d, reason).await;
+                    Ok(())
+                }
                 Some(reason) => {
-                    let delay = retry.delay(d.attempt());
+                    let delay = settling.retry.delay(d.attempt());
                     d.nack(delay, reason).await
                 }
             }

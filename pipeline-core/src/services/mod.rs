@@ -21,14 +21,14 @@ mod transformer;
 
 pub use activity::ActivityRecorder;
 pub use replay::{ReplayReport, replay_dead};
-pub use results::ResultsConsumer;
+pub use results::{RETRIES_EXHAUSTED, ResultsConsumer};
 pub use save2db::Save2Db;
 #[cfg(feature = "image")]
 pub use submit::{
     Accepted, InFlight, SubmitConfig, Submitter, Upload, Validation, default_presets,
 };
 #[cfg(feature = "image")]
-pub use transformer::{RETRIES_EXHAUSTED, Transformer, TransformerConfig};
+pub use transformer::{Transformer, TransformerConfig};
 
 use crate::broker::QueueSpec;
 use crate::envelope::events;

@@ -22,6 +22,7 @@ pub struct ResultsConsumer {
     ttl: Duration,
     prefetch: usize,
     retry: Backoff,
+    max_attempts: u32,
 }
 
 impl ResultsConsumer {
@@ -38,7 +39,24 @@ impl ResultsConsumer {
             ttl,
             prefetch: prefetch.max(1),
             retry: Backoff::default(),
+            max_attempts: 5,
         }
+    }
+
+    /// Deliveries of an event before it is given up (the queue's
+    /// `max_attempts`; 5 by default): on the last one that cannot be
+    /// stored, the job is stored as failed (code `retries_exhausted`,
+    /// without the result), so readers see it end and its in-flight slot
+    /// is released; the transformed result stays in the archive.
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    /// Backoff between deliveries of an event that could not be stored.
+    pub fn with_retry(mut self, retry: Backoff) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// Consume until `shutdown` resolves or the broker closes.
@@ -65,8 +83,12 @@ impl ResultsConsumer {
             return;
         };
         let job_id = status.job_id;
+        let fallback = status.clone();
         let settled = match self.results.put(status, self.ttl).await {
             Ok(()) => delivery.ack().await,
+            Err(e) if delivery.attempt() >= self.max_attempts => {
+                self.give_up(delivery, fallback, &e).await
+            }
             Err(e) => {
                 let delay = self.retry.delay(delivery.attempt());
                 tracing::warn!(%job_id, error = %e, ?delay, "result not stored; retrying");
@@ -77,7 +99,42 @@ impl ResultsConsumer {
             tracing::warn!(%job_id, error = %e, "settling failed; it will be redelivered");
         }
     }
+
+    /// The event could not be stored on its last delivery: store the job
+    /// as failed without its bytes (what a store refusing the result, for
+    /// its size say, still takes), or, if even that fails, let the
+    /// delivery policy dead-letter the event.
+    async fn give_up(
+        &self,
+        delivery: Delivery,
+        status: JobStatus,
+        error: &crate::Error,
+    ) -> Result<()> {
+        let attempts = delivery.attempt();
+        let message = format!("the result could not be stored after {attempts} attempts: {error}");
+        tracing::warn!(job_id = %status.job_id, attempts, %error, "result given up");
+        let failed = JobStatus {
+            state: JobState::Failed,
+            result: None,
+            updated_at_ms: now_ms(),
+            error: Some(JobFailure {
+                code: RETRIES_EXHAUSTED.into(),
+                message: message.clone(),
+            }),
+            ..status
+        };
+        match self.results.put(failed, self.ttl).await {
+            Ok(()) => delivery.ack().await,
+            Err(e) => {
+                let reason = format!("{message}; storing the failure failed too: {e}");
+                delivery.nack(Duration::ZERO, reason).await
+            }
+        }
+    }
 }
+
+/// Failure code of a job whose transient failures used up its attempts.
+pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 
 /// The job status an event announces, if it is a terminal event.
 pub(crate) fn status_of(env: &Envelope) -> Option<JobStatus> {

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::consume::{Parsed, consume_batches};
+use super::consume::{Parsed, Settling, consume_batches};
 use super::queues;
 use super::results::failure_of;
 use crate::backoff::Backoff;
@@ -14,12 +14,19 @@ use crate::store::{ArchiveRecord, Blob, ImageStore, JobInfo, JobState};
 
 /// Consumes `image.archived` and `image.failed` and saves them in batches of
 /// whatever is waiting (up to `batch`); acks only after the commit.
+///
+/// A record it gives up (unusable, refused by the archive, or still failing
+/// on its last attempt) is dead-lettered after an `image.archive_failed`
+/// event naming the reason, so the activity log and the API tell that the
+/// job's archiving failed; the dead-letter queue keeps the record for a
+/// replay once the cause is fixed.
 #[derive(Debug, Clone)]
 pub struct Save2Db {
     broker: Arc<dyn Broker>,
     store: Arc<dyn ImageStore>,
     batch: usize,
     retry: Backoff,
+    max_attempts: u32,
 }
 
 impl Save2Db {
@@ -30,7 +37,21 @@ impl Save2Db {
             store,
             batch: batch.max(1),
             retry: Backoff::default(),
+            max_attempts: 5,
         }
+    }
+
+    /// Deliveries of a record before it is given up (the queue's
+    /// `max_attempts`; 5 by default).
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    /// Backoff between deliveries of a record that could not be saved.
+    pub fn with_retry(mut self, retry: Backoff) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// Consume until `shutdown` resolves or the broker closes.
@@ -40,7 +61,11 @@ impl Save2Db {
             self.broker.as_ref(),
             queues::SAVE2DB,
             self.batch,
-            self.retry,
+            Settling {
+                retry: self.retry,
+                max_attempts: self.max_attempts,
+                announce: Some((self.broker.as_ref(), events::ARCHIVE_FAILED)),
+            },
             shutdown,
             record_of,
             |records: Vec<ArchiveRecord>| {

@@ -17,8 +17,7 @@ use crate::store::{JobInfo, MediaInfo, sha256_hex};
 use crate::transform::codec::{content_type, format_name};
 use crate::transform::{BlockingPool, Processed, Processor, TransformSpec};
 
-/// Failure code of a job whose transient failures used up its attempts.
-pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+use super::RETRIES_EXHAUSTED;
 
 /// Settings of a transformer.
 #[derive(Debug, Clone)]
@@ -98,7 +97,10 @@ impl Transformer {
 
     /// Process one delivery and settle it.
     pub async fn handle(&self, delivery: Delivery) {
-        let env = delivery.envelope().clone();
+        let mut env = delivery.envelope().clone();
+        // Every follow-up tells which delivery of the job produced it.
+        env.headers
+            .insert(headers::ATTEMPT.to_string(), delivery.attempt().to_string());
         let started = Instant::now();
         let outcome = self.transform(&env).await;
         let published = match outcome {

@@ -27,7 +27,7 @@ pub use bench::BenchArgs;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub use bench_archive::ArchiveBenchArgs;
 pub use load::{LoadArgs, LoadReport, drive};
-pub use maintenance::{GcArgs, ReplayArgs};
+pub use maintenance::{ExpireArgs, GcArgs, ReplayArgs, StoreArgs};
 
 use crate::Roles;
 
@@ -66,6 +66,8 @@ enum Command {
     BenchArchive(ArchiveBenchArgs),
     /// Remove claim-check blobs that no archived job refers to.
     GcBlobs(GcArgs),
+    /// Remove jobs older than the retention (PIPELINE_RETENTION_DAYS).
+    Expire(ExpireArgs),
     /// Publish a queue's dead letters again (after fixing their cause).
     ReplayDead(ReplayArgs),
 }
@@ -94,6 +96,10 @@ pub fn run(registry: TransformRegistry) -> ExitCode {
             Command::GcBlobs(a) => {
                 init_tracing(false, "warn");
                 maintenance::gc_blobs(a).await
+            }
+            Command::Expire(a) => {
+                init_tracing(false, "warn");
+                maintenance::expire(a).await
             }
             Command::ReplayDead(a) => {
                 init_tracing(false, "warn");
