@@ -1,6 +1,6 @@
 //! Redis connections killed (`CLIENT KILL TYPE normal`) while publishing and
-//! consuming: nothing is lost. Alone in its test binary, because it kills
-//! every normal client of the server.
+//! consuming: nothing is lost. The kill reaches every client of the server,
+//! so the test runs a Redis server of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
@@ -15,8 +15,11 @@ use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_when_the_connections_are_killed() {
-    let url = std::env::var("PIPELINE_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let server = pipeline_core::testkit::servers::Server::start(
+        pipeline_core::testkit::servers::Kind::Redis,
+        &[],
+    );
+    let url = server.url();
     let ns = pipeline_core::testkit::unique("kill");
     let broker = Arc::new(
         RedisBroker::connect_with(
@@ -68,9 +71,11 @@ async fn nothing_is_lost_when_the_connections_are_killed() {
     )
     .await;
     let killed = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string()])
         .args(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
         .output()
         .expect("redis-cli");
+    assert!(killed.status.success(), "redis-cli CLIENT KILL: {killed:?}");
     let n: u32 = String::from_utf8_lossy(&killed.stdout)
         .trim()
         .parse()

@@ -1,8 +1,8 @@
 //! The archive database goes away under a running save2db while uploads go
 //! on over the real RabbitMQ: a TCP proxy in front of the real PostgreSQL /
-//! MariaDB is cut (its connections die, new ones are dropped), or the real
-//! PostgreSQL is stopped and started (other test binaries never run at the
-//! same time; a guard starts it again if the test fails).
+//! MariaDB is cut (its connections die, new ones are dropped), or a
+//! PostgreSQL server of the test's own is stopped and started again (the
+//! shared server is never restarted).
 //! save2db's `/readyz` turns 503, nothing is dead-lettered, and once the
 //! database is back every job is archived exactly once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -17,6 +17,7 @@ use common::procs::{
     fetch_all, http_status, rabbit_env, spawn, spawn_api, upload_batch, wait_archived,
 };
 use common::proxy::Proxy;
+use pipeline_core::testkit::servers::{Kind, Server};
 
 /// One database at a time: the two tests share the machine's 2 cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -26,6 +27,7 @@ fn dead_letters(ns: &str) -> u64 {
         .args(["-q", "list_queues", "name", "messages"])
         .output()
         .expect("rabbitmqctl");
+    assert!(out.status.success(), "rabbitmqctl list_queues: {out:?}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with(ns) && l.contains(".dead"))
@@ -45,41 +47,12 @@ async fn until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 enum Outage {
     /// save2db reaches the database through a proxy that is cut.
     Proxy(Arc<Proxy>),
-    /// The real server is stopped and started again (`pg_ctlcluster`).
-    RestartPostgres,
-}
-
-fn pg_ctl(action: &str) -> bool {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .unwrap_or_else(|| "15".into());
-    Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, "main", action])
-        .args(if action == "stop" {
-            &["-m", "fast"][..]
-        } else {
-            &[][..]
-        })
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Starts PostgreSQL again if a test stopped it and then failed.
-struct PostgresGuard;
-impl Drop for PostgresGuard {
-    fn drop(&mut self) {
-        if std::net::TcpStream::connect("127.0.0.1:5432").is_err() {
-            pg_ctl("start");
-        }
-    }
+    /// The test's own PostgreSQL server is stopped and started again.
+    Restart(Arc<std::sync::Mutex<Server>>),
 }
 
 async fn outage_of(db_direct: &str, db_for_save2db: String, outage: Outage) {
     let _serial = SERIAL.lock().await;
-    let _guard = PostgresGuard;
     let ns = pipeline_core::testkit::unique("outage").replace('-', "_");
     let env = rabbit_env(&ns, db_direct);
     let (_api, base) = spawn_api(&env);
@@ -107,7 +80,10 @@ async fn outage_of(db_direct: &str, db_for_save2db: String, outage: Outage) {
             let p = p.clone();
             Box::new(move || p.cut())
         }
-        Outage::RestartPostgres => Box::new(|| assert!(pg_ctl("stop"), "stop PostgreSQL")),
+        Outage::Restart(server) => {
+            let server = server.clone();
+            Box::new(move || server.lock().unwrap().stop())
+        }
     };
     let ids = upload_batch(&base, n, cut).await;
     until(
@@ -125,7 +101,7 @@ async fn outage_of(db_direct: &str, db_for_save2db: String, outage: Outage) {
 
     match &outage {
         Outage::Proxy(p) => p.restore(),
-        Outage::RestartPostgres => assert!(pg_ctl("start"), "start PostgreSQL"),
+        Outage::Restart(server) => server.lock().unwrap().resume(),
     }
     until(
         "save2db /readyz 200 after the outage",
@@ -164,9 +140,16 @@ async fn mariadb_outage_under_save2db_loses_nothing() {
     outage_of(MARIADB, url, Outage::Proxy(proxy)).await;
 }
 
-/// The real server restarted: its sessions are terminated by the server,
-/// new connections are refused until it is back.
+/// The server restarted: its sessions are terminated by the server, new
+/// connections are refused until it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restart_under_save2db_loses_nothing() {
-    outage_of(POSTGRES, POSTGRES.to_string(), Outage::RestartPostgres).await;
+    let server = Server::start(Kind::Postgres, &[]);
+    let url = server.url();
+    outage_of(
+        &url,
+        url.clone(),
+        Outage::Restart(Arc::new(std::sync::Mutex::new(server))),
+    )
+    .await;
 }

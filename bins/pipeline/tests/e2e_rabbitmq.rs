@@ -1,15 +1,18 @@
-//! The pipeline as separate processes over the real RabbitMQ: 1 API, 2
+//! The pipeline as separate processes over RabbitMQ: 1 API, 2
 //! transformers, save2db and the activity log, sharing an SQLite archive.
 //! One transformer is killed with SIGKILL mid-batch; the broker application
-//! is restarted mid-batch. Nothing may be lost or archived twice.
+//! is restarted mid-batch. Nothing may be lost or archived twice. The
+//! broker is a RabbitMQ node of the test's own: the shared one is never
+//! stopped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::procs::{
-    fetch_all, http_status, rabbit_env, spawn, spawn_api, upload_batch, wait_activity,
+    fetch_all, http_status, rabbit_env_at, spawn, spawn_api, upload_batch, wait_activity,
     wait_archived,
 };
+use pipeline_core::testkit::servers::{Kind, Server};
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -18,44 +21,18 @@ use std::time::{Duration, Instant};
 
 use pipeline_core::ImageStore;
 
-/// Restarts the broker application if a test stops it and then fails.
-struct BrokerGuard;
-impl Drop for BrokerGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "start_app"])
-            .status();
-    }
-}
-
 /// Print the namespace's queues (for diagnosing a failure).
-fn dump_queues(ns: &str) {
-    if let Ok(out) = Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "list_queues",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-            "consumers",
-        ])
-        .output()
-    {
-        for line in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains(ns))
-        {
-            eprintln!("queue: {line}");
-        }
+fn dump_queues(server: &Server, ns: &str) {
+    let out = server.rabbitmqctl(&[
+        "list_queues",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        "consumers",
+    ]);
+    for line in out.lines().filter(|l| l.contains(ns)) {
+        eprintln!("queue: {line}");
     }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .status()
-        .expect("rabbitmqctl");
-    assert!(status.success(), "rabbitmqctl {args:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -66,7 +43,8 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
         "sqlite://{}?mode=rwc",
         dir.path().join("archive.db").display()
     );
-    let env = rabbit_env(&ns, &db);
+    let server = Arc::new(Server::start(Kind::RabbitMq, &[]));
+    let env = rabbit_env_at(&server.url(), &ns, &db);
     let (api, base) = spawn_api(&env);
     let (t1, _) = spawn(
         env!("CARGO_BIN_EXE_pipeline-transformer"),
@@ -103,7 +81,7 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
     eprintln!("batch 1: 500 accepted");
     fetch_all(&base, &first).await;
     eprintln!("batch 1: all results fetched");
-    let archive = wait_archived(&db, &ns, 500, || dump_queues(&ns)).await;
+    let archive = wait_archived(&db, &ns, 500, || dump_queues(&server, &ns)).await;
     for id in &first {
         assert!(
             archive.get(*id).await.unwrap().is_some(),
@@ -112,13 +90,13 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
     }
 
     // Batch 2: restart the broker application mid-batch.
-    let _guard = BrokerGuard;
+    let node = server.clone();
     let addr = base.trim_start_matches("http://").to_string();
     let not_ready_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = not_ready_seen.clone();
     let worker_health = health.clone();
     let second = upload_batch(&base, 300, move || {
-        rabbitmqctl(&["-q", "stop_app"]);
+        node.rabbitmqctl(&["stop_app"]);
         // The API notices the lost connection and says so.
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -129,7 +107,7 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        rabbitmqctl(&["-q", "start_app"]);
+        node.rabbitmqctl(&["start_app"]);
     })
     .await;
     assert!(
@@ -147,7 +125,7 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
     eprintln!("batch 2: 300 accepted");
     fetch_all(&base, &second).await;
     eprintln!("batch 2: all results fetched");
-    let archive = wait_archived(&db, &ns, 800, || dump_queues(&ns)).await;
+    let archive = wait_archived(&db, &ns, 800, || dump_queues(&server, &ns)).await;
     for id in &second {
         assert!(
             archive.get(*id).await.unwrap().is_some(),
@@ -155,7 +133,7 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
         );
     }
     let all: Vec<uuid::Uuid> = first.iter().chain(&second).copied().collect();
-    wait_activity(&archive, &all, || dump_queues(&ns)).await;
+    wait_activity(&archive, &all, || dump_queues(&server, &ns)).await;
     let ready = pipeline::cli::http_client_builder()
         .build()
         .unwrap()
@@ -169,4 +147,5 @@ async fn separate_processes_survive_a_killed_transformer_and_a_broker_restart() 
         "the API is ready again after the broker restart"
     );
     drop(api);
+    drop(server);
 }

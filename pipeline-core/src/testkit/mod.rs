@@ -24,14 +24,21 @@ pub mod blobs;
 pub mod broker;
 pub mod process;
 pub mod results;
-pub mod store;
 #[cfg(feature = "image")]
+pub mod servers;
+pub mod store;
 pub mod transform;
 
-/// A random lower-case suffix for names that must not collide between runs.
+/// Prefix of every name [`unique`] makes: whatever a killed test run
+/// left behind on a shared server (tables, queues, keys) starts with it,
+/// and `scripts/clean-test-leftovers.sh` removes it by this prefix.
+pub const TEST_PREFIX: &str = "pt_";
+
+/// A name that does not collide between runs: [`TEST_PREFIX`], `prefix`,
+/// `_` and a random lower-case suffix (valid as a namespace everywhere).
 pub fn unique(prefix: &str) -> String {
     let s: String = (0..10).map(|_| fastrand::lowercase()).collect();
-    format!("{prefix}-{s}")
+    format!("{TEST_PREFIX}{prefix}_{s}")
 }
 
 /// Run `program` with `args` (in `dir` when given), fail the test unless it

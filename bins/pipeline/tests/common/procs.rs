@@ -219,6 +219,11 @@ pub async fn wait_archived(
 pub fn rabbit_env(ns: &str, db: &str) -> Vec<(&'static str, String)> {
     let amqp = std::env::var("PIPELINE_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    rabbit_env_at(&amqp, ns, db)
+}
+
+/// [`rabbit_env`] on the RabbitMQ server at `amqp`.
+pub fn rabbit_env_at(amqp: &str, ns: &str, db: &str) -> Vec<(&'static str, String)> {
     let sep = if amqp.contains('?') { '&' } else { '?' };
     vec![
         (
