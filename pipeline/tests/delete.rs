@@ -17,7 +17,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 async fn archive(url: &str) -> Arc<SqlArchive> {
-    let ns = format!("del_{}", Uuid::now_v7().simple());
+    let ns = pipeline_core::testkit::unique("del");
     Arc::new(
         SqlArchive::connect(url, &ns)
             .await
@@ -28,7 +28,9 @@ async fn archive(url: &str) -> Arc<SqlArchive> {
 async fn start(archive: &Arc<SqlArchive>, roles: Roles) -> (Running, String) {
     let running = Pipeline::builder()
         .roles(roles)
-        .broker(Arc::new(MemoryBroker::with_drain_timeout(Duration::from_secs(1))))
+        .broker(Arc::new(MemoryBroker::with_drain_timeout(
+            Duration::from_secs(1),
+        )))
         .archive(Archive {
             images: archive.clone(),
             activity: archive.clone(),
@@ -112,10 +114,12 @@ impl Client {
 }
 
 async fn delete_through_the_api(url: &str) {
-    let archive = archive(url).await;
-    let outcome = tokio::time::timeout(Duration::from_secs(120), scenario(&archive)).await;
-    archive.drop_tables().await.unwrap();
-    outcome.expect("within 2 minutes");
+    pipeline_core::testkit::run_case(
+        archive(url).await,
+        |a| async move { scenario(&a).await },
+        |a| async move { a.drop_tables().await.unwrap() },
+    )
+    .await;
 }
 
 async fn scenario(archive: &Arc<SqlArchive>) {

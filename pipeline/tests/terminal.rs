@@ -410,28 +410,34 @@ async fn every_job_ends_on_memory() {
 async fn every_job_ends_on_rabbitmq() {
     let url = std::env::var("PIPELINE_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let ns = format!("term_{}", Uuid::now_v7().simple());
+    let ns = pipeline_core::testkit::unique("term");
     let broker = pipeline_rabbitmq::RabbitBroker::connect(&url, &ns, &ns)
         .await
         .unwrap_or_else(|e| panic!("RabbitMQ at {url}: {e}"));
-    let broker = Arc::new(broker);
-    let outcome =
-        tokio::time::timeout(Duration::from_secs(120), every_job_ends(broker.clone())).await;
-    broker.delete_all().await.unwrap();
-    outcome.expect("within 2 minutes");
+    pipeline_core::testkit::run_case(
+        Arc::new(broker),
+        |b| every_job_ends(b as Arc<dyn Broker>),
+        |b| async move {
+            b.delete_all().await.unwrap();
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_job_ends_on_redis() {
     let url = std::env::var("PIPELINE_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let ns = format!("term-{}", Uuid::now_v7().simple());
+    let ns = pipeline_core::testkit::unique("term");
     let broker = pipeline_redis::RedisBroker::connect(&url, &ns)
         .await
         .unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
-    let broker = Arc::new(broker);
-    let outcome =
-        tokio::time::timeout(Duration::from_secs(120), every_job_ends(broker.clone())).await;
-    broker.delete_all().await.unwrap();
-    outcome.expect("within 2 minutes");
+    pipeline_core::testkit::run_case(
+        Arc::new(broker),
+        |b| every_job_ends(b as Arc<dyn Broker>),
+        |b| async move {
+            b.delete_all().await.unwrap();
+        },
+    )
+    .await;
 }

@@ -1,5 +1,5 @@
-//! RabbitMQ beyond the shared suite: connections closed under load,
-//! malformed frames. (The suite on quorum queues is `conformance_quorum.rs`,
+//! RabbitMQ beyond the shared suite: connections closed under load (on a
+//! RabbitMQ node of the test's own), malformed frames. (The suite on quorum queues is `conformance_quorum.rs`,
 //! its own binary, so its Raft churn never runs beside these.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,52 +12,44 @@ use futures::StreamExt;
 use pipeline_core::broker::{QueueSpec, Subscription, dead_letter_queue};
 use pipeline_core::envelope::headers;
 use pipeline_core::testkit::broker::{ack_and_forward, receive_until};
+use pipeline_core::testkit::servers::{Kind, Server};
 use pipeline_core::{Broker, Envelope, Part};
 use pipeline_rabbitmq::RabbitBroker;
 use uuid::Uuid;
 
-fn url(extra: &str) -> String {
-    let base = std::env::var("PIPELINE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}expires_ms=60000&publish_timeout_ms=60000{extra}")
+fn shared_url() -> String {
+    std::env::var("PIPELINE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-async fn connect(extra: &str) -> (RabbitBroker, String) {
+async fn connect(base: &str, extra: &str) -> (RabbitBroker, String) {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}expires_ms=60000&publish_timeout_ms=60000{extra}");
     let ns = pipeline_core::testkit::unique("res");
-    let b = RabbitBroker::connect(&url(extra), &ns, &format!("{ns}-conn"))
+    let b = RabbitBroker::connect(&url, &ns, &format!("{ns}-conn"))
         .await
         .unwrap_or_else(|e| panic!("RabbitMQ is unreachable ({e})"));
     (b, ns)
 }
 
-/// Close every server-side connection whose client name contains `needle`.
-async fn close_connections(needle: &str) -> usize {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_connections", "pid", "client_properties"])
-        .output()
-        .await
-        .expect("rabbitmqctl");
-    let text = String::from_utf8_lossy(&out.stdout);
+/// Close every connection of `server` whose client name contains `needle`.
+fn close_connections(server: &Server, needle: &str) -> usize {
+    let text = server.rabbitmqctl(&["list_connections", "pid", "client_properties"]);
     let names: Vec<String> = text
         .lines()
         .filter(|l| l.contains(needle))
         .filter_map(|l| l.split('\t').next().map(str::to_string))
         .collect();
     for name in &names {
-        let status = tokio::process::Command::new("rabbitmqctl")
-            .args(["-q", "close_connection", name, "resilience test"])
-            .status()
-            .await
-            .expect("rabbitmqctl");
-        assert!(status.success());
+        server.rabbitmqctl(&["close_connection", name, "resilience test"]);
     }
     names.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_when_the_connection_is_closed_under_load() {
-    let (broker, ns) = connect("").await;
+    let server = Server::start(Kind::RabbitMq, &[]);
+    let (broker, ns) = connect(&server.url(), "").await;
     let broker = Arc::new(broker);
     broker
         .declare(&[QueueSpec::new("work", &["job.*"], 5)])
@@ -105,7 +97,7 @@ async fn nothing_is_lost_when_the_connection_is_closed_under_load() {
         |s| s.len() >= total / 4,
     )
     .await;
-    let closed = close_connections(&ns).await;
+    let closed = close_connections(&server, &ns);
     assert!(closed >= 1, "no connection of {ns} found");
     cut_tx.send_replace(true);
     let sent: HashSet<Uuid> = publisher.await.unwrap().into_iter().collect();
@@ -129,13 +121,13 @@ async fn nothing_is_lost_when_the_connection_is_closed_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_goes_to_the_dead_letter_queue_and_the_queue_flows_on() {
-    let (broker, ns) = connect("").await;
+    let (broker, ns) = connect(&shared_url(), "").await;
     broker
         .declare(&[QueueSpec::new("work", &["job.*"], 3)])
         .await
         .unwrap();
     // Garbage straight onto the queue, then a good message behind it.
-    let conn = lapin::Connection::connect(&url(""), lapin::ConnectionProperties::default())
+    let conn = lapin::Connection::connect(&shared_url(), lapin::ConnectionProperties::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();

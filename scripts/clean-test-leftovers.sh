@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Remove what killed or failed test runs left on the machine's shared
+# servers: every PostgreSQL/MariaDB table (database `test`), RabbitMQ queue
+# and Redis key whose name starts with the tests' prefix `pt_`
+# (`pipeline_core::testkit::TEST_PREFIX`; every test namespace is made by
+# `testkit::unique`). Nothing else uses that prefix. .ci/run runs it before
+# the tests; it prints what it removed and fails if a server cannot be asked.
+# Needs psql, mariadb, rabbitmqctl, redis-cli and Python's pika.
+set -euo pipefail
+
+prefix=pt_
+pg=(psql -h 127.0.0.1 -U postgres -d test -v ON_ERROR_STOP=1 -qAt)
+my=(mariadb --no-defaults -h 127.0.0.1 -u root -N test)
+
+tables=$("${pg[@]}" -c "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND starts_with(tablename, '$prefix')")
+if [ -n "$tables" ]; then
+  sed 's/.*/DROP TABLE IF EXISTS "&" CASCADE;/' <<<"$tables" | "${pg[@]}"
+fi
+echo "clean-test-leftovers: postgresql: $(grep -c . <<<"$tables" || true) tables"
+
+tables=$("${my[@]}" -e "SELECT table_name FROM information_schema.tables WHERE table_schema = 'test' AND LEFT(table_name, ${#prefix}) = '$prefix'")
+if [ -n "$tables" ]; then
+  { echo "SET FOREIGN_KEY_CHECKS = 0;"; sed 's/.*/DROP TABLE IF EXISTS `&`;/' <<<"$tables"; } | "${my[@]}"
+fi
+echo "clean-test-leftovers: mariadb: $(grep -c . <<<"$tables" || true) tables"
+
+queues=$(rabbitmqctl -q list_queues --no-table-headers name </dev/null | grep "^$prefix" || true)
+if [ -n "$queues" ]; then
+  # One AMQP connection for all (rabbitmqctl takes a second per call).
+  python3 -c '
+import sys, pika
+conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672))
+channel = conn.channel()
+for q in sys.stdin.read().split():
+    channel.queue_delete(q)
+conn.close()
+' <<<"$queues"
+fi
+echo "clean-test-leftovers: rabbitmq: $(grep -c . <<<"$queues" || true) queues"
+
+keys=$( (redis-cli -h 127.0.0.1 --scan --pattern "{$prefix*"; redis-cli -h 127.0.0.1 --scan --pattern "$prefix*") | sort -u)
+if [ -n "$keys" ]; then
+  xargs -r -d '\n' -n 500 redis-cli -h 127.0.0.1 del <<<"$keys" >/dev/null
+fi
+echo "clean-test-leftovers: redis: $(grep -c . <<<"$keys" || true) keys"
