@@ -330,3 +330,51 @@ fn a_bad_preset_stops_the_start_with_its_name() {
         assert!(err.contains(needle), "{preset}: {err}");
     }
 }
+
+/// `pipeline expire`: refused while retention is off; with a retention,
+/// removes the old job and the blob only it used, keeps the new job and the
+/// original the two share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expire_removes_old_jobs_only_when_retention_is_set() {
+    use pipeline_core::ImageStore;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("x.db").display());
+    let expire = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"));
+        cmd.args(["expire", "--database-url", &db])
+            .args(extra)
+            .env_remove("PIPELINE_RETENTION_DAYS");
+        cmd.output().unwrap()
+    };
+    let off = expire(&[]);
+    assert!(!off.status.success());
+    let err = String::from_utf8_lossy(&off.stderr);
+    assert!(err.contains("retention is off"), "{err}");
+
+    let archive = pipeline_sql::SqlArchive::connect(&db, "pipeline")
+        .await
+        .unwrap();
+    let mut old = pipeline_core::testkit::store::record("t", b"shared original", b"old result");
+    old.finished_at_ms = 1_000;
+    let mut new = pipeline_core::testkit::store::record("t", b"shared original", b"new result");
+    new.finished_at_ms = pipeline_core::envelope::now_ms();
+    archive.save(&[old.clone(), new.clone()]).await.unwrap();
+    assert_eq!(archive.blob_count().await.unwrap(), 3);
+
+    let on = expire(&["--retention-days", "30"]);
+    let out = String::from_utf8_lossy(&on.stdout);
+    assert!(
+        on.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&on.stderr)
+    );
+    assert!(out.starts_with("expired 1 jobs"), "{out}");
+    assert!(archive.get(old.job_id).await.unwrap().is_none());
+    assert!(archive.get(new.job_id).await.unwrap().is_some());
+    assert_eq!(archive.original(new.job_id).await.unwrap(), new.original);
+    assert_eq!(
+        archive.blob_count().await.unwrap(),
+        2,
+        "the old result went"
+    );
+}

@@ -28,8 +28,10 @@ async fn held_by(redis: &fred::clients::Client, stream: &str, pid: u32) -> Vec<U
         .unwrap_or_default()
         .into_iter()
         .filter_map(|pair| pair.into_array().into_iter().next()?.into_string())
-        .find(|name| name.starts_with(&prefix))
-        .expect("the killed transformer held no entry");
+        .find(|name| name.starts_with(&prefix));
+    let Some(consumer) = consumer else {
+        return Vec::new();
+    };
     let pending: Vec<(String, String, u64, u64)> = redis
         .xpending(stream, "pipeline", ("-", "+", 100, consumer.as_str()))
         .await
@@ -72,40 +74,73 @@ async fn a_killed_transformers_jobs_move_on_within_five_seconds() {
         .strip_prefix("pipeline listening on ")
         .unwrap()
         .to_string();
-    let (mut t1, _) = spawn(env!("CARGO_BIN_EXE_pipeline-transformer"), "t1", &env);
-    let (_t2, _) = spawn(env!("CARGO_BIN_EXE_pipeline-transformer"), "t2", &env);
     let (_save, _) = spawn(env!("CARGO_BIN_EXE_pipeline-save2db"), "save2db", &env);
     let (_activity, _) = spawn(env!("CARGO_BIN_EXE_pipeline-activity"), "activity", &env);
 
+    // A backlog first, then the transformers: both are sure to hold jobs.
     let ids = upload_batch(&base, 200, || {}).await;
-    // Both transformers are busy with a backlog: kill one now.
-    let pid = t1.child.id();
-    let status = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let killed = Instant::now();
-    let _ = t1.child.wait();
-
+    let (mut t1, _) = spawn(env!("CARGO_BIN_EXE_pipeline-transformer"), "t1", &env);
+    let (_t2, _) = spawn(env!("CARGO_BIN_EXE_pipeline-transformer"), "t2", &env);
     let config = fred::types::config::Config::from_url(&redis_url).unwrap();
     let redis = fred::clients::Client::new(config, None, None, None);
     redis.init().await.unwrap();
-    let held = held_by(&redis, &format!("{{{ns}.transform}}"), pid).await;
-    assert!(!held.is_empty());
-
+    let stream = format!("{{{ns}.transform}}");
+    let pid = t1.child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held_by(&redis, &stream, pid).await.is_empty() {
+        assert!(Instant::now() < deadline, "t1 never took a job");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Both transformers are busy with the backlog: freeze t1 (SIGSTOP, so
+    // what it holds cannot change while it is read), then kill it. Times
+    // count from the freeze, when it stopped working and heartbeating.
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let killed = Instant::now();
+    let held = held_by(&redis, &stream, pid).await;
     let http = pipeline::cli::http_client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
-    let mut slowest = Duration::ZERO;
+    // A job it finished but had not acked yet is done already: only the
+    // unfinished ones measure the takeover.
+    let mut unfinished = Vec::new();
     for id in &held {
+        let status: serde_json::Value = http
+            .get(format!("{base}/v1/images/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"] == "pending" {
+            unfinished.push(*id);
+        }
+    }
+    signal("-KILL");
+    let _ = t1.child.wait();
+    assert!(
+        !unfinished.is_empty(),
+        "the killed transformer held no unfinished job ({} finished, unacked)",
+        held.len()
+    );
+
+    let mut slowest = Duration::ZERO;
+    for id in &unfinished {
         fetch_result(&http, &base, &id.to_string(), Duration::from_secs(60)).await;
         slowest = slowest.max(killed.elapsed());
     }
     println!(
-        "{} jobs held by the killed transformer; the last completed {slowest:?} after the kill",
-        held.len()
+        "{} jobs held by the killed transformer ({} unfinished); the last completed {slowest:?} after the kill",
+        held.len(),
+        unfinished.len()
     );
     assert!(slowest < Duration::from_secs(5), "took {slowest:?}");
     fetch_all(&base, &ids).await;

@@ -1,7 +1,6 @@
 //! Start the real `pipeline` binary for end-to-end tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -57,11 +56,11 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn pipeline");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
+        let line = pipeline_core::testkit::process::first_line(
+            &mut child,
+            "pipeline serve",
+            std::time::Duration::from_secs(60),
+        );
         let base = line
             .trim()
             .strip_prefix("pipeline listening on ")

@@ -1,7 +1,6 @@
 //! Running the role binaries as separate processes, for end-to-end tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +10,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::image_bytes;
+
+/// Longest a role process may take to print its first line.
+pub const START_WITHIN: Duration = Duration::from_secs(60);
 
 pub struct Proc {
     pub child: Child,
@@ -35,15 +37,8 @@ pub fn spawn(bin: &str, name: &'static str, env: &[(&str, String)]) -> (Proc, St
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("first line");
-    assert!(
-        !line.is_empty(),
-        "{name} exited before starting (is RabbitMQ up?)"
-    );
-    (Proc { child }, line.trim().to_string())
+    let line = pipeline_core::testkit::process::first_line(&mut child, name, START_WITHIN);
+    (Proc { child }, line)
 }
 
 /// The status code of `GET path` on `addr` (plain HTTP/1.1, blocking).
