@@ -38,13 +38,17 @@ fn big_png() -> Vec<u8> {
 use image::ImageEncoder;
 
 /// Peak resident memory of a process, in MiB.
+/// Peak resident memory of a live process; fails the test when it cannot
+/// be read (a check that reads nothing must not pass).
 fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
+        .map(|kb| kb / 1024)
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
 }
 
 async fn fifty_megabytes_through(db: &str) {

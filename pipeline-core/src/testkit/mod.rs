@@ -175,6 +175,7 @@ macro_rules! store_conformance {
             references_are_kept_and_reported,
             a_batch_is_all_or_nothing,
             delete_releases_blobs_but_shared_ones,
+            delete_races_a_save_of_a_shared_blob,
             expire_removes_old_jobs_only
         );
     };

@@ -504,3 +504,32 @@ pub async fn expire_removes_old_jobs_only(store: Arc<dyn ImageStore>, _: Arc<dyn
         new.original
     );
 }
+
+/// Deleting a job while another job sharing its original is saved never
+/// leaves the saved job without its bytes, whichever commits first.
+pub async fn delete_races_a_save_of_a_shared_blob(
+    store: Arc<dyn ImageStore>,
+    _: Arc<dyn ActivityLog>,
+) {
+    let tenant = unique("tenant");
+    for round in 0..20 {
+        let shared = bytes(&unique(&format!("race{round}")), 3000);
+        let first = record(&tenant, &shared, &bytes(&unique("ra"), 100));
+        let second = record(&tenant, &shared, &bytes(&unique("rb"), 100));
+        store
+            .save(std::slice::from_ref(&first))
+            .await
+            .expect("save");
+        let (deleted, saved) = tokio::join!(
+            store.delete(first.job_id, &tenant),
+            store.save(std::slice::from_ref(&second)),
+        );
+        assert!(deleted.expect("delete").found);
+        saved.expect("save");
+        assert_eq!(
+            store.original(second.job_id).await.expect("original"),
+            second.original,
+            "round {round}: the saved job lost the shared original"
+        );
+    }
+}
