@@ -116,38 +116,44 @@ mod results {
 
 /// The queues of one namespace spread over the nodes (the hash tags are
 /// per queue, not per namespace), and `delete_all` finds them everywhere.
+/// Five tags land on one node of three by chance about once in 80
+/// namespaces: a namespace is tried again (at most five) before failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_spread_over_the_nodes() {
     use pipeline_core::Broker;
-    let ns = pipeline_core::testkit::unique("spread");
-    let b = RedisBroker::connect_with(cluster_url(), &ns, None, Duration::from_secs(60))
-        .await
-        .unwrap();
-    b.declare(&pipeline_core::services::topology(3))
-        .await
-        .unwrap();
     let ports: Vec<String> = cluster_url()
         .split(['?', '&'])
         .filter_map(|p| p.rsplit_once(':').map(|(_, port)| port.to_string()))
         .collect();
     assert_eq!(ports.len(), 3, "{}", cluster_url());
-    let keys_on = |port: &str| -> usize {
-        let pattern = format!("{{{ns}*");
-        command(
-            "redis-cli",
-            &["-p", port, "--scan", "--pattern", &pattern],
-            None,
-        )
-        .lines()
-        .count()
-    };
-    let per_node: Vec<usize> = ports.iter().map(|p| keys_on(p)).collect();
-    assert!(
-        per_node.iter().filter(|n| **n > 0).count() >= 2,
-        "the namespace's keys sit on one node: {per_node:?}"
-    );
-    // 4 queues with their dead-letter streams, and the bindings.
-    assert_eq!(b.delete_all().await.unwrap(), 9);
-    let left: usize = ports.iter().map(|p| keys_on(p)).sum();
-    assert_eq!(left, 0);
+    let mut spreads = Vec::new();
+    for _ in 0..5 {
+        let ns = pipeline_core::testkit::unique("spread");
+        let b = RedisBroker::connect_with(cluster_url(), &ns, None, Duration::from_secs(60))
+            .await
+            .unwrap();
+        b.declare(&pipeline_core::services::topology(3))
+            .await
+            .unwrap();
+        let keys_on = |port: &str| -> usize {
+            let pattern = format!("{{{ns}*");
+            command(
+                "redis-cli",
+                &["-p", port, "--scan", "--pattern", &pattern],
+                None,
+            )
+            .lines()
+            .count()
+        };
+        let per_node: Vec<usize> = ports.iter().map(|p| keys_on(p)).collect();
+        // 4 queues with their dead-letter streams, and the bindings.
+        assert_eq!(b.delete_all().await.unwrap(), 9);
+        let left: usize = ports.iter().map(|p| keys_on(p)).sum();
+        assert_eq!(left, 0);
+        if per_node.iter().filter(|n| **n > 0).count() >= 2 {
+            return;
+        }
+        spreads.push(per_node);
+    }
+    panic!("five namespaces' keys each sat on one node: {spreads:?}");
 }

@@ -101,34 +101,44 @@ async fn a_killed_transformers_jobs_move_on_within_five_seconds() {
             .unwrap();
         assert!(status.success(), "kill {sig}");
     };
-    signal("-STOP");
-    let killed = Instant::now();
-    let held = held_by(&redis, &stream, pid).await;
     let http = pipeline::cli::http_client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
     // A job it finished but had not acked yet is done already: only the
-    // unfinished ones measure the takeover.
-    let mut unfinished = Vec::new();
-    for id in &held {
-        let status: serde_json::Value = http
-            .get(format!("{base}/v1/images/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["status"] == "pending" {
-            unfinished.push(*id);
+    // unfinished ones measure the takeover. Frozen between two jobs, it
+    // is let go on and frozen again (bounded).
+    let mut tries = 0;
+    let (killed, held, unfinished) = loop {
+        signal("-STOP");
+        let frozen = Instant::now();
+        let held = held_by(&redis, &stream, pid).await;
+        let mut unfinished = Vec::new();
+        for id in &held {
+            let status: serde_json::Value = http
+                .get(format!("{base}/v1/images/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["status"] == "pending" {
+                unfinished.push(*id);
+            }
         }
-    }
+        tries += 1;
+        if !unfinished.is_empty() || tries == 50 {
+            break (frozen, held, unfinished);
+        }
+        signal("-CONT");
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    };
     signal("-KILL");
     let _ = t1.child.wait();
     assert!(
         !unfinished.is_empty(),
-        "the killed transformer held no unfinished job ({} finished, unacked)",
+        "the transformer held no unfinished job in {tries} freezes ({} finished, unacked)",
         held.len()
     );
 
