@@ -179,14 +179,20 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
     ))
 }
 
+/// Room for an archive message's headers, spec and info beside its two
+/// images (they take a few KiB).
+const ENVELOPE_HEADROOM: usize = 64 * 1024;
+
 /// An archive message carries the original and the result inline up to
 /// the limit each: it must fit the broker.
 fn check_inline_limit(broker: &dyn Broker, inline_max: usize) -> Result<(), Error> {
     if let Some(max) = broker.capabilities().max_message_bytes {
-        let worst = inline_max.saturating_mul(2).saturating_add(1024 * 1024);
+        let worst = inline_max
+            .saturating_mul(2)
+            .saturating_add(ENVELOPE_HEADROOM);
         if worst > max {
             return Err(Error::Config(format!(
-                "PIPELINE_INLINE_MAX={inline_max} lets a message reach {worst} bytes (original + result + 1 MiB of headers), above the broker's limit of {max}; lower it (default {})",
+                "PIPELINE_INLINE_MAX={inline_max} lets a message reach {worst} bytes (original + result + 64 KiB of headers and info), above the broker's limit of {max}; lower it (default {})",
                 pipeline_core::blob::DEFAULT_INLINE_MAX
             )));
         }

@@ -10,6 +10,8 @@ const ALL: &[(Kind, &str, &str)] = &[
     (Kind::Broker, "rediss", "redis"),
     (Kind::Broker, "redis-cluster", "redis"),
     (Kind::Broker, "redis-sentinel", "redis"),
+    (Kind::Broker, "nats", "nats"),
+    (Kind::Broker, "tls", "nats"),
     (Kind::Results, "redis", "redis"),
     (Kind::Results, "rediss", "redis"),
     (Kind::Results, "redis-cluster", "redis"),
@@ -37,6 +39,8 @@ pub fn compiled() -> Backends {
     pipeline_rabbitmq::register(&mut b);
     #[cfg(feature = "redis")]
     pipeline_redis::register(&mut b);
+    #[cfg(feature = "nats")]
+    pipeline_nats::register(&mut b);
     #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
     pipeline_sql::register(&mut b);
     #[cfg(feature = "s3")]
@@ -60,6 +64,7 @@ mod tests {
                 "postgres" | "postgresql" => cfg!(feature = "postgres"),
                 "mysql" | "mariadb" => cfg!(feature = "mysql"),
                 "s3" => cfg!(feature = "s3"),
+                "nats" | "tls" => cfg!(feature = "nats"),
                 _ => cfg!(feature = "redis"),
             };
             assert_eq!(served, feature_on, "{kind:?} {scheme}");

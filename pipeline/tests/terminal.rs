@@ -13,8 +13,8 @@
 //!   dead-lettered after an `image.archive_failed` event, the status says
 //!   the archiving failed, and the result is still served.
 //!
-//! Run on the in-memory broker, RabbitMQ and Redis (the shared servers, in
-//! a namespace of the test's own, removed afterwards).
+//! Run on the in-memory broker, RabbitMQ, Redis and NATS JetStream (the
+//! shared servers, in a namespace of the test's own, removed afterwards).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -165,6 +165,9 @@ async fn start(broker: Arc<dyn Broker>) -> Setup {
             s.batch = 8;
             s.retry = Backoff::new(Duration::from_millis(20), Duration::from_millis(100));
             s.max_attempts = ATTEMPTS;
+            // Fits the 1 MB messages of a NATS server's defaults (larger
+            // files go by reference through the blob store).
+            s.inline_max = 448 * 1024;
         })
         .start()
         .await
@@ -432,6 +435,24 @@ async fn every_job_ends_on_redis() {
     let broker = pipeline_redis::RedisBroker::connect(&url, &ns)
         .await
         .unwrap_or_else(|e| panic!("Redis at {url}: {e}"));
+    pipeline_core::testkit::run_case(
+        Arc::new(broker),
+        |b| every_job_ends(b as Arc<dyn Broker>),
+        |b| async move {
+            b.delete_all().await.unwrap();
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_ends_on_nats() {
+    let url =
+        std::env::var("PIPELINE_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let ns = pipeline_core::testkit::unique("term");
+    let broker = pipeline_nats::NatsBroker::connect(&url, &ns, &ns)
+        .await
+        .unwrap_or_else(|e| panic!("NATS at {url}: {e}"));
     pipeline_core::testkit::run_case(
         Arc::new(broker),
         |b| every_job_ends(b as Arc<dyn Broker>),

@@ -33,6 +33,8 @@ pub enum Kind {
     MariaDb,
     /// A RabbitMQ node of its own (name, ports, cookie, data).
     RabbitMq,
+    /// `nats-server` with JetStream, `max_payload` 64 MiB.
+    Nats,
 }
 
 /// A private server; stopped, and its files removed, when dropped.
@@ -155,6 +157,7 @@ impl Server {
             Kind::Postgres => format!("postgres://postgres@127.0.0.1:{}/test", self.port),
             Kind::MariaDb => format!("mysql://root@127.0.0.1:{}/test", self.port),
             Kind::RabbitMq => format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port),
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
         }
     }
 
@@ -199,6 +202,10 @@ impl Server {
         let d = self.dir.clone();
         match self.kind {
             Kind::Redis => {}
+            Kind::Nats => {
+                std::fs::write(d.join("nats.conf"), "max_payload: 67108864\n")
+                    .expect("NATS configuration");
+            }
             Kind::Postgres => {
                 if is_root() {
                     run(
@@ -297,6 +304,14 @@ impl Server {
                 self.rabbit_env(&mut c);
                 c
             }
+            Kind::Nats => {
+                let mut c = Command::new("nats-server");
+                c.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+                    .arg(d.join("jetstream"))
+                    .arg("-c")
+                    .arg(d.join("nats.conf"));
+                c
+            }
         };
         cmd.args(&self.extra)
             .stdin(Stdio::null())
@@ -338,6 +353,7 @@ impl Server {
         };
         match self.kind {
             Kind::Redis => quiet(Command::new("redis-cli").args(["-p", &port, "ping"])),
+            Kind::Nats => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
             Kind::Postgres => quiet(Command::new(postgres_bin("pg_isready")).args([
                 "-q",
                 "-h",

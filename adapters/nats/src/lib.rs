@@ -1,0 +1,407 @@
+//! # pipeline-nats
+//!
+//! A [`Broker`] on NATS JetStream, through `async-nats`. See
+//! `docs/backends/nats.md`.
+//!
+//! Layout for a namespace `ns`: one stream `ns` with work-queue retention
+//! over the subjects `ns.q.>`; queue `q` is the subject `ns.q.<q>` and a
+//! durable pull consumer of that name (dots become `-`), its dead letters
+//! the queue `q.dead`. Routing is done by the publisher: a message goes to
+//! the subject of every queue whose patterns match its routing key, the
+//! bindings being kept in each consumer's description (so any process
+//! learns them from the server). Retries are JetStream redeliveries (`nak`
+//! with a delay), and the attempt is the frame's attempt plus the
+//! redeliveries; what happens to a message that is not acked is decided by
+//! [`pipeline_core::broker::policy`].
+
+mod consumer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use pipeline_core::broker::{
+    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue, topic_matches,
+};
+use pipeline_core::urls::BackendUrl;
+use pipeline_core::{Envelope, Error, Result, wire};
+use serde::{Deserialize, Serialize};
+
+pub use pipeline_core::urls::redact;
+
+/// The URL schemes served.
+pub const SCHEMES: [&str; 2] = ["nats", "tls"];
+
+/// Serve the [`SCHEMES`] as brokers in `backends`.
+pub fn register(backends: &mut pipeline_core::connect::Backends) {
+    for scheme in SCHEMES {
+        backends.broker(scheme, |url, options| async move {
+            let broker =
+                NatsBroker::connect(&url, &options.namespace, &options.client_name).await?;
+            Ok(Arc::new(broker) as Arc<dyn Broker>)
+        });
+    }
+}
+
+/// JetStream broker. Cheap to clone.
+#[derive(Clone)]
+pub struct NatsBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBroker")
+            .field("namespace", &self.inner.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A queue's bindings, kept as its consumer's description.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Binding {
+    patterns: Vec<String>,
+    max_attempts: u32,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) namespace: String,
+    storage: stream::StorageType,
+    replicas: usize,
+    /// Unsettled deliveries come back after this; holders of long jobs
+    /// keep theirs with progress notes every third of it.
+    pub(crate) ack_wait: Duration,
+    /// Largest message the server takes.
+    max_payload: usize,
+    /// (queue, binding) known to this process.
+    bindings: RwLock<Vec<(String, Binding)>>,
+    pub(crate) closed: AtomicBool,
+}
+
+pub(crate) fn nats_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("NATS: {what}: {e}"))
+}
+
+/// Options of a `nats://` URL, taken out of its query.
+struct UrlOptions {
+    storage: stream::StorageType,
+    replicas: usize,
+    ack_wait: Duration,
+}
+
+fn parse_url(url: &str) -> Result<(BackendUrl, UrlOptions)> {
+    let mut u = BackendUrl::parse(url)?;
+    let storage = match u.take("storage").as_deref() {
+        None | Some("file") => stream::StorageType::File,
+        Some("memory") => stream::StorageType::Memory,
+        Some(other) => {
+            return Err(Error::Config(format!(
+                "NATS URL {u}: storage must be file or memory, not {other:?}"
+            )));
+        }
+    };
+    let replicas = u.take_parsed::<usize>("replicas")?.unwrap_or(1).max(1);
+    let ack_wait = Duration::from_millis(
+        u.take_parsed::<u64>("ack_wait_ms")?
+            .unwrap_or(5000)
+            .max(300),
+    );
+    u.reject_remaining(&[])?;
+    Ok((
+        u,
+        UrlOptions {
+            storage,
+            replicas,
+            ack_wait,
+        },
+    ))
+}
+
+/// Stream, subject prefix and consumer names allow only these characters.
+fn check_namespace(namespace: &str) -> Result<()> {
+    let ok = !namespace.is_empty()
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "NATS namespace {namespace:?}: use A-Z, a-z, 0-9, '_' and '-'"
+        )))
+    }
+}
+
+impl NatsBroker {
+    /// Connect to `url` (`nats://[user:pass@]host:port[,host2:port]` or
+    /// `tls://...`) for `namespace`, naming the connection `client_name`.
+    ///
+    /// Options in the query string: `storage` (`file`, the default, or
+    /// `memory`), `replicas` (1) and `ack_wait_ms` (5000: a delivery held
+    /// by a dead consumer comes back after this; a live one keeps its
+    /// deliveries with progress notes).
+    pub async fn connect(url: &str, namespace: &str, client_name: &str) -> Result<Self> {
+        check_namespace(namespace)?;
+        let (u, options) = parse_url(url)?;
+        let redacted = u.to_string();
+        let client = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                let url = redacted.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(%url, "NATS connection lost; reconnecting")
+                        }
+                        async_nats::Event::Connected => tracing::info!(%url, "NATS connected"),
+                        other => tracing::debug!(%url, event = %other, "NATS event"),
+                    }
+                }
+            })
+            .connect(u.per_host())
+            .await
+            .map_err(|e| nats_error(&format!("connect to {u}"), e))?;
+        let max_payload = client.server_info().max_payload;
+        let js = jetstream::new(client.clone());
+        let inner = Arc::new(Inner {
+            client,
+            js,
+            namespace: namespace.to_string(),
+            storage: options.storage,
+            replicas: options.replicas,
+            ack_wait: options.ack_wait,
+            max_payload,
+            bindings: RwLock::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        });
+        inner.stream().await?;
+        Ok(Self { inner })
+    }
+
+    /// Delete the namespace's stream, its queues and messages (tests,
+    /// decommissioning).
+    pub async fn delete_all(&self) -> Result<()> {
+        match self.inner.js.delete_stream(&self.inner.namespace).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(nats_error("delete the stream", e)),
+        }
+    }
+}
+
+impl Inner {
+    /// The subject of `queue`.
+    pub(crate) fn subject(&self, queue: &str) -> String {
+        format!("{}.q.{queue}", self.namespace)
+    }
+
+    /// The durable consumer name of `queue`.
+    pub(crate) fn consumer_name(queue: &str) -> String {
+        queue.replace('.', "-")
+    }
+
+    /// The namespace's stream, created when missing.
+    pub(crate) async fn stream(&self) -> Result<stream::Stream> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: self.namespace.clone(),
+                subjects: vec![format!("{}.q.>", self.namespace)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: self.storage,
+                num_replicas: self.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error("create the stream", e))
+    }
+
+    async fn declare_queue(&self, name: &str, binding: &Binding) -> Result<()> {
+        let description = serde_json::to_string(binding)
+            .map_err(|e| Error::Config(format!("encode the bindings of {name}: {e}")))?;
+        let consumer = Self::consumer_name(name);
+        self.stream()
+            .await?
+            .create_consumer(pull::Config {
+                durable_name: Some(consumer.clone()),
+                description: Some(description),
+                filter_subject: self.subject(name),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: self.ack_wait,
+                // Attempts are counted by the policy, not by the server.
+                max_deliver: -1,
+                max_ack_pending: -1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error(&format!("declare queue {name}"), e))?;
+        Ok(())
+    }
+
+    /// The queues bound to `key`.
+    fn targets(&self, key: &str) -> Vec<String> {
+        let b = self.bindings.read().unwrap_or_else(|e| e.into_inner());
+        b.iter()
+            .filter(|(_, binding)| binding.patterns.iter().any(|p| topic_matches(p, key)))
+            .map(|(q, _)| q.clone())
+            .collect()
+    }
+
+    /// Learn every queue's bindings from the server (queues other
+    /// processes declared).
+    async fn load_bindings(&self) -> Result<()> {
+        let mut stream = self.stream().await?;
+        let mut found = Vec::new();
+        let mut consumers = stream.consumers();
+        while let Some(info) = consumers
+            .try_next()
+            .await
+            .map_err(|e| nats_error("list the queues", e))?
+        {
+            let queue = info
+                .config
+                .filter_subject
+                .strip_prefix(&format!("{}.q.", self.namespace))
+                .map(str::to_string);
+            let binding = info
+                .config
+                .description
+                .as_deref()
+                .and_then(|d| serde_json::from_str::<Binding>(d).ok());
+            if let (Some(queue), Some(binding)) = (queue, binding) {
+                found.push((queue, binding));
+            }
+        }
+        // `stream` is only borrowed mutably for the listing.
+        let _ = stream.info().await;
+        *self.bindings.write().unwrap_or_else(|e| e.into_inner()) = found;
+        Ok(())
+    }
+
+    /// Deliveries of `queue` before it is dead-lettered.
+    pub(crate) async fn max_attempts(&self, queue: &str) -> Result<u32> {
+        let known = |inner: &Self| {
+            inner
+                .bindings
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(q, _)| q == queue)
+                .map(|(_, b)| b.max_attempts)
+        };
+        if let Some(n) = known(self) {
+            return Ok(n);
+        }
+        self.load_bindings().await?;
+        known(self).ok_or_else(|| Error::NotFound(format!("queue {queue:?} is not declared")))
+    }
+
+    /// Publish `frame` to `queue`'s subject and wait for JetStream's ack.
+    pub(crate) async fn publish_frame(&self, queue: &str, frame: Bytes) -> Result<()> {
+        if frame.len() > self.max_payload {
+            return Err(Error::invalid(format!(
+                "a message of {} bytes exceeds the NATS server's max_payload of {} bytes",
+                frame.len(),
+                self.max_payload
+            )));
+        }
+        let ack = self
+            .js
+            .publish(self.subject(queue), frame)
+            .await
+            .map_err(|e| nats_error(&format!("publish to {queue}"), e))?;
+        ack.await
+            .map_err(|e| nats_error(&format!("publish to {queue} (ack)"), e))?;
+        Ok(())
+    }
+
+    /// Publish `envelope` to `queue` (a dead letter, say).
+    pub(crate) async fn publish_to(&self, queue: &str, envelope: &Envelope) -> Result<()> {
+        self.publish_frame(queue, wire::encode(envelope)?).await
+    }
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(
+            self.inner.storage == stream::StorageType::File,
+            false,
+            true,
+            Some(self.inner.max_payload),
+        )
+    }
+
+    async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
+        let inner = &self.inner;
+        for spec in queues {
+            let binding = Binding {
+                patterns: spec.patterns.clone(),
+                max_attempts: spec.max_attempts,
+            };
+            inner.declare_queue(&spec.name, &binding).await?;
+            let dead = Binding {
+                patterns: Vec::new(),
+                // A dead letter is never dead-lettered again.
+                max_attempts: u32::MAX,
+            };
+            let dead_queue = dead_letter_queue(&spec.name);
+            inner.declare_queue(&dead_queue, &dead).await?;
+            let mut b = inner.bindings.write().unwrap_or_else(|e| e.into_inner());
+            b.retain(|(q, _)| q != &spec.name && q != &dead_queue);
+            b.push((spec.name.clone(), binding));
+            b.push((dead_queue, dead));
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, envelope: Envelope) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("NATS broker is closed".into()));
+        }
+        let mut targets = inner.targets(&envelope.event);
+        if targets.is_empty() {
+            inner.load_bindings().await?;
+            targets = inner.targets(&envelope.event);
+        }
+        if targets.is_empty() {
+            return Err(Error::NotFound(format!(
+                "no queue is bound to routing key {:?}",
+                envelope.event
+            )));
+        }
+        let frame = wire::encode(&envelope)?;
+        // One publish per bound queue: a failure part-way is an error; the
+        // caller retries and consumers are idempotent.
+        for queue in targets {
+            inner.publish_frame(&queue, frame.clone()).await?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+        consumer::subscribe(Arc::clone(&self.inner), subscription).await
+    }
+
+    async fn ready(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("NATS broker is closed".into()));
+        }
+        match self.inner.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(Error::Unavailable(format!("NATS connection is {state:?}"))),
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}

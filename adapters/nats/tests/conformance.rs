@@ -1,0 +1,32 @@
+//! The broker conformance suite on NATS JetStream: a `nats-server` of the
+//! test's own (`testkit::servers`, JetStream on, `max_payload` 64 MiB so
+//! the suite's 20 MB message fits; the machine's server keeps the 1 MB
+//! default, which the broker reports as its limit). Each test uses its own
+//! namespace, deleted at the end, passed or failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, OnceLock};
+
+use pipeline_core::testkit::servers::{Kind, Server};
+use pipeline_nats::NatsBroker;
+
+/// One server for the whole test binary (stopped when the process exits).
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| Server::start(Kind::Nats, &[]))
+}
+
+async fn nats() -> Arc<NatsBroker> {
+    let url = std::env::var("PIPELINE_TEST_NATS_URL").unwrap_or_else(|_| server().url());
+    let ns = pipeline_core::testkit::unique("conf");
+    match NatsBroker::connect(&url, &ns, &ns).await {
+        Ok(b) => Arc::new(b),
+        Err(e) => panic!("NATS at {url} is unreachable ({e})"),
+    }
+}
+
+async fn delete_stream(broker: Arc<NatsBroker>) {
+    broker.delete_all().await.expect("delete the test's stream");
+}
+
+pipeline_core::broker_conformance!(nats(), cleanup = delete_stream);
