@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Remove what killed or failed test runs left on the machine's shared
-# servers: every PostgreSQL/MariaDB table (database `test`), RabbitMQ queue
-# and Redis key whose name starts with the tests' prefix `pt_`
+# servers: every PostgreSQL/MariaDB table (database `test`), RabbitMQ queue,
+# Redis key and NATS JetStream stream whose name starts with the tests'
+# prefix `pt_`
 # (`pipeline_core::testkit::TEST_PREFIX`; every test namespace is made by
 # `testkit::unique`). Nothing else uses that prefix. .ci/run runs it before
 # the tests; it prints what it removed and fails if a server cannot be asked.
-# Needs psql, mariadb, rabbitmqctl, redis-cli and Python's pika.
+# Needs psql, mariadb, rabbitmqctl, redis-cli and Python's pika and nats-py.
 set -euo pipefail
 
 prefix=pt_
@@ -43,3 +44,21 @@ if [ -n "$keys" ]; then
   xargs -r -d '\n' -n 500 redis-cli -h 127.0.0.1 del <<<"$keys" >/dev/null
 fi
 echo "clean-test-leftovers: redis: $(grep -c . <<<"$keys" || true) keys"
+
+streams=$(python3 -c '
+import asyncio, sys, nats
+
+async def main():
+    nc = await nats.connect("nats://127.0.0.1:4222")
+    js = nc.jetstream()
+    removed = 0
+    for info in await js.streams_info():
+        if info.config.name.startswith(sys.argv[1]):
+            await js.delete_stream(info.config.name)
+            removed += 1
+    await nc.close()
+    print(removed)
+
+asyncio.run(main())
+' "$prefix")
+echo "clean-test-leftovers: nats: $streams streams"
