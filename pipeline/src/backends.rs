@@ -16,12 +16,16 @@ const ALL: &[(Kind, &str, &str)] = &[
     (Kind::Results, "rediss", "redis"),
     (Kind::Results, "redis-cluster", "redis"),
     (Kind::Results, "redis-sentinel", "redis"),
+    (Kind::Results, "nats", "nats"),
+    (Kind::Results, "tls", "nats"),
     (Kind::Archive, "sqlite", "sqlite"),
     (Kind::Archive, "postgres", "postgres"),
     (Kind::Archive, "postgresql", "postgres"),
     (Kind::Archive, "mysql", "mysql"),
     (Kind::Archive, "mariadb", "mysql"),
     (Kind::Blobs, "s3", "s3"),
+    (Kind::Blobs, "nats", "nats"),
+    (Kind::Blobs, "tls", "nats"),
 ];
 
 /// `memory://`, `file://` and every adapter compiled in; a URL of an

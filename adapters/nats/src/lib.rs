@@ -1,7 +1,9 @@
 //! # pipeline-nats
 //!
-//! A [`Broker`] on NATS JetStream, through `async-nats`. See
-//! `docs/backends/nats.md`.
+//! NATS JetStream through `async-nats`: a [`Broker`], a
+//! [`ResultStore`](pipeline_core::ResultStore) on key-value
+//! ([`NatsResultStore`]) and a [`BlobStore`](pipeline_core::BlobStore) on
+//! the object store ([`NatsBlobStore`]). See `docs/backends/nats.md`.
 //!
 //! Layout for a namespace `ns`: one stream `ns` with work-queue retention
 //! over the subjects `ns.q.>`; queue `q` is the subject `ns.q.<q>` and a
@@ -14,7 +16,12 @@
 //! redeliveries; what happens to a message that is not acked is decided by
 //! [`pipeline_core::broker::policy`].
 
+mod blobs;
 mod consumer;
+mod results;
+
+pub use blobs::NatsBlobStore;
+pub use results::NatsResultStore;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -36,13 +43,24 @@ pub use pipeline_core::urls::redact;
 /// The URL schemes served.
 pub const SCHEMES: [&str; 2] = ["nats", "tls"];
 
-/// Serve the [`SCHEMES`] as brokers in `backends`.
+/// Serve the [`SCHEMES`] as brokers, result stores and blob stores in
+/// `backends`.
 pub fn register(backends: &mut pipeline_core::connect::Backends) {
     for scheme in SCHEMES {
         backends.broker(scheme, |url, options| async move {
             let broker =
                 NatsBroker::connect(&url, &options.namespace, &options.client_name).await?;
             Ok(Arc::new(broker) as Arc<dyn Broker>)
+        });
+        backends.results(scheme, |url, options| async move {
+            let store =
+                NatsResultStore::connect(&url, &options.namespace, &options.client_name).await?;
+            Ok(Arc::new(store) as Arc<dyn pipeline_core::ResultStore>)
+        });
+        backends.blobs(scheme, |url, options| async move {
+            let store =
+                NatsBlobStore::connect(&url, &options.namespace, &options.client_name).await?;
+            Ok(Arc::new(store) as Arc<dyn pipeline_core::BlobStore>)
         });
     }
 }
@@ -89,13 +107,13 @@ pub(crate) fn nats_error(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Options of a `nats://` URL, taken out of its query.
-struct UrlOptions {
-    storage: stream::StorageType,
-    replicas: usize,
+pub(crate) struct UrlOptions {
+    pub(crate) storage: stream::StorageType,
+    pub(crate) replicas: usize,
     ack_wait: Duration,
 }
 
-fn parse_url(url: &str) -> Result<(BackendUrl, UrlOptions)> {
+pub(crate) fn parse_url(url: &str) -> Result<(BackendUrl, UrlOptions)> {
     let mut u = BackendUrl::parse(url)?;
     let storage = match u.take("storage").as_deref() {
         None | Some("file") => stream::StorageType::File,
@@ -124,7 +142,7 @@ fn parse_url(url: &str) -> Result<(BackendUrl, UrlOptions)> {
 }
 
 /// Stream, subject prefix and consumer names allow only these characters.
-fn check_namespace(namespace: &str) -> Result<()> {
+pub(crate) fn check_namespace(namespace: &str) -> Result<()> {
     let ok = !namespace.is_empty()
         && namespace
             .chars()
@@ -138,6 +156,33 @@ fn check_namespace(namespace: &str) -> Result<()> {
     }
 }
 
+/// A client of `u` named `client_name`, reconnecting for ever and logging
+/// its losses of connection.
+pub(crate) async fn connect_client(
+    u: &BackendUrl,
+    client_name: &str,
+) -> Result<async_nats::Client> {
+    let redacted = u.to_string();
+    async_nats::ConnectOptions::new()
+        .name(client_name)
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let url = redacted.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(%url, "NATS connection lost; reconnecting")
+                    }
+                    async_nats::Event::Connected => tracing::info!(%url, "NATS connected"),
+                    other => tracing::debug!(%url, event = %other, "NATS event"),
+                }
+            }
+        })
+        .connect(u.per_host())
+        .await
+        .map_err(|e| nats_error(&format!("connect to {u}"), e))
+}
+
 impl NatsBroker {
     /// Connect to `url` (`nats://[user:pass@]host:port[,host2:port]` or
     /// `tls://...`) for `namespace`, naming the connection `client_name`.
@@ -149,25 +194,7 @@ impl NatsBroker {
     pub async fn connect(url: &str, namespace: &str, client_name: &str) -> Result<Self> {
         check_namespace(namespace)?;
         let (u, options) = parse_url(url)?;
-        let redacted = u.to_string();
-        let client = async_nats::ConnectOptions::new()
-            .name(client_name)
-            .max_reconnects(None)
-            .event_callback(move |event| {
-                let url = redacted.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Disconnected => {
-                            tracing::warn!(%url, "NATS connection lost; reconnecting")
-                        }
-                        async_nats::Event::Connected => tracing::info!(%url, "NATS connected"),
-                        other => tracing::debug!(%url, event = %other, "NATS event"),
-                    }
-                }
-            })
-            .connect(u.per_host())
-            .await
-            .map_err(|e| nats_error(&format!("connect to {u}"), e))?;
+        let client = connect_client(&u, client_name).await?;
         let max_payload = client.server_info().max_payload;
         let js = jetstream::new(client.clone());
         let inner = Arc::new(Inner {
