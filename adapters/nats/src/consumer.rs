@@ -25,6 +25,9 @@ const PULL_BACKOFF: Backoff =
 /// `close`, say).
 const PULL_EXPIRES: Duration = Duration::from_millis(1000);
 
+/// Longer than that, a pull is given up on the client's side.
+const PULL_GRACE: Duration = Duration::from_millis(2000);
+
 struct State {
     inner: Arc<Inner>,
     consumer: PullConsumer,
@@ -124,14 +127,25 @@ impl State {
         };
         let mut batch = batch.map_err(|e| e.to_string())?;
         let mut n = 0;
-        while let Some(item) = batch.next().await {
-            match item {
-                Ok(m) => {
+        // The server ends a pull by a status message; one lost with the
+        // connection (a server restart) must not leave the pull waiting
+        // for ever, so the wait is bounded here too.
+        let deadline = tokio::time::Instant::now() + PULL_EXPIRES + PULL_GRACE;
+        loop {
+            match tokio::time::timeout_at(deadline, batch.next()).await {
+                Ok(Some(Ok(m))) => {
                     self.buffer.push_back(m);
                     n += 1;
                 }
-                Err(e) => {
+                Ok(Some(Err(e))) => {
                     tracing::debug!(queue = %self.queue, error = %e, "pull ended early");
+                    break;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    if n == 0 {
+                        return Err("the pull got no answer (connection lost?)".into());
+                    }
                     break;
                 }
             }

@@ -97,6 +97,8 @@ pub(crate) struct Inner {
     pub(crate) ack_wait: Duration,
     /// Largest message the server takes.
     max_payload: usize,
+    /// Longest a publish is tried through an outage.
+    publish_timeout: Duration,
     /// (queue, binding) known to this process.
     bindings: RwLock<Vec<(String, Binding)>>,
     pub(crate) closed: AtomicBool,
@@ -111,7 +113,12 @@ pub(crate) struct UrlOptions {
     pub(crate) storage: stream::StorageType,
     pub(crate) replicas: usize,
     ack_wait: Duration,
+    publish_timeout: Duration,
 }
+
+/// Pauses between tries of a publish through an outage.
+const PUBLISH_BACKOFF: pipeline_core::Backoff =
+    pipeline_core::Backoff::new(Duration::from_millis(50), Duration::from_secs(1)).with_jitter();
 
 pub(crate) fn parse_url(url: &str) -> Result<(BackendUrl, UrlOptions)> {
     let mut u = BackendUrl::parse(url)?;
@@ -130,6 +137,12 @@ pub(crate) fn parse_url(url: &str) -> Result<(BackendUrl, UrlOptions)> {
             .unwrap_or(5000)
             .max(300),
     );
+    // Below the stream's 2-minute deduplication window.
+    let publish_timeout = Duration::from_millis(
+        u.take_parsed::<u64>("publish_timeout_ms")?
+            .unwrap_or(30_000)
+            .clamp(100, 100_000),
+    );
     u.reject_remaining(&[])?;
     Ok((
         u,
@@ -137,6 +150,7 @@ pub(crate) fn parse_url(url: &str) -> Result<(BackendUrl, UrlOptions)> {
             storage,
             replicas,
             ack_wait,
+            publish_timeout,
         },
     ))
 }
@@ -188,9 +202,10 @@ impl NatsBroker {
     /// `tls://...`) for `namespace`, naming the connection `client_name`.
     ///
     /// Options in the query string: `storage` (`file`, the default, or
-    /// `memory`), `replicas` (1) and `ack_wait_ms` (5000: a delivery held
+    /// `memory`), `replicas` (1), `ack_wait_ms` (5000: a delivery held
     /// by a dead consumer comes back after this; a live one keeps its
-    /// deliveries with progress notes).
+    /// deliveries with progress notes) and `publish_timeout_ms` (30000: how
+    /// long a publish is tried through an outage, under one message id).
     pub async fn connect(url: &str, namespace: &str, client_name: &str) -> Result<Self> {
         check_namespace(namespace)?;
         let (u, options) = parse_url(url)?;
@@ -205,6 +220,7 @@ impl NatsBroker {
             replicas: options.replicas,
             ack_wait: options.ack_wait,
             max_payload,
+            publish_timeout: options.publish_timeout,
             bindings: RwLock::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
@@ -330,6 +346,11 @@ impl Inner {
     }
 
     /// Publish `frame` to `queue`'s subject and wait for JetStream's ack.
+    ///
+    /// Through a lost connection or a server restart the publish is tried
+    /// again, for up to `publish_timeout`, under one message id: if an
+    /// earlier try was stored but its ack lost, the server drops the copy
+    /// (deduplication window), so the message is stored once.
     pub(crate) async fn publish_frame(&self, queue: &str, frame: Bytes) -> Result<()> {
         if frame.len() > self.max_payload {
             return Err(Error::invalid(format!(
@@ -338,14 +359,28 @@ impl Inner {
                 self.max_payload
             )));
         }
-        let ack = self
-            .js
-            .publish(self.subject(queue), frame)
-            .await
-            .map_err(|e| nats_error(&format!("publish to {queue}"), e))?;
-        ack.await
-            .map_err(|e| nats_error(&format!("publish to {queue} (ack)"), e))?;
-        Ok(())
+        let id = uuid::Uuid::now_v7().to_string();
+        let deadline = tokio::time::Instant::now() + self.publish_timeout;
+        let mut backoff = PUBLISH_BACKOFF.start();
+        loop {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(frame.clone())
+                .message_id(id.as_str());
+            let outcome = match self.js.send_publish(self.subject(queue), publish).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(nats_error(&format!("publish to {queue}"), e));
+                }
+                Err(e) => {
+                    tracing::debug!(queue, error = %e, "publish not acknowledged; trying again");
+                    backoff.wait().await;
+                }
+            }
+        }
     }
 
     /// Publish `envelope` to `queue` (a dead letter, say).
