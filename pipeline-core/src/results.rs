@@ -133,3 +133,42 @@ pub fn completion_stream(
         .filter_map(|r| async move { r.ok() })
         .boxed()
 }
+
+/// [`ResultStore::wait`] for a store shared through a server that
+/// announces completions on `done` (fed by its notifications): look the
+/// status up with `current`, then again each time `job_id` is announced,
+/// until it is terminal or `timeout` passes. An announcement missed while
+/// the notifications were reconnecting is caught by looking again every
+/// `resync`.
+pub async fn wait_announced<F, Fut>(
+    done: &tokio::sync::broadcast::Sender<JobSummary>,
+    job_id: Uuid,
+    timeout: Duration,
+    resync: Duration,
+    current: F,
+) -> Result<Option<JobStatus>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<JobStatus>>>,
+{
+    use tokio::time::Instant;
+    let mut rx = done.subscribe();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = current().await?;
+        match &status {
+            None => return Ok(None),
+            Some(s) if s.state.is_terminal() => return Ok(status),
+            Some(_) => {}
+        }
+        let wake = Instant::now() + resync;
+        loop {
+            match tokio::time::timeout_at(deadline.min(wake), rx.recv()).await {
+                Err(_) if Instant::now() >= deadline => return current().await,
+                Err(_) => break,
+                Ok(Ok(s)) if s.id != job_id => continue,
+                Ok(_) => break,
+            }
+        }
+    }
+}

@@ -23,16 +23,17 @@ mod results;
 pub use blobs::NatsBlobStore;
 pub use results::NatsResultStore;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
+use pipeline_core::broker::bindings::{Bindings, unroutable};
 use pipeline_core::broker::{
-    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue, topic_matches,
+    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue,
 };
 use pipeline_core::urls::BackendUrl;
 use pipeline_core::{Envelope, Error, Result, wire};
@@ -99,8 +100,8 @@ pub(crate) struct Inner {
     max_payload: usize,
     /// Longest a publish is tried through an outage.
     publish_timeout: Duration,
-    /// (queue, binding) known to this process.
-    bindings: RwLock<Vec<(String, Binding)>>,
+    /// Queues known to this process, for routing.
+    bindings: Bindings,
     pub(crate) closed: AtomicBool,
 }
 
@@ -221,7 +222,7 @@ impl NatsBroker {
             ack_wait: options.ack_wait,
             max_payload,
             publish_timeout: options.publish_timeout,
-            bindings: RwLock::new(Vec::new()),
+            bindings: Bindings::new(),
             closed: AtomicBool::new(false),
         });
         inner.stream().await?;
@@ -287,20 +288,10 @@ impl Inner {
         Ok(())
     }
 
-    /// The queues bound to `key`.
-    fn targets(&self, key: &str) -> Vec<String> {
-        let b = self.bindings.read().unwrap_or_else(|e| e.into_inner());
-        b.iter()
-            .filter(|(_, binding)| binding.patterns.iter().any(|p| topic_matches(p, key)))
-            .map(|(q, _)| q.clone())
-            .collect()
-    }
-
     /// Learn every queue's bindings from the server (queues other
     /// processes declared).
     async fn load_bindings(&self) -> Result<()> {
-        let mut stream = self.stream().await?;
-        let mut found = Vec::new();
+        let stream = self.stream().await?;
         let mut consumers = stream.consumers();
         while let Some(info) = consumers
             .try_next()
@@ -318,31 +309,22 @@ impl Inner {
                 .as_deref()
                 .and_then(|d| serde_json::from_str::<Binding>(d).ok());
             if let (Some(queue), Some(binding)) = (queue, binding) {
-                found.push((queue, binding));
+                self.bindings
+                    .set(&queue, &binding.patterns, binding.max_attempts);
             }
         }
-        // `stream` is only borrowed mutably for the listing.
-        let _ = stream.info().await;
-        *self.bindings.write().unwrap_or_else(|e| e.into_inner()) = found;
         Ok(())
     }
 
     /// Deliveries of `queue` before it is dead-lettered.
     pub(crate) async fn max_attempts(&self, queue: &str) -> Result<u32> {
-        let known = |inner: &Self| {
-            inner
-                .bindings
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .find(|(q, _)| q == queue)
-                .map(|(_, b)| b.max_attempts)
-        };
-        if let Some(n) = known(self) {
+        if let Some(n) = self.bindings.max_attempts(queue) {
             return Ok(n);
         }
         self.load_bindings().await?;
-        known(self).ok_or_else(|| Error::NotFound(format!("queue {queue:?} is not declared")))
+        self.bindings
+            .max_attempts(queue)
+            .ok_or_else(|| Error::NotFound(format!("queue {queue:?} is not declared")))
     }
 
     /// Publish `frame` to `queue`'s subject and wait for JetStream's ack.
@@ -415,10 +397,12 @@ impl Broker for NatsBroker {
             };
             let dead_queue = dead_letter_queue(&spec.name);
             inner.declare_queue(&dead_queue, &dead).await?;
-            let mut b = inner.bindings.write().unwrap_or_else(|e| e.into_inner());
-            b.retain(|(q, _)| q != &spec.name && q != &dead_queue);
-            b.push((spec.name.clone(), binding));
-            b.push((dead_queue, dead));
+            inner
+                .bindings
+                .set(&spec.name, &binding.patterns, binding.max_attempts);
+            inner
+                .bindings
+                .set(&dead_queue, &dead.patterns, dead.max_attempts);
         }
         Ok(())
     }
@@ -428,16 +412,13 @@ impl Broker for NatsBroker {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("NATS broker is closed".into()));
         }
-        let mut targets = inner.targets(&envelope.event);
+        let mut targets = inner.bindings.targets(&envelope.event);
         if targets.is_empty() {
             inner.load_bindings().await?;
-            targets = inner.targets(&envelope.event);
+            targets = inner.bindings.targets(&envelope.event);
         }
         if targets.is_empty() {
-            return Err(Error::NotFound(format!(
-                "no queue is bound to routing key {:?}",
-                envelope.event
-            )));
+            return Err(unroutable(&envelope.event));
         }
         let frame = wire::encode(&envelope)?;
         // One publish per bound queue: a failure part-way is an error; the

@@ -16,7 +16,6 @@ use pipeline_core::store::{Blob, JobFailure, JobInfo, JobState};
 use pipeline_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::{check_namespace, connect_client, nats_error, parse_url};
@@ -276,27 +275,16 @@ impl ResultStore for NatsResultStore {
     }
 
     async fn wait(&self, job_id: Uuid, timeout: Duration) -> Result<Option<JobStatus>> {
-        let mut rx = self.done.subscribe();
-        let deadline = Instant::now() + timeout;
-        loop {
-            let status = self.status(job_id).await?;
-            match &status {
-                None => return Ok(None),
-                Some(s) if s.state.is_terminal() => return Ok(status),
-                Some(_) => {}
-            }
-            // Woken by the watch; a missed change (reconnection) is caught
-            // by looking again every few seconds.
-            let wake = Instant::now() + Duration::from_secs(2);
-            loop {
-                match tokio::time::timeout_at(deadline.min(wake), rx.recv()).await {
-                    Err(_) if Instant::now() >= deadline => return self.status(job_id).await,
-                    Err(_) => break,
-                    Ok(Ok(s)) if s.id != job_id => continue,
-                    Ok(_) => break,
-                }
-            }
-        }
+        // Woken by the announcements; a missed one (reconnection) is
+        // caught by looking again every 2 s.
+        pipeline_core::results::wait_announced(
+            &self.done,
+            job_id,
+            timeout,
+            Duration::from_secs(2),
+            || self.status(job_id),
+        )
+        .await
     }
 
     async fn completions(&self) -> Result<BoxStream<'static, JobSummary>> {

@@ -14,8 +14,8 @@ mod results;
 
 pub use results::RedisResultStore;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,8 +23,9 @@ use bytes::Bytes;
 use fred::prelude::{
     Builder, ClientLike, Config, HashesInterface, KeysInterface, ReconnectPolicy, StreamsInterface,
 };
+use pipeline_core::broker::bindings::{Bindings, unroutable};
 use pipeline_core::broker::{
-    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue, topic_matches,
+    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue,
 };
 use pipeline_core::{Envelope, Error, Result, wire};
 
@@ -51,8 +52,8 @@ pub(crate) struct Inner {
     client: fred::clients::Client,
     config: Config,
     namespace: String,
-    /// (queue, patterns, max attempts) known to this process.
-    bindings: RwLock<Vec<(String, Vec<String>, u32)>>,
+    /// Queues known to this process, for routing.
+    bindings: Bindings,
     closed: AtomicBool,
     /// Keys created by `declare` expire after this (tests, ephemeral setups).
     key_ttl: Option<Duration>,
@@ -152,7 +153,7 @@ impl RedisBroker {
                 client,
                 config,
                 namespace: namespace.to_string(),
-                bindings: RwLock::new(Vec::new()),
+                bindings: Bindings::new(),
                 closed: AtomicBool::new(false),
                 key_ttl,
                 claim_idle,
@@ -172,10 +173,9 @@ impl RedisBroker {
         inner.load_bindings().await?;
         let queues: Vec<String> = inner
             .bindings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(q, _, _)| q.clone())
+            .all()
+            .into_iter()
+            .map(|(q, _, _)| q)
             .collect();
         let mut keys = vec![inner.bindings_key()];
         for q in &queues {
@@ -314,22 +314,11 @@ impl Inner {
     }
 
     pub(crate) fn max_attempts(&self, queue: &str) -> u32 {
-        self.bindings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(q, _, _)| q == queue)
-            .map_or(u32::MAX, |(_, _, m)| *m)
+        self.bindings.max_attempts(queue).unwrap_or(u32::MAX)
     }
 
     fn targets(&self, key: &str) -> Vec<String> {
-        self.bindings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(_, patterns, _)| patterns.iter().any(|p| topic_matches(p, key)))
-            .map(|(q, _, _)| q.clone())
-            .collect()
+        self.bindings.targets(key)
     }
 
     /// Reload the bindings other processes declared.
@@ -339,7 +328,6 @@ impl Inner {
             .hgetall(self.bindings_key())
             .await
             .map_err(|e| redis_error("read bindings", e))?;
-        let mut b = self.bindings.write().unwrap_or_else(|e| e.into_inner());
         for (queue, value) in all {
             let (max, patterns) = value.split_once(' ').unwrap_or(("5", ""));
             let patterns: Vec<String> = patterns
@@ -347,9 +335,8 @@ impl Inner {
                 .filter(|p| !p.is_empty())
                 .map(str::to_string)
                 .collect();
-            let max = max.parse().unwrap_or(5);
-            b.retain(|(q, _, _)| q != &queue);
-            b.push((queue, patterns, max));
+            self.bindings
+                .set(&queue, &patterns, max.parse().unwrap_or(5));
         }
         Ok(())
     }
@@ -387,11 +374,7 @@ impl Inner {
     /// publishers carry on.
     pub(crate) async fn restore(&self, queue: &str) -> Result<()> {
         self.create_groups(queue).await?;
-        let known = self
-            .bindings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let known = self.bindings.all();
         for (q, patterns, max) in known {
             self.store_binding(&q, &patterns, max).await?;
         }
@@ -442,9 +425,9 @@ impl Broker for RedisBroker {
                         .map_err(|e| redis_error("EXPIRE", e))?;
                 }
             }
-            let mut b = inner.bindings.write().unwrap_or_else(|e| e.into_inner());
-            b.retain(|(q, _, _)| q != &spec.name);
-            b.push((spec.name.clone(), spec.patterns.clone(), spec.max_attempts));
+            inner
+                .bindings
+                .set(&spec.name, &spec.patterns, spec.max_attempts);
         }
         Ok(())
     }
@@ -460,10 +443,7 @@ impl Broker for RedisBroker {
             targets = inner.targets(&envelope.event);
         }
         if targets.is_empty() {
-            return Err(Error::NotFound(format!(
-                "no queue is bound to routing key {:?}",
-                envelope.event
-            )));
+            return Err(unroutable(&envelope.event));
         }
         let frame = wire::encode(&envelope)?;
         // One XADD per bound stream: not atomic across streams (they may

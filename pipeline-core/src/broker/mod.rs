@@ -1,6 +1,7 @@
 //! The publish/subscribe contract every broker backend implements, and the
 //! [`policy`] every backend applies to messages that are not acked.
 
+pub mod bindings;
 pub mod policy;
 
 pub use policy::{DeadCause, Disposition, MALFORMED_EVENT};
