@@ -186,12 +186,13 @@ async fn on_rabbitmq_every_job_in_flight_at_the_kill_completes_within_five_secon
     let (_activity, _) = spawn(env!("CARGO_BIN_EXE_pipeline-activity"), "activity", &env);
 
     // Large images, so each transformer (one job at a time, two held)
-    // is still busy when the uploads are all in.
+    // is still busy when the uploads are all in: ten of them, so a loaded
+    // machine cannot finish most before the kill (six once left only 2).
     let http = pipeline::cli::http_client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
-    let uploads = (0..6u8).map(|seed| {
+    let uploads = (0..10u8).map(|seed| {
         let (http, base) = (http.clone(), base.clone());
         async move {
             let body = image_bytes(image::ImageFormat::Jpeg, 2400, 1800, seed);

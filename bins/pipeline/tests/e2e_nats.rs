@@ -1,9 +1,11 @@
 //! The pipeline as separate processes over NATS only: broker, result store
 //! and blob store on JetStream (every upload goes by reference through the
-//! object store), the archive in SQLite. An API, two transformers, save2db
-//! and the activity log; half-way through 500 uploads a transformer is
-//! SIGKILLed and the NATS server is restarted. Every result must come back
-//! correct and every job be archived exactly once. The NATS server is the
+//! object store), the archive in SQLite. Two APIs sharing the result store,
+//! two transformers, save2db and the activity log; half-way through 500
+//! uploads to the first API a transformer is SIGKILLed and the NATS server
+//! is restarted. Every result must come back correct through the second
+//! API, which took none of the uploads, and every job be archived exactly
+//! once. The NATS server is the
 //! test's own (file storage in a temporary directory), never the
 //! machine's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -43,6 +45,7 @@ async fn nats_only_survives_a_killed_transformer_and_a_server_restart() {
         ("PIPELINE_MAX_IN_FLIGHT", "4096".to_string()),
     ];
     let (api, base) = spawn_api(&env);
+    let (api2, base2) = spawn_api(&env);
     let (t1, _) = spawn(
         env!("CARGO_BIN_EXE_pipeline-transformer"),
         "transformer-1",
@@ -72,7 +75,8 @@ async fn nats_only_survives_a_killed_transformer_and_a_server_restart() {
     .await;
     drop(t1);
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 500);
-    fetch_all(&base, &ids).await;
+    // Every result through the other API: the key-value store is shared.
+    fetch_all(&base2, &ids).await;
     let archive = wait_archived(&db, &ns, 500, || {}).await;
     for id in &ids {
         assert!(
@@ -82,8 +86,8 @@ async fn nats_only_survives_a_killed_transformer_and_a_server_restart() {
     }
     wait_activity(&archive, &ids, || {}).await;
     println!(
-        "500 jobs over NATS (broker, results, blobs), a transformer killed and the server restarted half-way: all done and archived once in {:.1} s",
+        "500 jobs over NATS (broker, results, blobs; 2 APIs), a transformer killed and the server restarted half-way: all done and archived once in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    drop((api, t2, save, activity));
+    drop((api, api2, t2, save, activity));
 }
