@@ -36,29 +36,7 @@ impl Transform for Explode {
     }
 }
 
-/// A plugin whose backend is always down: every attempt fails transiently.
-struct Outage;
-impl Transform for Outage {
-    fn name(&self) -> &str {
-        "outage"
-    }
-    fn usage(&self) -> &str {
-        "outage"
-    }
-    fn validate(&self, _: &[String]) -> Result<()> {
-        Ok(())
-    }
-    fn apply(
-        &self,
-        _: DynamicImage,
-        _: &[String],
-        _: &mut TransformContext,
-    ) -> Result<DynamicImage> {
-        Err(pipeline::Error::Unavailable(
-            "the plugin's backend is down".into(),
-        ))
-    }
-}
+use pipeline::core::testkit::transform::Outage;
 
 /// Fails the first `failures` publishes of one event, then behaves.
 #[derive(Debug)]

@@ -29,9 +29,8 @@ use pipeline::core::envelope::{events, headers};
 use pipeline::core::memory::{MemoryArchive, MemoryBlobStore, MemoryBroker, MemoryResultStore};
 use pipeline::core::results::{JobStatus, JobSummary, ResultStore};
 use pipeline::core::store::{ArchiveRecord, Deletion, Expiry, ImageRecord, Page};
-use pipeline::core::transform::TransformContext;
 use pipeline::core::{ActivityLog, Backoff, Blob, Broker, ImageStore, JobState, Result};
-use pipeline::{Archive, Pipeline, Running, Transform, TransformRegistry};
+use pipeline::{Archive, Pipeline, Running, TransformRegistry};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -42,29 +41,7 @@ const REFUSED_RECORD: &str = "brightness:9";
 /// Deliveries before a job is given up.
 const ATTEMPTS: u32 = 3;
 
-/// A plugin whose backend is always down: every attempt fails transiently.
-struct Outage;
-impl Transform for Outage {
-    fn name(&self) -> &str {
-        "outage"
-    }
-    fn usage(&self) -> &str {
-        "outage"
-    }
-    fn validate(&self, _: &[String]) -> Result<()> {
-        Ok(())
-    }
-    fn apply(
-        &self,
-        _: DynamicImage,
-        _: &[String],
-        _: &mut TransformContext,
-    ) -> Result<DynamicImage> {
-        Err(pipeline::Error::Unavailable(
-            "the plugin's backend is down".into(),
-        ))
-    }
-}
+use pipeline::core::testkit::transform::Outage;
 
 /// A result store that cannot take the result of [`REFUSED_RESULT`] jobs.
 #[derive(Debug, Default)]

@@ -48,6 +48,29 @@ async fn held_by(redis: &fred::clients::Client, stream: &str, pid: u32) -> Vec<U
     jobs
 }
 
+/// Those of `ids` whose status is still `pending`.
+async fn pending<T: std::fmt::Display + Clone>(
+    http: &reqwest::Client,
+    base: &str,
+    ids: &[T],
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for id in ids {
+        let status: serde_json::Value = http
+            .get(format!("{base}/v1/images/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"] == "pending" {
+            out.push(id.clone());
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_transformers_jobs_move_on_within_five_seconds() {
     let dir = tempfile::tempdir().unwrap();
@@ -113,20 +136,7 @@ async fn a_killed_transformers_jobs_move_on_within_five_seconds() {
         signal("-STOP");
         let frozen = Instant::now();
         let held = held_by(&redis, &stream, pid).await;
-        let mut unfinished = Vec::new();
-        for id in &held {
-            let status: serde_json::Value = http
-                .get(format!("{base}/v1/images/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if status["status"] == "pending" {
-                unfinished.push(*id);
-            }
-        }
+        let unfinished = pending(&http, &base, &held).await;
         tries += 1;
         if !unfinished.is_empty() || tries == 50 {
             break (frozen, held, unfinished);
@@ -219,20 +229,7 @@ async fn on_rabbitmq_every_job_in_flight_at_the_kill_completes_within_five_secon
     let _ = t1.child.wait();
     // Which jobs were still unfinished at the kill (the two the dead
     // transformer held among them, unless it had finished them).
-    let mut unfinished = Vec::new();
-    for id in &ids {
-        let status: serde_json::Value = http
-            .get(format!("{base}/v1/images/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["status"] == "pending" {
-            unfinished.push(id.clone());
-        }
-    }
+    let unfinished = pending(&http, &base, &ids).await;
     assert!(
         unfinished.len() >= 3,
         "only {} jobs in flight at the kill",

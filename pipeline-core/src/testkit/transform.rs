@@ -211,3 +211,31 @@ mod tests {
         check_transform(&Lax);
     }
 }
+
+/// A plugin operation `outage` whose backend is always down: every
+/// attempt fails transiently (`Error::Unavailable`), for tests of retries
+/// running out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outage;
+
+impl Transform for Outage {
+    fn name(&self) -> &str {
+        "outage"
+    }
+    fn usage(&self) -> &str {
+        "outage"
+    }
+    fn validate(&self, _: &[String]) -> crate::Result<()> {
+        Ok(())
+    }
+    fn apply(
+        &self,
+        _: DynamicImage,
+        _: &[String],
+        _: &mut TransformContext,
+    ) -> crate::Result<DynamicImage> {
+        Err(crate::Error::Unavailable(
+            "the plugin's backend is down".into(),
+        ))
+    }
+}
