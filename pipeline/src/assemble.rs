@@ -149,6 +149,7 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
             broker: broker.clone(),
             config: ApiConfig {
                 max_upload_bytes: settings.max_upload_bytes,
+                web_dir: settings.web_dir.clone(),
                 ..ApiConfig::default()
             },
         });

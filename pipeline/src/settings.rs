@@ -110,6 +110,9 @@ pub struct Settings {
     pub presets: BTreeMap<String, String>,
     /// Largest upload in bytes.
     pub max_upload_bytes: usize,
+    /// Serve the web app from this directory instead of the built-in copy
+    /// (for working on the page).
+    pub web_dir: Option<std::path::PathBuf>,
     /// Files above this many bytes travel through the blob store.
     pub inline_max: usize,
     /// Pixel and dimension limits, checked from the header.
@@ -142,6 +145,7 @@ impl Default for Settings {
             default_transform: "stamp".into(),
             presets: BTreeMap::new(),
             max_upload_bytes: 64 * 1024 * 1024,
+            web_dir: None,
             inline_max: DEFAULT_INLINE_MAX,
             limits: ImageLimits {
                 max_width: 16_384,

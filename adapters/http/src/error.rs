@@ -94,7 +94,9 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status, body).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE
             || self.status == StatusCode::TOO_MANY_REQUESTS
-            || self.status == StatusCode::CONFLICT
+            // A conflict that passes (a job still running); a key of
+            // another job stays a conflict.
+            || (self.status == StatusCode::CONFLICT && self.code != "idempotency_key_conflict")
         {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -5,8 +5,8 @@
 //! (server-sent completions),
 //! `/v1/transforms` (the catalogue of operations and presets), the
 //! prototype's `/image` routes, `/healthz`, `/readyz`, `/openapi.json`
-//! (generated from the handlers, see [`ApiDoc`]) and a small upload page at
-//! `/`. Embed it with [`router`].
+//! (generated from the handlers, see [`ApiDoc`]), `/v1/stats` and the web app
+//! at `/`. Embed it with [`router`].
 
 mod catalog;
 mod common;
@@ -18,9 +18,12 @@ mod lookup;
 mod openapi;
 mod responses;
 pub mod schema;
+mod stats;
 mod timeline;
 mod upload;
+mod web;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +46,10 @@ pub struct ApiConfig {
     pub max_files: usize,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
+    /// Serve the web app's files (`index.html`, `app.js`, `app.css`) from
+    /// this directory instead of the copies built in: for working on the
+    /// page without rebuilding.
+    pub web_dir: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +59,7 @@ impl Default for ApiConfig {
             max_upload_bytes: 64 * 1024 * 1024,
             max_files: 32,
             max_wait: Duration::from_secs(60),
+            web_dir: None,
         }
     }
 }
@@ -81,7 +89,9 @@ pub fn router(state: ApiState) -> Router {
         .saturating_mul(state.config.max_files)
         .saturating_add(1024 * 1024);
     Router::new()
-        .route("/", get(openapi::index))
+        .route("/", get(web::index))
+        .route("/assets/app.js", get(web::script))
+        .route("/assets/app.css", get(web::style))
         .route("/v1/images", post(upload::upload).get(lookup::list))
         .route(
             "/v1/images/{id}",
@@ -92,6 +102,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/images/{id}/original", get(lookup::original))
         .route("/v1/events", get(events::events))
         .route("/v1/transforms", get(catalog::transforms))
+        .route("/v1/stats", get(stats::stats))
         .route("/image", post(upload::legacy_upload))
         .route("/image/{id}", get(lookup::legacy_get))
         .route("/healthz", get(health::healthz))
@@ -210,6 +221,7 @@ mod tests {
             "GET /v1/images/{id}/original",
             "GET /v1/events",
             "GET /v1/transforms",
+            "GET /v1/stats",
             "POST /image",
             "GET /image/{id}",
             "GET /healthz",
@@ -371,5 +383,125 @@ mod tests {
                 .unwrap()
                 .contains("not both")
         );
+    }
+
+    fn keyed_upload(key: &str, tenant: &str) -> Request<Body> {
+        Request::post("/v1/images?transform=grayscale")
+            .header("content-type", "image/png")
+            .header("idempotency-key", key)
+            .header("x-tenant", tenant)
+            .body(Body::from(png()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_makes_one_job_however_often_it_is_sent() {
+        let app = app().await;
+        let key = uuid::Uuid::now_v7().to_string();
+        let r = app.clone().oneshot(keyed_upload(&key, "a")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        assert_eq!(json(r).await["images"][0]["id"], key.as_str());
+        // Again: the same job, said to be a replay, nothing new.
+        let r = app.clone().oneshot(keyed_upload(&key, "a")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["idempotent-replayed"], "true");
+        let body = json(r).await;
+        assert_eq!(body["images"][0]["id"], key.as_str());
+        assert_eq!(body["images"][0]["spec"], "grayscale");
+        let r = app
+            .clone()
+            .oneshot(Request::get("/v1/stats").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(json(r).await["in_flight"], 1, "one job, not two");
+        // Another tenant's job: a conflict, with no Retry-After.
+        let r = app.clone().oneshot(keyed_upload(&key, "b")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert!(r.headers().get("retry-after").is_none());
+        assert_eq!(json(r).await["error"]["code"], "idempotency_key_conflict");
+    }
+
+    #[tokio::test]
+    async fn a_bad_idempotency_key_is_a_400() {
+        let app = app().await;
+        let future = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            4_102_444_800, // 2100
+            0,
+        ));
+        for key in [
+            "nope".to_string(),
+            "6ba7b810-9dad-41d1-80b4-00c04fd430c8".to_string(),
+            future.to_string(),
+        ] {
+            let r = app.clone().oneshot(keyed_upload(&key, "a")).await.unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{key}");
+            assert_eq!(json(r).await["error"]["code"], "invalid_idempotency_key");
+        }
+        // One key, two files.
+        let png = png();
+        let mut body = Vec::new();
+        for name in ["a.png", "b.png"] {
+            body.extend_from_slice(
+                format!("--X\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").as_bytes(),
+            );
+            body.extend_from_slice(&png);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"--X--\r\n");
+        let r = app
+            .oneshot(
+                Request::post("/v1/images")
+                    .header("content-type", "multipart/form-data; boundary=X")
+                    .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            json(r).await["error"]["code"],
+            "idempotency_key_needs_one_file"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_web_app_is_served_with_a_content_security_policy() {
+        let app = app().await;
+        for (path, kind) in [
+            ("/", "text/html"),
+            ("/assets/app.js", "text/javascript"),
+            ("/assets/app.css", "text/css"),
+        ] {
+            let r = app
+                .clone()
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            let h = r.headers();
+            assert!(
+                h["content-type"].to_str().unwrap().starts_with(kind),
+                "{path}"
+            );
+            let csp = h["content-security-policy"].to_str().unwrap();
+            assert!(
+                csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+                "{csp}"
+            );
+            assert_eq!(h["x-content-type-options"], "nosniff");
+        }
+        // The page loads its script and style from the routes above, and
+        // has no inline script the policy would block.
+        let r = app
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let page = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let page = String::from_utf8(page.to_vec()).unwrap();
+        assert!(page.contains("src=\"/assets/app.js\""), "{page}");
+        assert!(page.contains("href=\"/assets/app.css\""), "{page}");
+        assert!(!page.contains("<script>"), "inline script");
     }
 }

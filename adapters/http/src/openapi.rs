@@ -1,12 +1,12 @@
 //! The OpenAPI document, generated from the handlers and the types of
-//! [`crate::schema`]; the upload page; the 404 of unknown routes.
+//! [`crate::schema`]; the 404 of unknown routes.
 
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use utoipa::{IntoParams, OpenApi};
 
 use crate::error::ApiError;
-use crate::{catalog, delete, events, health, lookup, timeline, upload};
+use crate::{catalog, delete, events, health, lookup, stats, timeline, upload};
 
 /// The `X-Tenant` header every image route reads.
 #[derive(IntoParams)]
@@ -37,6 +37,7 @@ pub(crate) struct TenantHeader {
         lookup::original,
         events::events,
         catalog::transforms,
+        stats::stats,
         upload::legacy_upload,
         lookup::legacy_get,
         health::healthz,
@@ -54,7 +55,7 @@ pub(crate) struct TenantHeader {
     tags(
         (name = "images", description = "Uploads, results and the archive"),
         (name = "prototype", description = "The Python prototype's routes"),
-        (name = "operations", description = "Health and readiness"),
+        (name = "operations", description = "Health, readiness and load"),
     )
 )]
 pub struct ApiDoc;
@@ -68,10 +69,6 @@ pub fn document() -> String {
 
 pub(crate) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
-}
-
-pub(crate) async fn index() -> Html<&'static str> {
-    Html(include_str!("../assets/index.html"))
 }
 
 pub(crate) async fn not_found() -> ApiError {

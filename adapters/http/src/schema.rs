@@ -57,6 +57,15 @@ impl From<&Accepted> for UploadedImage {
     }
 }
 
+/// Answer to `GET /v1/stats`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    /// Jobs this API process accepted and has not seen finish.
+    pub in_flight: usize,
+    /// Beyond this many, uploads get 503.
+    pub max_in_flight: usize,
+}
+
 /// Answer to the prototype's `POST /image`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LegacyUploadResponse {

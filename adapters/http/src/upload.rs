@@ -6,11 +6,15 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
-use axum::http::{StatusCode, header};
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pipeline_core::services::{Accepted, Upload};
+use pipeline_core::transform::Probe;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 use crate::ApiState;
 use crate::common::{ApiResult, AppState, query, tenant};
@@ -18,6 +22,19 @@ use crate::error::ApiError;
 use crate::openapi::TenantHeader;
 use crate::responses::*;
 use crate::schema::{ErrorBody, LegacyUploadResponse, UploadResponse, UploadedImage};
+
+/// The `Idempotency-Key` header of `POST /v1/images`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct KeyHeader {
+    /// A UUID version 7 made by the client for this one file: it becomes
+    /// the job id, and sending the same key again answers with that job
+    /// instead of making another (safe retries after a lost answer or a
+    /// crash). At most 5 minutes ahead of the server's clock.
+    #[param(rename = "Idempotency-Key", format = Uuid)]
+    idempotency_key: Option<String>,
+}
 
 /// Query of `POST /v1/images`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -202,12 +219,14 @@ async fn read_files(
 
 /// Validate every file first, then submit them all: a bad file refuses the
 /// whole request, so a client never has to untangle a half-accepted batch.
+/// With an idempotency `key`, the one file is submitted under that job id.
 async fn accept(
-    state: &ApiState,
+    state: &Arc<ApiState>,
     tenant: String,
     files: Vec<File>,
     transform: Option<String>,
     preset: Option<String>,
+    key: Option<Uuid>,
 ) -> ApiResult<Vec<Accepted>> {
     if files.is_empty() {
         return Err(ApiError::new(
@@ -225,8 +244,37 @@ async fn accept(
         .map_err(ApiError::from)?;
     // Refuse before spending a decode on work that cannot be queued.
     state.submitter.in_flight().check_room(files.len())?;
+    let probes = probe_all(state, &files).await?;
+    // Submitted on a task of its own: a client hanging up must not stop a
+    // job between its pending status and its publication.
+    let state = state.clone();
+    let submitted = tokio::spawn(async move {
+        let mut accepted = Vec::with_capacity(files.len());
+        for (f, probe) in files.into_iter().zip(probes) {
+            let upload = Upload {
+                tenant: tenant.clone(),
+                filename: Some(f.name),
+                data: f.data,
+            };
+            let id = key.unwrap_or_else(Uuid::now_v7);
+            accepted.push(state.submitter.submit_as(id, upload, probe, &spec).await?);
+        }
+        Ok::<_, pipeline_core::Error>(accepted)
+    });
+    match submitted.await {
+        Ok(Ok(accepted)) => Ok(accepted),
+        Ok(Err(pipeline_core::Error::AlreadyExists(_))) => Err(key_in_use()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::from(pipeline_core::Error::Unavailable(format!(
+            "the submission stopped: {e}"
+        )))),
+    }
+}
+
+/// Check every file (structure and limits), in request order.
+async fn probe_all(state: &ApiState, files: &[File]) -> ApiResult<Vec<Probe>> {
     let mut probes = Vec::with_capacity(files.len());
-    for f in &files {
+    for f in files {
         if f.data.is_empty() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -241,23 +289,108 @@ async fn accept(
             .map_err(|e| ApiError::from(e).in_file(&f.name))?;
         probes.push(probe);
     }
-    let mut accepted = Vec::with_capacity(files.len());
-    for (f, probe) in files.into_iter().zip(probes) {
-        let upload = Upload {
-            tenant: tenant.clone(),
-            filename: Some(f.name),
-            data: f.data,
-        };
-        accepted.push(state.submitter.submit(upload, probe, &spec).await?);
+    Ok(probes)
+}
+
+/// Header naming the job an upload creates, so that sending it again
+/// (after a lost answer or a crash) creates nothing twice.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Keys may run ahead of the server's clock by this much.
+const KEY_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// The request's idempotency key: a UUID v7 (it becomes the job id, and job
+/// ids sort by time) not far in the future.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<Uuid>> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be a UUID version 7 made by the client ({why})"),
+        )
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .and_then(|t| Uuid::parse_str(t.trim()).ok())
+        .ok_or_else(|| bad("not a UUID"))?;
+    if key.get_version_num() != 7 {
+        return Err(bad("not version 7"));
     }
-    Ok(accepted)
+    let now_ms = u64::try_from(pipeline_core::envelope::now_ms()).unwrap_or(0);
+    let (secs, nanos) = key.get_timestamp().map(|t| t.to_unix()).unwrap_or((0, 0));
+    let key_ms = secs.saturating_mul(1000) + u64::from(nanos / 1_000_000);
+    if key_ms > now_ms.saturating_add(KEY_CLOCK_SKEW_MS) {
+        return Err(bad("its time is in the future"));
+    }
+    Ok(Some(key))
+}
+
+fn key_in_use() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_in_use",
+        "a request with this Idempotency-Key is being processed; retry shortly",
+    )
+}
+
+/// The job an idempotency key already names: its owner and spec.
+async fn existing_job(state: &ApiState, key: Uuid) -> ApiResult<Option<(String, String)>> {
+    if let Some(s) = state.results.get(key).await? {
+        return Ok(Some((s.tenant, s.spec)));
+    }
+    Ok(state.archive.get(key).await?.map(|r| (r.tenant, r.spec)))
+}
+
+/// A repeated keyed upload: the job it made before, not a new one.
+async fn replay(
+    state: &ApiState,
+    tenant: &str,
+    key: Uuid,
+    files: &[File],
+) -> ApiResult<Option<Response>> {
+    let Some((owner, spec)) = existing_job(state, key).await? else {
+        return Ok(None);
+    };
+    if owner != tenant {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_conflict",
+            "this Idempotency-Key names another job; make a new key",
+        ));
+    }
+    let probe = probe_all(state, files)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "no_file", "no file"))?;
+    let image = UploadedImage::from(&Accepted {
+        id: key,
+        format: pipeline_core::transform::codec::format_name(probe.format).to_string(),
+        width: probe.width,
+        height: probe.height,
+        spec,
+    });
+    let mut resp = (
+        StatusCode::OK,
+        Json(UploadResponse {
+            images: vec![image],
+        }),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(Some(resp))
 }
 
 #[utoipa::path(
     post,
     path = "/v1/images",
     tag = "images",
-    params(UploadQuery, TenantHeader),
+    params(UploadQuery, TenantHeader, KeyHeader),
     request_body(
         description = "multipart/form-data with one or more files (fields named `files`, `file`, `image`, or any field with a file name; optional `transform` and `preset` text fields), or a raw image body",
         content(
@@ -268,7 +401,9 @@ async fn accept(
     ),
     responses(
         (status = 202, description = "Accepted: every file is pending", body = UploadResponse),
-        (status = 400, description = "Bad request (spec, preset, multipart, tenant, empty file, no file)", body = ErrorBody),
+        (status = 200, description = "The Idempotency-Key names a job of this tenant already: that job, nothing new (header `Idempotent-Replayed: true`)", body = UploadResponse),
+        (status = 400, description = "Bad request (spec, preset, multipart, tenant, empty file, no file, bad Idempotency-Key or one with several files)", body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key is being used by a request in progress (`idempotency_key_in_use`, retry after `Retry-After`) or names another tenant's job (`idempotency_key_conflict`)", body = ErrorBody),
         (status = 413, description = "A file or the request is too large, or too many files", body = ErrorBody),
         (status = 415, description = "Not an image, or a format the deployment does not accept", body = ErrorBody),
         (status = 422, description = "A corrupt image, or one over the pixel limits", body = ErrorBody),
@@ -282,13 +417,27 @@ pub(crate) async fn upload(
 ) -> ApiResult<Response> {
     let q = query(q)?;
     let tenant = tenant(req.headers())?;
+    let key = idempotency_key(req.headers())?;
     let (files, transform, preset) = read_files(&state, req, None).await?;
+    if let Some(key) = key {
+        if files.len() != 1 {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_needs_one_file",
+                "an upload with an Idempotency-Key carries exactly one file",
+            ));
+        }
+        if let Some(resp) = replay(&state, &tenant, key, &files).await? {
+            return Ok(resp);
+        }
+    }
     let accepted = accept(
         &state,
         tenant,
         files,
         q.transform.or(transform),
         q.preset.or(preset),
+        key,
     )
     .await?;
     let images = accepted.iter().map(UploadedImage::from).collect();
@@ -323,7 +472,7 @@ pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiRe
             "the form has no field named \"image\"",
         ));
     }
-    let accepted = accept(&state, tenant, files, None, None).await?;
+    let accepted = accept(&state, tenant, files, None, None, None).await?;
     let id = accepted.first().map(|a| a.id).ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, "no_file", "the form has no image")
     })?;

@@ -119,9 +119,15 @@ impl InFlight {
         }
     }
 
-    /// Count `job` in, or refuse when full.
+    /// Count `job` in, or refuse when full ([`Error::Unavailable`]) or
+    /// when `job` is in flight already ([`Error::AlreadyExists`]).
     pub fn try_acquire(&self, job: Uuid) -> Result<()> {
         let mut jobs = lock(&self.jobs);
+        if jobs.contains_key(&job) {
+            return Err(Error::AlreadyExists(format!(
+                "job {job} is being submitted"
+            )));
+        }
         if jobs.len() >= self.max {
             let now = Instant::now();
             jobs.retain(|_, at| now.duration_since(*at) < self.max_age);
@@ -163,6 +169,11 @@ impl InFlight {
     /// Whether nothing is in flight.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The most jobs counted in at once.
+    pub fn max(&self) -> usize {
+        self.max
     }
 }
 
@@ -297,7 +308,20 @@ impl Submitter {
         probe: Probe,
         spec: &TransformSpec,
     ) -> Result<Accepted> {
-        let job_id = Uuid::now_v7();
+        self.submit_as(Uuid::now_v7(), upload, probe, spec).await
+    }
+
+    /// [`Submitter::submit`] under a job id the caller chose (an
+    /// idempotency key: a UUID v7, so that jobs still sort by time). The
+    /// caller checks first that no job has this id; one being submitted by
+    /// this process is refused with [`Error::AlreadyExists`].
+    pub async fn submit_as(
+        &self,
+        job_id: Uuid,
+        upload: Upload,
+        probe: Probe,
+        spec: &TransformSpec,
+    ) -> Result<Accepted> {
         self.in_flight.try_acquire(job_id)?;
         let spec_text = spec.to_string();
         let now = now_ms();

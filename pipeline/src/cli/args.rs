@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// Largest upload in bytes.
     #[arg(long, env = "PIPELINE_MAX_UPLOAD_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_upload_bytes: usize,
+    /// Serve the web app's files (index.html, app.js, app.css) from this
+    /// directory instead of the built-in copies: for working on the page.
+    #[arg(long, env = "PIPELINE_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
     /// Where files above the inline limit go (claim check): `archive` (the
     /// database's blob table), `file:///path`, `s3://bucket/prefix` (AWS_*
     /// variables), `memory://` (one process).
@@ -171,6 +175,7 @@ impl ServeArgs {
             default_transform: self.default_transform.clone(),
             presets,
             max_upload_bytes: self.max_upload_bytes,
+            web_dir: self.web_dir.clone(),
             inline_max: self.inline_max,
             limits: pipeline_core::transform::ImageLimits {
                 max_width: self.max_dimension,
