@@ -59,6 +59,7 @@ fn help_commands() -> Vec<(String, Vec<String>)> {
         "transformer",
         "save2db",
         "activity",
+        "upload",
         "load",
         "bench",
         "bench-archive",

@@ -16,6 +16,7 @@ mod bench;
 mod bench_archive;
 mod load;
 mod maintenance;
+mod upload;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,7 @@ pub use bench::BenchArgs;
 pub use bench_archive::ArchiveBenchArgs;
 pub use load::{LoadArgs, LoadReport, drive};
 pub use maintenance::{ExpireArgs, GcArgs, ReplayArgs, StoreArgs};
+pub use upload::UploadArgs;
 
 use crate::Roles;
 
@@ -57,6 +59,9 @@ enum Command {
     Save2db(ServeArgs),
     /// Run the activity log writer alone.
     Activity(ServeArgs),
+    /// Send files or directory trees to a server and fetch the results
+    /// into a directory; a stopped run started again resumes.
+    Upload(UploadArgs),
     /// Load-test a running server over HTTP.
     Load(LoadArgs),
     /// Measure the bare transform rate, then an in-process server under load.
@@ -76,6 +81,9 @@ enum Command {
 /// whether it succeeded (errors are printed on standard error).
 pub fn run(registry: TransformRegistry) -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Upload(a) = cli.command {
+        return upload::run(a);
+    }
     block_on(async move {
         match cli.command {
             Command::Serve(a) => serve(a, Roles::ALL, registry).await,
@@ -83,6 +91,8 @@ pub fn run(registry: TransformRegistry) -> ExitCode {
             Command::Transformer(a) => serve(a, Roles::TRANSFORMER, registry).await,
             Command::Save2db(a) => serve(a, Roles::SAVE2DB, registry).await,
             Command::Activity(a) => serve(a, Roles::ACTIVITY, registry).await,
+            // Handled above: it has exit codes of its own.
+            Command::Upload(_) => Ok(()),
             Command::Load(a) => load::load(a).await,
             Command::Bench(a) => {
                 init_tracing(false, "warn");
