@@ -69,3 +69,17 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:4555/v1/images/$
 type=$(curl -s -o /dev/null -w '%{content_type}' "http://127.0.0.1:4555/v1/images/$id/result")
 echo "readme-smoke: result of $id: HTTP $code, $type"
 [ "$code" = 200 ] && [ "$type" = image/jpeg ]
+
+# The README's bulk upload of the samples, into ./results (removed after,
+# unless it was there before).
+bulk=$(readme_command "Set up" "cargo run --bin pipeline -- upload")
+had_results=0
+[ -e results ] && had_results=1
+echo "readme-smoke: $bulk"
+timeout 600 bash -c "$bulk"
+for f in blue.jpg red.png green.png photo-800x600.jpg photo-800x600.png; do
+  [ -s "results/$f" ] || { echo "readme-smoke: no results/$f" >&2; exit 1; }
+done
+echo "readme-smoke: the bulk upload wrote $(find results -type f ! -name '.*' | wc -l) results"
+[ "$had_results" = 0 ] && rm -rf results
+exit 0

@@ -228,3 +228,42 @@ async fn a_tree_is_uploaded_once_across_interruptions() {
     );
     assert!(jobs.len() <= GOOD + CORRUPT, "{} jobs", jobs.len());
 }
+
+/// A server with room for one job at a time answers most uploads 503 with
+/// `Retry-After`: the uploader waits and retries until every file is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_server_is_waited_for_not_failed() {
+    let server = Server::start(&["--max-in-flight", "1"]);
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    for i in 0..24u32 {
+        let bytes = image_bytes(ImageFormat::Png, 40 + i, 30, i as u8);
+        std::fs::write(tree.join(format!("{i:02}.png")), bytes).unwrap();
+    }
+    let out = work.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["upload", "--url", &server.base, "--transform", "grayscale"])
+        .args(["--concurrency", "8", "--retries", "100"])
+        .arg("--out")
+        .arg(&out)
+        .arg(&tree)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_bounded(&mut child, Duration::from_secs(120));
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "{status}\n{log}");
+    let waits = log.lines().filter(|l| l.contains("answered 503")).count();
+    eprintln!("{waits} uploads were refused with 503 and retried");
+    assert!(
+        waits > 0,
+        "the server never refused: the test proves nothing\n{log}"
+    );
+    assert!(log.contains("finished: 24 done"), "{log}");
+    for i in 0..24 {
+        assert!(out.join(format!("{i:02}.png")).is_file(), "{i:02}.png");
+    }
+}

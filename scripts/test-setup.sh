@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# What the tests need beyond cargo, installed when missing: moto_server (the
+# S3 endpoint of the blob-store tests), Debian's Chromium and playwright-core
+# (the web app's browser tests, tests/browser). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install --quiet 'moto[server]'
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "test-setup: installing Debian's chromium" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
+# playwright-core drives the browser above; it downloads no browser.
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "test-setup: installing playwright-core (tests/browser)" >&2
+  (cd tests/browser && npm ci --silent --no-audit --no-fund)
+fi
