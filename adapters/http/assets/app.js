@@ -253,6 +253,15 @@ function errorFromAnswer(status, statusText, contentType, body) {
   return new ApiError(status, code, message, { reason, retryable: status >= 500 || status === 429 });
 }
 
+/** A failure's message without what the page shows beside it already. */
+function tidyMessage(message, code, fileName = '') {
+  let m = str(message, 1000).trim();
+  for (const prefix of [fileName && `${fileName}: `, code && `${code}: `]) {
+    if (prefix && m.startsWith(prefix)) m = m.slice(prefix.length);
+  }
+  return m;
+}
+
 function errorLabel(code) {
   return ERROR_LABELS[code] || (code ? code.replace(/_/g, ' ').replace(/^./, (c) => c.toUpperCase()) : 'Failed');
 }
@@ -271,6 +280,22 @@ async function requestJson(path, init = {}) {
   const json = safeJson(text);
   if (json === null) throw new ApiError(resp.status, 'bad_response', 'The server answered with something that is not JSON.');
   return json;
+}
+
+/** A UUID version 7 (48-bit Unix milliseconds, then random bits): the
+ * upload's Idempotency-Key, which the server makes the job id. */
+function uuidv7() {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  let ms = Date.now();
+  for (let i = 5; i >= 0; i -= 1) {
+    b[i] = ms % 256;
+    ms = Math.floor(ms / 256);
+  }
+  b[6] = (b[6] & 0x0f) | 0x70;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
 /** Seconds from a Retry-After header (seconds or an HTTP date), clamped. */
@@ -306,7 +331,8 @@ function media(m) {
 function normalizeJob(raw) {
   if (!isObject(raw)) return null;
   const info = isObject(raw.info) ? raw.info : null;
-  const error = isObject(raw.error) ? { code: str(raw.error.code, 100), message: str(raw.error.message, 1000).trim() } : null;
+  const code = isObject(raw.error) ? str(raw.error.code, 100) : '';
+  const error = isObject(raw.error) ? { code, message: tidyMessage(raw.error.message, code) } : null;
   const state = str(raw.status || raw.state, 20);
   return {
     id: str(raw.id || raw.job_id, 64),
@@ -929,7 +955,9 @@ const Uploads = {
       loaded: 0, // bytes of the request sent (this attempt)
       total: 0, // bytes of the request
       attempts: 0,
-      busyTries: 0, // 503/429 answers so far
+      busyTries: 0, // 503/429 answers and connection failures so far
+      idemKey: '', // Idempotency-Key of the upload (UUID v7)
+      idemQuery: '', // the transform it was made for
       jobId: '',
       job: null, // the finished job
       input: null, // format and size the server read at upload
@@ -1044,17 +1072,30 @@ const Uploads = {
     xhr.addEventListener('load', finish(() => this.answered(e, xhr)));
     xhr.addEventListener(
       'error',
-      finish(() =>
+      finish(() => {
+        // Safe to send again: the Idempotency-Key makes a second copy of
+        // an upload the server did get answer with the same job.
+        if (e.busyTries < CONFIG.busyRetries) {
+          this.retryLater(e, Math.min(CONFIG.retryAfterMaxS, 2 ** e.busyTries));
+          return;
+        }
         this.fail(e, {
           code: 'network',
-          message: 'The connection failed before the server answered; the file may not have been accepted.',
+          message: `The server could not be reached (${plural(e.busyTries + 1, 'attempt')}).`,
           retryable: true,
-        }),
-      ),
+        });
+      }),
     );
     xhr.addEventListener('abort', finish(() => this.fail(e, { code: 'cancelled', message: 'Cancelled during the upload.', retryable: true })));
     xhr.open('POST', `/v1/images${e.transform.query ? `?${e.transform.query}` : ''}`);
     xhr.setRequestHeader('Accept', 'application/json');
+    // One key per file and transform: a resend after a lost answer is
+    // the same job, a resend with another transform a new one.
+    if (!e.idemKey || e.idemQuery !== e.transform.query) {
+      e.idemKey = uuidv7();
+      e.idemQuery = e.transform.query;
+    }
+    xhr.setRequestHeader('Idempotency-Key', e.idemKey);
     const form = new FormData();
     form.append('files', e.file, e.file.name || 'image');
     xhr.send(form);
@@ -1074,7 +1115,7 @@ const Uploads = {
       return;
     }
     const err = errorFromAnswer(status, xhr.statusText, xhr.getResponseHeader('Content-Type'), body);
-    if (status === 503 || status === 429) {
+    if (status === 503 || status === 429 || (status === 409 && err.code === 'idempotency_key_in_use')) {
       if (e.busyTries < CONFIG.busyRetries) {
         this.retryLater(e, retryAfterSeconds(xhr.getResponseHeader('Retry-After')));
         return;
@@ -1133,10 +1174,8 @@ const Uploads = {
 
   fail(e, err) {
     // The server names the file first; the row already does.
-    let message = str(err.message, 1000).trim();
-    const prefix = `${e.name.replace(/^.*[\\/]/, '')}: `;
-    if (message.startsWith(prefix)) message = message.slice(prefix.length);
-    e.error = { code: str(err.code, 100) || 'failed', message: message || 'Failed.' };
+    const code = str(err.code, 100) || 'failed';
+    e.error = { code, message: tidyMessage(err.message, code, e.name.replace(/^.*[\\/]/, '')) || 'Failed.' };
     e.retryable = Boolean(err.retryable);
     if (e.retryable) this.retryable += 1;
     if (e.jobId) this.pending.delete(e.jobId);
@@ -1488,8 +1527,9 @@ const View = {
     else if (e.state === 'done' && job) action = 'compare';
     act.disabled = !action; // hidden by CSS, keeps the column aligned
     act.dataset.action = action;
-    act.textContent = action === 'compare' ? 'Compare' : action === 'retry' ? 'Retry' : 'Cancel';
-    act.setAttribute('aria-label', `${act.textContent} ${e.name}`);
+    act.textContent = { compare: 'Compare', retry: 'Retry', cancel: 'Cancel' }[action] || '';
+    if (action) act.setAttribute('aria-label', `${act.textContent} ${e.name}`);
+    else act.removeAttribute('aria-label');
   },
 };
 
@@ -1741,15 +1781,12 @@ const Gallery = {
       },
       h('span', { class: 'card-hint', 'aria-hidden': 'true', text: done ? 'Compare' : 'Details' }),
     );
-    const thumbSrc = done ? urls.result(id) : o ? urls.original(id) : '';
-    const placeholder = () => h('span', { class: 'card-placeholder', text: done ? 'No preview' : 'No image' });
-    if (thumbSrc) {
-      const img = h('img', { alt: '', loading: 'lazy', decoding: 'async' });
-      loadImage(img, thumbSrc, () => img.replaceWith(placeholder()));
-      media.prepend(img);
-    } else {
-      media.prepend(placeholder());
-    }
+    // A failure shows its original, when the archive kept one.
+    const img = h('img', { alt: '', loading: 'lazy', decoding: 'async' });
+    loadImage(img, done ? urls.result(id) : urls.original(id), () =>
+      img.replaceWith(h('span', { class: 'card-placeholder', text: done ? 'No preview' : 'No image' })),
+    );
+    media.prepend(img);
 
     const facts = h('dl', { class: 'facts' });
     const fact = (k, v) => facts.append(h('div', {}, h('dt', { text: k }), h('dd', { text: v })));
@@ -1783,7 +1820,7 @@ const Gallery = {
       h(
         'div',
         { class: 'card-actions' },
-        o || done ? downloadLink(id, 'original', name, o, 'Original', 'btn btn-small btn-quiet') : null,
+        downloadLink(id, 'original', name, o, 'Original', 'btn btn-small btn-quiet'),
         done ? downloadLink(id, 'result', name, r, 'Result', 'btn btn-small btn-quiet') : null,
         h(
           'button',
@@ -1930,13 +1967,16 @@ const Compare = {
     note.hidden = true;
     const missing = () => {
       note.hidden = false;
-      note.textContent = 'The original is not in the archive yet; it appears here once it is stored.';
+      note.textContent =
+        job.state === 'done'
+          ? 'The original is not in the archive (yet); it appears here once it is stored.'
+          : 'No image to show: the archive has no original for this job.';
     };
     loadImage($('#stage-original'), urls.original(id), missing);
     $('#stage-original').alt = `Original of ${name}`;
     loadImage($('#side-original'), urls.original(id));
     $('#side-original').alt = `Original of ${name}`;
-    $('#side-original-cap').textContent = `Original · ${fmtFormat(o)} · ${fmtDims(o)} · ${fmtBytes(o && o.size)}`;
+    $('#side-original-cap').textContent = o ? `Original · ${fmtFormat(o)} · ${fmtDims(o)} · ${fmtBytes(o.size)}` : 'Original';
     const res = job.state === 'done';
     for (const el of [$('#stage-result'), $('#side-result')]) {
       el.alt = `Result of ${name}`;
@@ -1945,11 +1985,7 @@ const Compare = {
     }
     $('#side-result-cap').textContent = res ? `Result · ${fmtFormat(r)} · ${fmtDims(r)} · ${fmtBytes(r && r.size)}` : '';
     $('#side-result').closest('figure').hidden = !res;
-    $('#compare input[name=compare-mode][value=slider]').disabled = !res;
-    if (!res && !o) {
-      note.hidden = false;
-      note.textContent = 'Nothing to show: the job failed before its image could be read.';
-    }
+    $('#compare .segmented').hidden = !res; // a failure has one picture
 
     // Different shapes do not line up under a slider: start side by side.
     const sameShape = o && r && o.width && r.width && Math.abs(o.width / o.height - r.width / r.height) < 0.02;
@@ -1991,7 +2027,7 @@ const Compare = {
       row('Result', `${fmtFormat(r)} · ${fmtDims(r)} · ${fmtBytes(r.size)}${change}`);
     }
     if (job.error) row('Failure', `${errorLabel(job.error.code)} (${job.error.code}): ${job.error.message}`);
-    if (job.timings) {
+    if (job.timings && job.state === 'done') {
       const t = job.timings;
       row('Timings', `decode ${fmtMs(t.decode)} · transform ${fmtMs(t.transform)} · encode ${fmtMs(t.encode)}`);
     }
