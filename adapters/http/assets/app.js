@@ -24,6 +24,9 @@ const CONFIG = Object.freeze({
   checkConcurrency: 1,
   recentEventsMs: 120_000, // events kept for uploads whose answer is late
   galleryPage: 24,
+  galleryMaxCards: 240, // beyond, the oldest cards go (scrolling loads them again)
+  uploadTimeoutMs: 120_000, // one upload request, plus the time at 64 KB/s
+  goneAfterChecks: 3, // a job the server keeps calling unknown has gone
   statsEveryMs: 3000,
   bucketMs: 10_000,
   buckets: 30, // 5 minutes
@@ -1070,24 +1073,26 @@ const Uploads = {
       this.pump();
     };
     xhr.addEventListener('load', finish(() => this.answered(e, xhr)));
-    xhr.addEventListener(
-      'error',
-      finish(() => {
-        // Safe to send again: the Idempotency-Key makes a second copy of
-        // an upload the server did get answer with the same job.
-        if (e.busyTries < CONFIG.busyRetries) {
-          this.retryLater(e, Math.min(CONFIG.retryAfterMaxS, 2 ** e.busyTries));
-          return;
-        }
-        this.fail(e, {
-          code: 'network',
-          message: `The server could not be reached (${plural(e.busyTries + 1, 'attempt')}).`,
-          retryable: true,
-        });
-      }),
-    );
+    // A broken or stalled connection. Safe to send again: the
+    // Idempotency-Key makes a second copy of an upload the server did get
+    // answer with the same job.
+    const lost = finish(() => {
+      if (e.busyTries < CONFIG.busyRetries) {
+        this.retryLater(e, Math.min(CONFIG.retryAfterMaxS, 2 ** e.busyTries));
+        return;
+      }
+      this.fail(e, {
+        code: 'network',
+        message: `The server could not be reached (${plural(e.busyTries + 1, 'attempt')}).`,
+        retryable: true,
+      });
+    });
+    xhr.addEventListener('error', lost);
+    xhr.addEventListener('timeout', lost);
     xhr.addEventListener('abort', finish(() => this.fail(e, { code: 'cancelled', message: 'Cancelled during the upload.', retryable: true })));
     xhr.open('POST', `/v1/images${e.transform.query ? `?${e.transform.query}` : ''}`);
+    // A stalled connection ends as a failure (retried under the same key).
+    xhr.timeout = CONFIG.uploadTimeoutMs + Math.round(e.size / 64);
     xhr.setRequestHeader('Accept', 'application/json');
     // One key per file and transform: a resend after a lost answer is
     // the same job, a resend with another transform a new one.
@@ -1626,8 +1631,16 @@ const Jobs = {
     let job = null;
     try {
       job = normalizeJob(await requestJson(urls.status(e.jobId)));
-    } catch {
-      /* unknown yet, or unreachable: try later */
+    } catch (err) {
+      // Unreachable: try later. Unknown: another API process may not have
+      // it yet; unknown check after check, it has gone (expired, deleted).
+      if (err instanceof ApiError && err.status === 404) {
+        e.missing = (e.missing || 0) + 1;
+        if (e.missing >= CONFIG.goneAfterChecks) {
+          Uploads.fail(e, { code: 'job_gone', message: 'The server no longer knows this job (expired or deleted).', retryable: true });
+          return;
+        }
+      }
     }
     if (job && (job.state === 'done' || job.state === 'failed')) {
       if (!job.id) job.id = e.jobId;
@@ -1732,7 +1745,27 @@ const Gallery = {
     for (const j of [...this.incoming.values()].reverse()) if (!this.cards.has(j.id)) frag.append(this.card(j));
     this.incoming.clear();
     this.grid.prepend(frag);
+    this.trim();
     this.updateStatus();
+  },
+
+  /** Keep the page light when thousands of jobs finish (a bulk upload, or
+   * another client of the tenant): the oldest cards go, and scrolling down
+   * loads them again from the archive. */
+  trim() {
+    let extra = this.cards.size - CONFIG.galleryMaxCards;
+    if (extra <= 0) return;
+    while (extra > 0 && this.grid.lastElementChild) {
+      const li = this.grid.lastElementChild;
+      li.remove();
+      if (li.dataset.jobId) this.cards.delete(li.dataset.jobId);
+      extra -= 1;
+    }
+    const last = this.grid.lastElementChild;
+    if (last && last.dataset.jobId) {
+      this.cursor = last.dataset.jobId;
+      this.end = false;
+    }
   },
 
   rename(id) {

@@ -128,7 +128,12 @@ mod tests {
     use super::*;
 
     async fn app() -> Router {
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+        app_on(Arc::new(MemoryBroker::new())).await.0
+    }
+
+    /// The API on `broker`, and its activity log.
+    async fn app_on(broker: Arc<MemoryBroker>) -> (Router, Arc<MemoryArchive>) {
+        let broker: Arc<dyn Broker> = broker;
         broker.declare(&topology(3)).await.unwrap();
         let results: Arc<dyn ResultStore> = Arc::new(MemoryResultStore::new());
         let submitter = Submitter::new(
@@ -141,14 +146,15 @@ mod tests {
         .await
         .unwrap();
         let archive = Arc::new(MemoryArchive::new());
-        router(ApiState {
+        let app = router(ApiState {
             submitter,
             results,
             archive: archive.clone(),
-            activity: archive,
+            activity: archive.clone(),
             broker,
             config: ApiConfig::default(),
-        })
+        });
+        (app, archive)
     }
 
     async fn json(resp: axum::response::Response) -> serde_json::Value {
@@ -503,5 +509,94 @@ mod tests {
         assert!(page.contains("src=\"/assets/app.js\""), "{page}");
         assert!(page.contains("href=\"/assets/app.css\""), "{page}");
         assert!(!page.contains("<script>"), "inline script");
+    }
+
+    #[tokio::test]
+    async fn a_keyed_upload_the_broker_refused_can_be_sent_again() {
+        use futures::StreamExt;
+        use pipeline_core::broker::Subscription;
+        use pipeline_core::memory::MemoryBrokerConfig;
+        use pipeline_core::services::queues;
+
+        let broker = Arc::new(MemoryBroker::with_config(MemoryBrokerConfig {
+            max_depth: 1,
+            publish_timeout: std::time::Duration::from_millis(50),
+            ..MemoryBrokerConfig::default()
+        }));
+        let (app, _) = app_on(broker.clone()).await;
+        let first = uuid::Uuid::now_v7().to_string();
+        let r = app
+            .clone()
+            .oneshot(keyed_upload(&first, "a"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        // The queues are full: refused, and nothing of the job is left.
+        let key = uuid::Uuid::now_v7().to_string();
+        let r = app.clone().oneshot(keyed_upload(&key, "a")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let r = app
+            .clone()
+            .oneshot(
+                Request::get(format!("/v1/images/{key}"))
+                    .header("x-tenant", "a")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        // Room again: the same key makes the job now.
+        for queue in [queues::TRANSFORM, queues::ACTIVITY] {
+            let mut deliveries = broker.subscribe(Subscription::new(queue, 1)).await.unwrap();
+            deliveries
+                .next()
+                .await
+                .unwrap()
+                .unwrap()
+                .ack()
+                .await
+                .unwrap();
+        }
+        let r = app.clone().oneshot(keyed_upload(&key, "a")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        assert_eq!(json(r).await["images"][0]["id"], key.as_str());
+    }
+
+    #[tokio::test]
+    async fn the_key_of_a_deleted_job_cannot_make_it_again() {
+        use pipeline_core::ActivityLog;
+        use pipeline_core::store::ActivityEntry;
+
+        let (app, activity) = app_on(Arc::new(MemoryBroker::new())).await;
+        let key = uuid::Uuid::now_v7();
+        activity
+            .append(&[ActivityEntry {
+                message_id: uuid::Uuid::now_v7(),
+                at_ms: 1,
+                event: pipeline_core::envelope::events::DELETED.into(),
+                job_id: key,
+                tenant: "a".into(),
+                worker: None,
+                size: 0,
+                duration_ms: None,
+                error: None,
+                attempt: None,
+            }])
+            .await
+            .unwrap();
+        let r = app
+            .oneshot(keyed_upload(&key.to_string(), "a"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        let body = json(r).await;
+        assert_eq!(body["error"]["code"], "idempotency_key_conflict");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("deleted")
+        );
     }
 }

@@ -217,9 +217,18 @@ async fn read_files(
     ))
 }
 
+/// What became of an upload.
+enum Outcome {
+    /// New jobs, one per file, in request order.
+    Accepted(Vec<Accepted>),
+    /// The idempotency key names a job of this tenant already: that job.
+    Replayed(Accepted),
+}
+
 /// Validate every file first, then submit them all: a bad file refuses the
 /// whole request, so a client never has to untangle a half-accepted batch.
-/// With an idempotency `key`, the one file is submitted under that job id.
+/// With an idempotency `key`, the one file is submitted under that job id,
+/// unless a job has that id already.
 async fn accept(
     state: &Arc<ApiState>,
     tenant: String,
@@ -227,12 +236,19 @@ async fn accept(
     transform: Option<String>,
     preset: Option<String>,
     key: Option<Uuid>,
-) -> ApiResult<Vec<Accepted>> {
+) -> ApiResult<Outcome> {
     if files.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "no_file",
             "the request contains no file",
+        ));
+    }
+    if key.is_some() && files.len() != 1 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_needs_one_file",
+            "an upload with an Idempotency-Key carries exactly one file",
         ));
     }
     let spec = state
@@ -249,6 +265,51 @@ async fn accept(
     // job between its pending status and its publication.
     let state = state.clone();
     let submitted = tokio::spawn(async move {
+        let submitter = &state.submitter;
+        if let Some(key) = key {
+            // Counted in first: while this request looks for an earlier
+            // job of the key, no other request of this process can make
+            // one.
+            let owned = match submitter.in_flight().try_acquire(key) {
+                Ok(()) => true,
+                // A job of this key is in flight here already (or being
+                // submitted by a request still running).
+                Err(pipeline_core::Error::AlreadyExists(_)) => false,
+                Err(e) => return Err(e.into()),
+            };
+            let release = || {
+                if owned {
+                    submitter.in_flight().release(key);
+                }
+            };
+            let earlier = match earlier_job(&state, key).await {
+                Ok(found) => found,
+                Err(e) => {
+                    release();
+                    return Err(e);
+                }
+            };
+            let mut pairs = files.into_iter().zip(probes);
+            let Some((f, probe)) = pairs.next() else {
+                release();
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, "no_file", "no file"));
+            };
+            if let Some(earlier) = earlier {
+                release();
+                return replayed(earlier, &tenant, key, &probe).map(Outcome::Replayed);
+            }
+            if !owned {
+                // The other request has not recorded its job yet.
+                return Err(key_in_use());
+            }
+            let upload = Upload {
+                tenant,
+                filename: Some(f.name),
+                data: f.data,
+            };
+            let accepted = submitter.submit_acquired(key, upload, probe, &spec).await?;
+            return Ok(Outcome::Accepted(vec![accepted]));
+        }
         let mut accepted = Vec::with_capacity(files.len());
         for (f, probe) in files.into_iter().zip(probes) {
             let upload = Upload {
@@ -256,19 +317,15 @@ async fn accept(
                 filename: Some(f.name),
                 data: f.data,
             };
-            let id = key.unwrap_or_else(Uuid::now_v7);
-            accepted.push(state.submitter.submit_as(id, upload, probe, &spec).await?);
+            accepted.push(submitter.submit(upload, probe, &spec).await?);
         }
-        Ok::<_, pipeline_core::Error>(accepted)
+        Ok(Outcome::Accepted(accepted))
     });
-    match submitted.await {
-        Ok(Ok(accepted)) => Ok(accepted),
-        Ok(Err(pipeline_core::Error::AlreadyExists(_))) => Err(key_in_use()),
-        Ok(Err(e)) => Err(e.into()),
-        Err(e) => Err(ApiError::from(pipeline_core::Error::Unavailable(format!(
+    submitted.await.unwrap_or_else(|e| {
+        Err(ApiError::from(pipeline_core::Error::Unavailable(format!(
             "the submission stopped: {e}"
-        )))),
-    }
+        ))))
+    })
 }
 
 /// Check every file (structure and limits), in request order.
@@ -337,53 +394,62 @@ fn key_in_use() -> ApiError {
     )
 }
 
-/// The job an idempotency key already names: its owner and spec.
-async fn existing_job(state: &ApiState, key: Uuid) -> ApiResult<Option<(String, String)>> {
-    if let Some(s) = state.results.get(key).await? {
-        return Ok(Some((s.tenant, s.spec)));
-    }
-    Ok(state.archive.get(key).await?.map(|r| (r.tenant, r.spec)))
+/// A job an idempotency key named before.
+enum Earlier {
+    /// It exists: its owner and spec.
+    Job { tenant: String, spec: String },
+    /// It was deleted: the key cannot make it again.
+    Deleted,
 }
 
-/// A repeated keyed upload: the job it made before, not a new one.
-async fn replay(
-    state: &ApiState,
-    tenant: &str,
-    key: Uuid,
-    files: &[File],
-) -> ApiResult<Option<Response>> {
-    let Some((owner, spec)) = existing_job(state, key).await? else {
-        return Ok(None);
-    };
-    if owner != tenant {
-        return Err(ApiError::new(
+/// The job `key` names already, if any: in the result store, in the
+/// archive, or deleted (its timeline ends with `image.deleted`).
+async fn earlier_job(state: &ApiState, key: Uuid) -> ApiResult<Option<Earlier>> {
+    if let Some(s) = state.results.get(key).await? {
+        return Ok(Some(Earlier::Job {
+            tenant: s.tenant,
+            spec: s.spec,
+        }));
+    }
+    if let Some(r) = state.archive.get(key).await? {
+        return Ok(Some(Earlier::Job {
+            tenant: r.tenant,
+            spec: r.spec,
+        }));
+    }
+    let deleted = state
+        .activity
+        .for_job(key)
+        .await?
+        .iter()
+        .any(|e| e.event == pipeline_core::envelope::events::DELETED);
+    Ok(deleted.then_some(Earlier::Deleted))
+}
+
+/// The answer to a repeated keyed upload: the job it made before.
+fn replayed(earlier: Earlier, tenant: &str, key: Uuid, probe: &Probe) -> ApiResult<Accepted> {
+    match earlier {
+        Earlier::Job {
+            tenant: owner,
+            spec,
+        } if owner == tenant => Ok(Accepted {
+            id: key,
+            format: pipeline_core::transform::codec::format_name(probe.format).to_string(),
+            width: probe.width,
+            height: probe.height,
+            spec,
+        }),
+        Earlier::Job { .. } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "idempotency_key_conflict",
             "this Idempotency-Key names another job; make a new key",
-        ));
+        )),
+        Earlier::Deleted => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_conflict",
+            "this Idempotency-Key named a job that was deleted; make a new key",
+        )),
     }
-    let probe = probe_all(state, files)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "no_file", "no file"))?;
-    let image = UploadedImage::from(&Accepted {
-        id: key,
-        format: pipeline_core::transform::codec::format_name(probe.format).to_string(),
-        width: probe.width,
-        height: probe.height,
-        spec,
-    });
-    let mut resp = (
-        StatusCode::OK,
-        Json(UploadResponse {
-            images: vec![image],
-        }),
-    )
-        .into_response();
-    resp.headers_mut()
-        .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    Ok(Some(resp))
 }
 
 #[utoipa::path(
@@ -419,19 +485,7 @@ pub(crate) async fn upload(
     let tenant = tenant(req.headers())?;
     let key = idempotency_key(req.headers())?;
     let (files, transform, preset) = read_files(&state, req, None).await?;
-    if let Some(key) = key {
-        if files.len() != 1 {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "idempotency_key_needs_one_file",
-                "an upload with an Idempotency-Key carries exactly one file",
-            ));
-        }
-        if let Some(resp) = replay(&state, &tenant, key, &files).await? {
-            return Ok(resp);
-        }
-    }
-    let accepted = accept(
+    let outcome = accept(
         &state,
         tenant,
         files,
@@ -440,8 +494,17 @@ pub(crate) async fn upload(
         key,
     )
     .await?;
+    let (status, accepted) = match outcome {
+        Outcome::Accepted(a) => (StatusCode::ACCEPTED, a),
+        Outcome::Replayed(a) => (StatusCode::OK, vec![a]),
+    };
     let images = accepted.iter().map(UploadedImage::from).collect();
-    Ok((StatusCode::ACCEPTED, Json(UploadResponse { images })).into_response())
+    let mut resp = (status, Json(UploadResponse { images })).into_response();
+    if status == StatusCode::OK {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
 }
 
 #[utoipa::path(
@@ -472,7 +535,13 @@ pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiRe
             "the form has no field named \"image\"",
         ));
     }
-    let accepted = accept(&state, tenant, files, None, None, None).await?;
+    let Outcome::Accepted(accepted) = accept(&state, tenant, files, None, None, None).await? else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "no_file",
+            "the form has no image",
+        ));
+    };
     let id = accepted.first().map(|a| a.id).ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, "no_file", "the form has no image")
     })?;

@@ -14,7 +14,7 @@ use crate::envelope::{Envelope, Part, events, headers, now_ms, parts};
 use crate::error::{Error, Result};
 use crate::memory::lock;
 use crate::results::{JobStatus, ResultStore};
-use crate::store::{JobFailure, JobState, sha256_hex};
+use crate::store::sha256_hex;
 use crate::transform::codec::{self, ImageLimits, Probe, content_type};
 use crate::transform::{BlockingPool, TransformRegistry, TransformSpec};
 
@@ -323,6 +323,21 @@ impl Submitter {
         spec: &TransformSpec,
     ) -> Result<Accepted> {
         self.in_flight.try_acquire(job_id)?;
+        self.submit_acquired(job_id, upload, probe, spec).await
+    }
+
+    /// [`Submitter::submit_as`] for a job id the caller has counted in
+    /// already ([`InFlight::try_acquire`]), for example to look for an
+    /// earlier job of that id while no other request can take it. On
+    /// failure the id is counted out and the job left unknown (nothing
+    /// stays in the result store), so the same id can be submitted again.
+    pub async fn submit_acquired(
+        &self,
+        job_id: Uuid,
+        upload: Upload,
+        probe: Probe,
+        spec: &TransformSpec,
+    ) -> Result<Accepted> {
         let spec_text = spec.to_string();
         let now = now_ms();
         let pending = JobStatus::pending(job_id, upload.tenant.clone(), spec_text.clone(), now);
@@ -338,21 +353,7 @@ impl Submitter {
         let original = match self.check_in(original).await {
             Ok(p) => p,
             Err(e) => {
-                self.in_flight.release(job_id);
-                let _ = self
-                    .results
-                    .put(
-                        JobStatus {
-                            state: JobState::Failed,
-                            error: Some(JobFailure {
-                                code: "not_accepted".into(),
-                                message: format!("the original could not be stored: {e}"),
-                            }),
-                            ..pending
-                        },
-                        self.config.result_ttl,
-                    )
-                    .await;
+                self.forget(job_id).await;
                 return Err(e);
             }
         };
@@ -364,17 +365,7 @@ impl Submitter {
             env = env.with_header(headers::FILENAME, name);
         }
         if let Err(e) = self.broker.publish(env).await {
-            self.in_flight.release(job_id);
-            let failed = JobStatus {
-                state: JobState::Failed,
-                error: Some(JobFailure {
-                    code: "not_accepted".into(),
-                    message: format!("the job could not be queued: {e}"),
-                }),
-                ..pending
-            };
-            // Best effort: the client is told by the error below anyway.
-            let _ = self.results.put(failed, self.config.result_ttl).await;
+            self.forget(job_id).await;
             return Err(match e {
                 Error::Closed(m) => Error::Unavailable(format!("shutting down: {m}")),
                 e if e.is_retryable() => e,
@@ -388,5 +379,16 @@ impl Submitter {
             height: probe.height,
             spec: spec_text,
         })
+    }
+
+    /// Undo a submission that failed before its job was queued: count the
+    /// id out and remove its pending status (the client was told by an
+    /// error, and may send the same id again). Best effort: a status left
+    /// behind expires with the result TTL.
+    async fn forget(&self, job_id: Uuid) {
+        self.in_flight.release(job_id);
+        if let Err(e) = self.results.delete(job_id).await {
+            tracing::warn!(job = %job_id, error = %e, "could not remove the status of a job that was not queued");
+        }
     }
 }

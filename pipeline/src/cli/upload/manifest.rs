@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -50,6 +50,10 @@ pub struct Entry {
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
+    /// The query the file was sent with (`transform=...`, `preset=...`,
+    /// or empty for the server's default): another one is another job.
+    #[serde(default)]
+    pub transform: String,
     /// The idempotency key of the upload, which is also the job id.
     pub key: Uuid,
     /// Where the file stands.
@@ -68,6 +72,8 @@ pub struct Manifest {
     path: PathBuf,
     file: Mutex<File>,
     last: HashMap<String, Entry>,
+    /// Held (locked) while the manifest is open.
+    _lock: File,
 }
 
 impl Manifest {
@@ -80,21 +86,42 @@ impl Manifest {
         let io = |what: &str, e: std::io::Error| {
             Error::Config(format!("manifest {}: {what}: {e}", path.display()))
         };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io("cannot create its directory", e))?;
+        }
+        // One run at a time: another one's compaction would swap the file
+        // under this one's appends.
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io("cannot create its lock file", e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Config(format!(
+                    "manifest {} is in use by another pipeline upload",
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io("cannot lock", e)),
+        }
         let mut last = HashMap::new();
-        match File::open(path) {
-            Ok(f) => {
-                for line in BufReader::new(f).lines() {
-                    let line = line.map_err(|e| io("cannot read", e))?;
-                    if let Ok(entry) = serde_json::from_str::<Entry>(&line) {
+        match std::fs::read(path) {
+            // Lines as bytes: a line torn in the middle of a character
+            // must not stop the others from being read.
+            Ok(bytes) => {
+                for line in bytes.split(|b| *b == b'\n') {
+                    if let Ok(entry) = serde_json::from_slice::<Entry>(line) {
                         last.insert(entry.path.clone(), entry);
                     }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("cannot open", e)),
-        }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| io("cannot create its directory", e))?;
+            Err(e) => return Err(io("cannot read", e)),
         }
         // Compact: one line per file, written aside and renamed over, so a
         // crash here leaves the old manifest or the new one.
@@ -117,6 +144,7 @@ impl Manifest {
             path: path.to_path_buf(),
             file: Mutex::new(file),
             last,
+            _lock: lock,
         })
     }
 
@@ -125,8 +153,17 @@ impl Manifest {
         self.last.get(path)
     }
 
+    /// `(output, path)` of every file with a result path.
+    pub fn outputs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.last
+            .values()
+            .filter_map(|e| Some((e.output.as_deref()?, e.path.as_str())))
+    }
+
     /// Append `entry` (one `write` of a whole line, so lines of concurrent
-    /// files never interleave).
+    /// files never interleave). A `sending` entry is on disk before this
+    /// returns (its key must survive a power cut: without it, the file
+    /// would be sent again under a new key).
     pub fn record(&self, entry: &Entry) -> Result<(), Error> {
         let mut line = line_of(entry)?;
         line.push('\n');
@@ -134,12 +171,17 @@ impl Manifest {
             .file
             .lock()
             .map_err(|_| Error::Config("manifest lock poisoned".into()))?;
-        file.write_all(line.as_bytes()).map_err(|e| {
+        let failed = |e: std::io::Error| {
             Error::Config(format!(
                 "manifest {}: cannot write: {e}",
                 self.path.display()
             ))
-        })
+        };
+        file.write_all(line.as_bytes()).map_err(failed)?;
+        if entry.state == State::Sending {
+            file.sync_data().map_err(failed)?;
+        }
+        Ok(())
     }
 }
 
@@ -156,6 +198,7 @@ mod tests {
             path: path.into(),
             sha256: "ab".into(),
             size: 2,
+            transform: String::new(),
             key: Uuid::now_v7(),
             state,
             output: None,
@@ -192,5 +235,16 @@ mod tests {
         // Compacted: one line per file, the torn one gone.
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
+    }
+
+    #[test]
+    fn one_run_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        let first = Manifest::open(&path).unwrap();
+        let err = Manifest::open(&path).unwrap_err().to_string();
+        assert!(err.contains("in use by another pipeline upload"), "{err}");
+        drop(first);
+        Manifest::open(&path).unwrap();
     }
 }

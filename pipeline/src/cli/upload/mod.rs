@@ -3,6 +3,7 @@
 //! off without sending any file twice (see [`manifest`]).
 
 mod manifest;
+mod outputs;
 mod progress;
 mod walk;
 
@@ -23,6 +24,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use manifest::{Entry, Manifest, Reason, State};
+use outputs::Outputs;
 use progress::Progress;
 
 /// Settings of `pipeline upload`.
@@ -106,7 +108,7 @@ struct Summary {
     /// Whether Ctrl-C (or SIGTERM) stopped it.
     interrupted: bool,
     /// The manifest a new run resumes from.
-    manifest: PathBuf,
+    manifest: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,7 +120,8 @@ struct FailedFile {
 
 #[derive(Debug, Serialize)]
 struct SkippedFile {
-    path: PathBuf,
+    /// Lossy where the name is not UTF-8: the JSON summary must print.
+    path: String,
     why: String,
 }
 
@@ -135,11 +138,15 @@ pub(crate) fn run(args: UploadArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = args.json;
     match runtime.block_on(upload(args)) {
         Ok(summary) if summary.interrupted => ExitCode::from(130),
         Ok(summary) if summary.failed.is_empty() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": e.to_string() }));
+            }
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
@@ -158,6 +165,9 @@ struct Ctx {
     result_timeout: Duration,
     retry_failed: bool,
     progress: Progress,
+    outputs: Outputs,
+    /// The query of the uploads (`transform=...`, `preset=...` or empty).
+    transform: String,
 }
 
 async fn upload(args: UploadArgs) -> Result<Summary, Error> {
@@ -194,11 +204,11 @@ async fn upload(args: UploadArgs) -> Result<Summary, Error> {
             .skipped
             .into_iter()
             .map(|s| SkippedFile {
-                path: s.file,
+                path: s.file.to_string_lossy().into_owned(),
                 why: s.why,
             })
             .collect(),
-        manifest: manifest_path,
+        manifest: manifest_path.to_string_lossy().into_owned(),
         ..Summary::default()
     };
     let total_bytes = found.inputs.iter().map(|i| i.size).sum();
@@ -211,7 +221,7 @@ async fn upload(args: UploadArgs) -> Result<Summary, Error> {
     };
     let progress = Progress::new(mode, found.inputs.len() as u64, total_bytes);
     for s in &summary.skipped {
-        progress.note(&format!("skipped {}: {}", s.path.display(), s.why));
+        progress.note(&format!("skipped {}: {}", s.path, s.why));
     }
     let ctx = Arc::new(Ctx {
         client: super::http_client_builder()
@@ -219,14 +229,19 @@ async fn upload(args: UploadArgs) -> Result<Summary, Error> {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?,
+        transform: post_url(&args)?.query().unwrap_or_default().to_string(),
         post_url: post_url(&args)?,
         base: args.url.trim_end_matches('/').to_string(),
         out,
-        manifest,
         uploads: Semaphore::new(usize::from(args.concurrency)),
         retries: args.retries.max(1),
         result_timeout: Duration::from_secs(args.result_timeout),
         retry_failed: args.retry_failed,
+        outputs: Outputs::new(
+            found.inputs.iter().map(|i| i.rel.as_str()),
+            manifest.outputs(),
+        ),
+        manifest,
         progress,
     });
 
@@ -361,12 +376,14 @@ async fn process(ctx: &Ctx, input: walk::Input) -> Result<Outcome, Error> {
         .await
         .map_err(|e| Error::Config(format!("hashing: {e}")))?;
     let mut entry = match ctx.manifest.get(&input.rel) {
-        Some(e) if e.sha256 == sha256 => e.clone(),
-        // New, or changed since the last run: a new job.
+        Some(e) if e.sha256 == sha256 && e.transform == ctx.transform => e.clone(),
+        // New, changed since the last run, or asked with another
+        // transform: a new job.
         _ => Entry {
             path: input.rel.clone(),
             sha256,
             size: data.len() as u64,
+            transform: ctx.transform.clone(),
             key: Uuid::now_v7(),
             state: State::Sending,
             output: None,
@@ -462,6 +479,8 @@ fn fail(ctx: &Ctx, mut entry: Entry, reason: Reason) -> Result<Outcome, Error> {
 /// Refusals that are about the run, not the file (the spec, the key, the
 /// URL): they stop the run.
 const RUN_LEVEL: &[&str] = &[
+    "key_ignored",
+    "invalid_idempotency_key",
     "invalid_input",
     "invalid_tenant",
     "unauthorized",
@@ -495,6 +514,7 @@ async fn send(ctx: &Ctx, input: &walk::Input, entry: &Entry, data: Bytes) -> Res
             .client
             .post(ctx.post_url.clone())
             .header("idempotency-key", entry.key.to_string())
+            .timeout(upload_timeout(len))
             .multipart(form)
             .send()
             .await;
@@ -514,6 +534,16 @@ async fn send(ctx: &Ctx, input: &walk::Input, entry: &Entry, data: Bytes) -> Res
         let status = resp.status();
         if status == StatusCode::ACCEPTED || status == StatusCode::OK {
             ctx.progress.bytes(len);
+            let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+            if answer["images"][0]["id"].as_str() != Some(entry.key.to_string().as_str()) {
+                return Err(reason(
+                    "key_ignored",
+                    format!(
+                        "the server answered with job {} for Idempotency-Key {}: it (or a proxy before it) ignores the key, so a resumed run could send files twice",
+                        answer["images"][0]["id"], entry.key
+                    ),
+                ));
+            }
             return Ok(len);
         }
         let wait = retry_after(resp.headers()).unwrap_or_else(|| backoff(attempt));
@@ -565,6 +595,7 @@ async fn fetch(ctx: &Ctx, entry: &Entry) -> Result<String, Fetch> {
                 ),
             )));
         }
+        let asked = Instant::now();
         let resp = match ctx
             .client
             .get(&url)
@@ -606,16 +637,18 @@ async fn fetch(ctx: &Ctx, entry: &Entry) -> Result<String, Fetch> {
                         continue;
                     }
                 };
-                let rel = output_path(&entry.path, &content_type);
+                let rel = ctx.outputs.claim(&entry.path, &content_type);
                 write_atomically(&ctx.out.join(&rel), &bytes)
                     .await
                     .map_err(Fetch::Fatal)?;
                 return Ok(rel);
             }
-            StatusCode::ACCEPTED => {}
-            s if s == StatusCode::SERVICE_UNAVAILABLE || s == StatusCode::TOO_MANY_REQUESTS => {
-                let wait = retry_after(resp.headers()).unwrap_or_else(|| backoff(1));
-                tokio::time::sleep(wait).await;
+            StatusCode::ACCEPTED => {
+                // A server that answers at once instead of waiting (or a
+                // proxy cutting the long poll short) is asked again after
+                // its Retry-After, not in a tight loop.
+                let pause = retry_after(resp.headers()).unwrap_or(Duration::from_secs(1));
+                tokio::time::sleep(pause.saturating_sub(asked.elapsed())).await;
             }
             StatusCode::UNPROCESSABLE_ENTITY => {
                 let err = error_of(resp).await;
@@ -630,17 +663,23 @@ async fn fetch(ctx: &Ctx, entry: &Entry) -> Result<String, Fetch> {
                     ),
                 )));
             }
-            s => {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 let err = error_of(resp).await;
-                if s.is_server_error() {
-                    attempt += 1;
-                    if attempt < ctx.retries {
-                        tokio::time::sleep(backoff(attempt)).await;
-                        continue;
-                    }
+                return Err(Fetch::Fatal(Error::InvalidInput(format!(
+                    "the server refused to give results: {} ({})",
+                    err.message, err.code
+                ))));
+            }
+            _ => {
+                // Busy, a proxy's error, a server error: asked again, and
+                // left for the next run when it lasts.
+                let wait = retry_after(resp.headers());
+                let err = error_of(resp).await;
+                attempt += 1;
+                if attempt >= ctx.retries {
                     return Err(Fetch::Failed(reason("server_error", err.message)));
                 }
-                return Err(Fetch::Failed(err));
+                tokio::time::sleep(wait.unwrap_or_else(|| backoff(attempt))).await;
             }
         }
     }
@@ -726,31 +765,17 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(secs.clamp(1, 60)))
 }
 
+/// Longest an upload of `len` bytes may take: a minute, plus the time to
+/// send it at 256 KiB/s.
+fn upload_timeout(len: u64) -> Duration {
+    Duration::from_secs(60 + len / (256 * 1024))
+}
+
 /// Growing pause between attempts of an unreachable server.
 fn backoff(attempt: u32) -> Duration {
     pipeline_core::Backoff::new(Duration::from_millis(200), Duration::from_secs(10))
         .with_jitter()
         .delay(attempt)
-}
-
-/// The result's path under `--out`: the input's path, with the extension
-/// of the result's format when it differs from the input's.
-fn output_path(rel: &str, content_type: &str) -> String {
-    let Some(format) = image::ImageFormat::from_mime_type(content_type) else {
-        return rel.to_string();
-    };
-    let path = Path::new(rel);
-    let same = path
-        .extension()
-        .and_then(image::ImageFormat::from_extension)
-        .is_some_and(|f| f == format);
-    if same {
-        return rel.to_string();
-    }
-    let ext = format.extensions_str().first().copied().unwrap_or("bin");
-    path.with_extension(ext)
-        .to_string_lossy()
-        .replace('\\', "/")
 }
 
 /// Write `bytes` to `path` through a temporary file renamed over it, so a
@@ -813,7 +838,7 @@ fn print_summary(s: &Summary, json: bool) {
     if s.interrupted || !s.failed.is_empty() {
         eprintln!(
             "  run the same command again to resume (manifest {})",
-            s.manifest.display()
+            s.manifest
         );
     }
 }
@@ -821,15 +846,6 @@ fn print_summary(s: &Summary, json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_result_keeps_its_name_unless_its_format_changed() {
-        assert_eq!(output_path("a/b.jpg", "image/jpeg"), "a/b.jpg");
-        assert_eq!(output_path("a/b.JPEG", "image/jpeg"), "a/b.JPEG");
-        assert_eq!(output_path("a/b.jpg", "image/webp"), "a/b.webp");
-        assert_eq!(output_path("noext", "image/png"), "noext.png");
-        assert_eq!(output_path("a/b.jpg", "application/x-unknown"), "a/b.jpg");
-    }
 
     #[test]
     fn retry_after_is_bounded() {

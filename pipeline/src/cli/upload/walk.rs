@@ -53,6 +53,11 @@ pub fn collect(roots: &[PathBuf], skip: &[PathBuf]) -> Result<Found, Error> {
             .map_err(|e| Error::Config(format!("{}: {e}", root.display())))?;
         if meta.is_dir() {
             walk(root, root, skip, &mut by_rel, &mut found.skipped)?;
+        } else if !meta.is_file() {
+            found.skipped.push(Skipped {
+                file: root.clone(),
+                why: "not a regular file".into(),
+            });
         } else {
             let name = root
                 .file_name()
@@ -72,18 +77,34 @@ fn walk(
     by_rel: &mut BTreeMap<String, Input>,
     skipped: &mut Vec<Skipped>,
 ) -> Result<(), Error> {
-    let read = |e: std::io::Error| Error::Config(format!("{}: {e}", dir.display()));
-    let mut entries = std::fs::read_dir(dir)
-        .map_err(read)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(read)?;
+    // A folder that cannot be read is reported, not the end of the run.
+    let entries = std::fs::read_dir(dir).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    let mut entries = match entries {
+        Ok(e) => e,
+        Err(e) => {
+            skipped.push(Skipped {
+                file: dir.to_path_buf(),
+                why: format!("cannot read the folder: {e}"),
+            });
+            return Ok(());
+        }
+    };
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = entry.path();
         if skip.iter().any(|s| s == &path) {
             continue;
         }
-        let kind = entry.file_type().map_err(read)?;
+        let kind = match entry.file_type() {
+            Ok(k) => k,
+            Err(e) => {
+                skipped.push(Skipped {
+                    file: path,
+                    why: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
         if kind.is_dir() {
             walk(root, &path, skip, by_rel, skipped)?;
             continue;
@@ -92,6 +113,14 @@ fn walk(
             skipped.push(Skipped {
                 file: path,
                 why: "a link to a directory (not followed)".into(),
+            });
+            continue;
+        }
+        // Pipes, sockets, devices: opening one could block for ever.
+        if !path.is_file() {
+            skipped.push(Skipped {
+                file: path,
+                why: "not a regular file".into(),
             });
             continue;
         }
@@ -156,7 +185,7 @@ fn consider(
     }
     if let Some(other) = by_rel.get(&rel) {
         return Err(Error::Config(format!(
-            "{} and {} would both be {rel} in the output; upload them in separate runs",
+            "{} and {} would both be {rel} in the output; upload them with separate --out directories",
             other.file.display(),
             path.display()
         )));
@@ -204,6 +233,15 @@ mod tests {
         std::fs::write(root.join("out/x.png"), PNG).unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(&root, root.join("a/loop")).unwrap();
+        // A named pipe: opening it would block the walk for ever.
+        #[cfg(unix)]
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(root.join("a/pipe.png"))
+                .status()
+                .unwrap()
+                .success()
+        );
 
         let found = collect(std::slice::from_ref(&root), &[root.join("out")]).unwrap();
         let rels: Vec<&str> = found.inputs.iter().map(|i| i.rel.as_str()).collect();
@@ -218,6 +256,8 @@ mod tests {
             why.contains(&"a link to a directory (not followed)"),
             "{why:?}"
         );
+        #[cfg(unix)]
+        assert!(why.contains(&"not a regular file"), "{why:?}");
     }
 
     #[test]
