@@ -76,6 +76,10 @@ pub enum ImageErrorKind {
     EncodeFailed,
     /// A decoder or transform panicked; the job fails, the worker lives on.
     Panicked,
+    /// The job ran over its time limit (`ImageLimits::job_timeout`).
+    Timeout,
+    /// The encoded result would be over `ImageLimits::max_result_bytes`.
+    ResultTooLarge,
 }
 
 impl ImageErrorKind {
@@ -89,6 +93,8 @@ impl ImageErrorKind {
             Self::TransformFailed => "transform_failed",
             Self::EncodeFailed => "encode_failed",
             Self::Panicked => "panicked",
+            Self::Timeout => "timeout",
+            Self::ResultTooLarge => "result_too_large",
         }
     }
 }

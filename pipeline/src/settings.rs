@@ -151,6 +151,8 @@ impl Default for Settings {
                 max_width: 16_384,
                 max_height: 16_384,
                 max_pixels: 40_000_000,
+                max_result_bytes: 128 * 1024 * 1024,
+                job_timeout: Some(Duration::from_secs(120)),
                 ..ImageLimits::default()
             },
             max_in_flight: 256,

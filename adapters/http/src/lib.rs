@@ -599,4 +599,27 @@ mod tests {
                 .contains("deleted")
         );
     }
+
+    #[tokio::test]
+    async fn a_spec_that_would_make_a_huge_image_is_refused_at_upload() {
+        let app = app().await;
+        let r = app
+            .oneshot(
+                Request::post("/v1/images?transform=resize:16384x16384:exact")
+                    .header("content-type", "image/png")
+                    .body(Body::from(png()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = json(r).await;
+        assert_eq!(body["error"]["code"], "too_many_pixels");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("resize would make a 16384x16384 image"),
+            "{message}"
+        );
+        assert!(message.contains("the limit is"), "{message}");
+    }
 }

@@ -261,6 +261,12 @@ async fn accept(
     // Refuse before spending a decode on work that cannot be queued.
     state.submitter.in_flight().check_room(files.len())?;
     let probes = probe_all(state, &files).await?;
+    for (f, probe) in files.iter().zip(&probes) {
+        state
+            .submitter
+            .check_spec(&spec, probe)
+            .map_err(|e| ApiError::from(e).in_file(&f.name))?;
+    }
     // Submitted on a task of its own: a client hanging up must not stop a
     // job between its pending status and its publication.
     let state = state.clone();

@@ -309,7 +309,7 @@ async fn in_flight_limit_answers_503_with_retry_after() {
     let server = Server::start(&["--max-in-flight", "2", "--concurrency", "1"]);
     let http = client();
     // Slow enough that the first two jobs are still running while we upload.
-    let slow = "sharpen:50,sharpen:50,sharpen:50,sharpen:50";
+    let slow = ["sharpen:10"; 8].join(",");
     let data = image_bytes(ImageFormat::Png, 2000, 1500, 5);
     let mut statuses = HashMap::new();
     let mut retry_after = None;

@@ -289,6 +289,12 @@ impl Submitter {
         }
     }
 
+    /// Refuse a spec whose operations would make an image over the limits
+    /// from this upload (as far as can be told before decoding it).
+    pub fn check_spec(&self, spec: &TransformSpec, probe: &Probe) -> Result<()> {
+        crate::transform::check_spec(&self.registry, &self.config.limits, spec, probe)
+    }
+
     /// A large original goes to the blob store (hashed on the CPU pool).
     async fn check_in(&self, part: Part) -> Result<Part> {
         match &self.claim {

@@ -16,28 +16,83 @@ pub const SUPPORTED_FORMATS: &[ImageFormat] = &[
     ImageFormat::Tiff,
 ];
 
-/// Limits checked against the image header before anything is decoded.
+/// What one job may cost: the size of the images it reads and makes
+/// (checked against the header before anything is decoded, and against
+/// each operation's output before it runs), its result's size and its time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageLimits {
-    /// Largest width in pixels.
+    /// Largest width in pixels, of an input or of any operation's output.
     pub max_width: u32,
-    /// Largest height in pixels.
+    /// Largest height in pixels, likewise.
     pub max_height: u32,
-    /// Largest width x height.
+    /// Largest width x height, likewise.
     pub max_pixels: u64,
     /// Formats accepted as input.
     pub formats: Vec<ImageFormat>,
+    /// Largest encoded result, in bytes.
+    pub max_result_bytes: u64,
+    /// Longest a job may take from the start of its decoding, checked
+    /// after the decoding, after each operation and before the encoding.
+    pub job_timeout: Option<std::time::Duration>,
 }
 
 impl Default for ImageLimits {
-    /// 16384 x 16384 at most, 40 megapixels, every supported format.
+    /// 16384 x 16384 at most, 40 megapixels, every supported format,
+    /// results up to 256 MiB, no time limit.
     fn default() -> Self {
         Self {
             max_width: 16_384,
             max_height: 16_384,
             max_pixels: 40_000_000,
             formats: SUPPORTED_FORMATS.to_vec(),
+            max_result_bytes: 256 * 1024 * 1024,
+            job_timeout: None,
         }
+    }
+}
+
+impl ImageLimits {
+    /// Refuse an image of `width` x `height` that `what` (an operation)
+    /// would make.
+    pub fn check_output(&self, what: &str, width: u32, height: u32) -> Result<()> {
+        let pixels = u64::from(width) * u64::from(height);
+        if width > self.max_width || height > self.max_height || pixels > self.max_pixels {
+            return Err(Error::image(
+                ImageErrorKind::TooManyPixels,
+                format!(
+                    "{what} would make a {width}x{height} image ({pixels} pixels); the limit is {}x{} and {} pixels",
+                    self.max_width, self.max_height, self.max_pixels
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuse to encode `image` as `format` when the file could not fit
+    /// in `max_result_bytes` (formats without compression: BMP, TIFF).
+    pub fn check_encoding(&self, image: &DynamicImage, format: ImageFormat) -> Result<()> {
+        let uncompressed = matches!(format, ImageFormat::Bmp | ImageFormat::Tiff);
+        if !uncompressed {
+            return Ok(());
+        }
+        let pixel_bytes = u64::from(image.color().bytes_per_pixel());
+        let size = u64::from(image.width()) * u64::from(image.height()) * pixel_bytes;
+        self.check_result_size(size, format)
+    }
+
+    /// Refuse a result of `size` bytes over `max_result_bytes`.
+    pub fn check_result_size(&self, size: u64, format: ImageFormat) -> Result<()> {
+        if size > self.max_result_bytes {
+            return Err(Error::image(
+                ImageErrorKind::ResultTooLarge,
+                format!(
+                    "the {} result would be {size} bytes; the limit is {} bytes",
+                    format_name(format),
+                    self.max_result_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -22,7 +22,7 @@ mod structure;
 pub use codec::{ImageLimits, OutputFormat, Probe};
 pub use pool::BlockingPool;
 #[cfg(feature = "image")]
-pub use processor::{Processed, Processor};
+pub use processor::{Processed, Processor, check_spec};
 #[cfg(feature = "image")]
 pub use registry::{Param, ParamKind, Transform, TransformContext, TransformRegistry};
 pub use spec::{MAX_OPERATIONS, Operation, TransformSpec};

@@ -47,6 +47,16 @@ pub trait Transform: Send + Sync + 'static {
     fn deterministic(&self) -> bool {
         true
     }
+    /// The size `apply` gives an image of `width` x `height`, when it can
+    /// be told from the arguments alone. It is checked against the limits
+    /// before `apply` runs, and at upload, so a spec that would make a huge
+    /// image is refused before it allocates anything. `None` (the default)
+    /// means unknown: the output is then checked only after `apply`.
+    /// A transform that can enlarge an image should say by how much.
+    fn output_size(&self, args: &[String], width: u32, height: u32) -> Option<(u32, u32)> {
+        let _ = (args, width, height);
+        None
+    }
     /// Check arguments.
     fn validate(&self, args: &[String]) -> Result<()>;
     /// Transform `image`.

@@ -98,9 +98,18 @@ pub struct ServeArgs {
     /// Largest image in pixels (width x height), checked from the header.
     #[arg(long, env = "PIPELINE_MAX_PIXELS", default_value_t = 40_000_000)]
     pub max_pixels: u64,
-    /// Largest width or height in pixels.
+    /// Largest width or height in pixels, of an upload or of anything a
+    /// transform makes.
     #[arg(long, env = "PIPELINE_MAX_DIMENSION", default_value_t = 16_384)]
     pub max_dimension: u32,
+    /// Largest encoded result in bytes (a BMP or TIFF of a large image is
+    /// refused before it is encoded).
+    #[arg(long, env = "PIPELINE_MAX_RESULT_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_result_bytes: u64,
+    /// Seconds a job may take in a transformer (decode, operations,
+    /// encode) before it fails with `timeout`; 0 for no limit.
+    #[arg(long, env = "PIPELINE_JOB_TIMEOUT", default_value_t = 120)]
+    pub job_timeout: u64,
     /// Jobs accepted and not finished, at most; beyond it uploads get 503.
     #[arg(long, env = "PIPELINE_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
@@ -181,6 +190,8 @@ impl ServeArgs {
                 max_width: self.max_dimension,
                 max_height: self.max_dimension,
                 max_pixels: self.max_pixels,
+                max_result_bytes: self.max_result_bytes,
+                job_timeout: (self.job_timeout > 0).then(|| Duration::from_secs(self.job_timeout)),
                 ..defaults.limits
             },
             max_in_flight: self.max_in_flight,

@@ -55,6 +55,17 @@ impl Transform for Resize {
             .optional(Some("fit")),
         ]
     }
+    fn output_size(&self, args: &[String], iw: u32, ih: u32) -> Option<(u32, u32)> {
+        let (w, h, fit) = Self::parse(args).ok()?;
+        Some(match fit {
+            Mode::Fit => {
+                let w = w.unwrap_or_else(|| scale_side(iw, ih, h.unwrap_or(ih)));
+                let h = h.unwrap_or_else(|| scale_side(ih, iw, w));
+                fit_inside(iw, ih, w, h)
+            }
+            Mode::Fill | Mode::Exact => (w.unwrap_or(iw), h.unwrap_or(ih)),
+        })
+    }
     fn validate(&self, args: &[String]) -> Result<()> {
         Self::parse(args).map(|_| ())
     }
@@ -85,6 +96,16 @@ fn scale_side(a: u32, b: u32, target: u32) -> u32 {
     ((u64::from(a) * u64::from(target) / u64::from(b.max(1))) as u32).clamp(1, MAX_SIDE)
 }
 
+/// The `iw` x `ih` shape scaled to fit inside `w` x `h` by the smaller of
+/// the two ratios, each side rounded to the nearest pixel and at least 1:
+/// the size `resize` (fit) and `thumbnail` make.
+fn fit_inside(iw: u32, ih: u32, w: u32, h: u32) -> (u32, u32) {
+    let (iw, ih) = (f64::from(iw.max(1)), f64::from(ih.max(1)));
+    let ratio = (f64::from(w) / iw).min(f64::from(h) / ih);
+    let side = |v: f64| ((v * ratio).round() as u32).max(1);
+    (side(iw), side(ih))
+}
+
 pub(super) struct Thumbnail;
 impl Transform for Thumbnail {
     fn name(&self) -> &str {
@@ -95,6 +116,10 @@ impl Transform for Thumbnail {
     }
     fn params(&self) -> Vec<Param> {
         vec![size_param("size", "box to fit in: N or WxH")]
+    }
+    fn output_size(&self, args: &[String], iw: u32, ih: u32) -> Option<(u32, u32)> {
+        let (w, h) = size("thumbnail", args.first()?, false).ok()?;
+        Some(fit_inside(iw, ih, w.unwrap_or(1), h.unwrap_or(1)))
     }
     fn validate(&self, args: &[String]) -> Result<()> {
         arity("thumbnail", args, 1, 1)?;
@@ -159,6 +184,9 @@ impl Transform for Crop {
             Param::new("y", ParamKind::Integer, "top edge").range(0.0, f64::from(MAX_OFFSET)),
         ]
     }
+    fn output_size(&self, args: &[String], _: u32, _: u32) -> Option<(u32, u32)> {
+        Self::parse(args).ok().map(|(w, h, _, _)| (w, h))
+    }
     fn validate(&self, args: &[String]) -> Result<()> {
         Self::parse(args).map(|_| ())
     }
@@ -190,6 +218,12 @@ impl Transform for Rotate {
     }
     fn params(&self) -> Vec<Param> {
         vec![Param::new("degrees", ParamKind::Choice, "clockwise").choices(&["90", "180", "270"])]
+    }
+    fn output_size(&self, args: &[String], w: u32, h: u32) -> Option<(u32, u32)> {
+        match args.first()?.as_str() {
+            "180" => Some((w, h)),
+            _ => Some((h, w)),
+        }
     }
     fn validate(&self, args: &[String]) -> Result<()> {
         arity("rotate", args, 1, 1)?;
@@ -232,6 +266,9 @@ impl Transform for Flip {
             )
             .choices(&["h", "v"]),
         ]
+    }
+    fn output_size(&self, _: &[String], w: u32, h: u32) -> Option<(u32, u32)> {
+        Some((w, h))
     }
     fn validate(&self, args: &[String]) -> Result<()> {
         arity("flip", args, 1, 1)?;

@@ -22,6 +22,9 @@ impl Transform for Stamp {
     fn deterministic(&self) -> bool {
         false
     }
+    fn output_size(&self, _: &[String], w: u32, h: u32) -> Option<(u32, u32)> {
+        Some((w, h))
+    }
     fn validate(&self, args: &[String]) -> Result<()> {
         arity("stamp", args, 0, 0)
     }
@@ -87,6 +90,9 @@ impl Transform for Format {
                 .range(1.0, 100.0)
                 .optional(Some("85")),
         ]
+    }
+    fn output_size(&self, _: &[String], w: u32, h: u32) -> Option<(u32, u32)> {
+        Some((w, h))
     }
     fn validate(&self, args: &[String]) -> Result<()> {
         Self::parse(args).map(|_| ())
