@@ -150,6 +150,7 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
             config: ApiConfig {
                 max_upload_bytes: settings.max_upload_bytes,
                 web_dir: settings.web_dir.clone(),
+                body_timeout: settings.body_timeout,
                 ..ApiConfig::default()
             },
         });

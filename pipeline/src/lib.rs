@@ -5,10 +5,12 @@ pub mod backends;
 mod builder;
 #[cfg(feature = "cli")]
 pub mod cli;
+mod http_server;
 mod running;
 mod settings;
 
 pub use builder::{Pipeline, PipelineBuilder};
+pub use http_server::Transport;
 pub use pipeline_core::connect::{Archive, Backends, ConnectOptions};
 pub use pipeline_core::services::Validation;
 pub use pipeline_core::transform::ImageLimits;

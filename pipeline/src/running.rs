@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::builder::PipelineBuilder;
+use crate::http_server::{self, Transport};
 
 /// The backends a process depends on, for readiness.
 #[derive(Debug, Clone)]
@@ -31,6 +32,7 @@ pub(crate) struct Servers {
     health: Option<(TcpListener, Router)>,
     api_addr: Option<SocketAddr>,
     health_addr: Option<SocketAddr>,
+    transport: Transport,
 }
 
 async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), Error> {
@@ -54,6 +56,7 @@ impl Servers {
             health: None,
             api_addr: None,
             health_addr: None,
+            transport: b.settings.transport,
         };
         if let (Some(addr), Some(state)) = (&b.listen, api) {
             let (listener, bound) = bind(addr).await?;
@@ -261,16 +264,17 @@ async fn lifecycle(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let transport = servers.transport;
     if let Some((listener, router)) = servers.health {
-        let served = axum::serve(listener, router).with_graceful_shutdown(stopped(&stop));
-        tokio::spawn(async move {
-            if let Err(e) = served.await {
-                tracing::warn!(error = %e, "health endpoint failed");
-            }
-        });
+        tokio::spawn(http_server::serve(
+            listener,
+            router,
+            transport,
+            stopped(&stop),
+        ));
     }
     if let Some((listener, router)) = servers.api {
-        let server = axum::serve(listener, router).with_graceful_shutdown(stopped(&stop));
+        let server = http_server::serve(listener, router, transport, stopped(&stop));
         // Open event streams and long polls never end by themselves: give
         // requests in progress a bounded time after the stop.
         let deadline = {
@@ -281,7 +285,7 @@ async fn lifecycle(
             }
         };
         tokio::select! {
-            r = server => r.map_err(|e| Error::Unavailable(format!("HTTP server failed: {e}")))?,
+            () = server => {}
             () = deadline => tracing::warn!(?grace, "requests still open after the grace period; closing them"),
         }
     }

@@ -136,6 +136,10 @@ pub struct Settings {
     /// How long open requests (long polls, event streams) may run on after
     /// the stop.
     pub request_grace: Duration,
+    /// Header timeout and connection cap of the HTTP servers.
+    pub transport: crate::Transport,
+    /// Time an upload's whole body has to arrive (then 408).
+    pub body_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -164,6 +168,8 @@ impl Default for Settings {
             batch: 64,
             drain_timeout: Duration::from_secs(60),
             request_grace: Duration::from_secs(10),
+            transport: crate::Transport::default(),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct ApiConfig {
     pub max_files: usize,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
+    /// Time an upload's whole body has to arrive; a slower one gets 408
+    /// and its connection is closed.
+    pub body_timeout: Duration,
     /// Serve the web app's files (`index.html`, `app.js`, `app.css`) from
     /// this directory instead of the copies built in: for working on the
     /// page without rebuilding.
@@ -53,12 +56,13 @@ pub struct ApiConfig {
 }
 
 impl Default for ApiConfig {
-    /// 64 MiB per file, 32 files, waits up to 60 s.
+    /// 64 MiB per file, 32 files, waits up to 60 s, bodies within 60 s.
     fn default() -> Self {
         Self {
             max_upload_bytes: 64 * 1024 * 1024,
             max_files: 32,
             max_wait: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
             web_dir: None,
         }
     }

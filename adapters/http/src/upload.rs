@@ -74,6 +74,28 @@ struct File {
     data: Bytes,
 }
 
+/// [`read_files`] within the body timeout: a client that sends its body
+/// too slowly gets 408 and its connection closed.
+async fn read_within_time(
+    state: &ApiState,
+    req: Request,
+    only_field: Option<&str>,
+) -> ApiResult<(Vec<File>, Option<String>, Option<String>)> {
+    let limit = state.config.body_timeout;
+    tokio::time::timeout(limit, read_files(state, req, only_field))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    limit.as_secs()
+                ),
+            ))
+        })
+}
+
 /// Read the uploaded files of a request: multipart fields with a file name
 /// (or named `file`/`files`/`image`), or a raw image body.
 async fn read_files(
@@ -490,7 +512,10 @@ pub(crate) async fn upload(
     let q = query(q)?;
     let tenant = tenant(req.headers())?;
     let key = idempotency_key(req.headers())?;
-    let (files, transform, preset) = read_files(&state, req, None).await?;
+    // Admission before the body: a full server refuses at once, without
+    // reading (and buffering) what the client sends.
+    state.submitter.in_flight().check_room(1)?;
+    let (files, transform, preset) = read_within_time(&state, req, None).await?;
     let outcome = accept(
         &state,
         tenant,
@@ -533,7 +558,8 @@ pub(crate) async fn upload(
 )]
 pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiResult<Response> {
     let tenant = tenant(req.headers())?;
-    let (files, _, _) = read_files(&state, req, Some("image")).await?;
+    state.submitter.in_flight().check_room(1)?;
+    let (files, _, _) = read_within_time(&state, req, Some("image")).await?;
     if files.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

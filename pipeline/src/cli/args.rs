@@ -113,6 +113,16 @@ pub struct ServeArgs {
     /// Jobs accepted and not finished, at most; beyond it uploads get 503.
     #[arg(long, env = "PIPELINE_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
+    /// Seconds a client has to send a request's headers (then the
+    /// connection is closed); also how long an idle connection stays open.
+    #[arg(long, env = "PIPELINE_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout: u64,
+    /// Seconds an upload's whole body has to arrive (then 408).
+    #[arg(long, env = "PIPELINE_BODY_TIMEOUT", default_value_t = 60)]
+    pub body_timeout: u64,
+    /// HTTP connections open at once, at most (more wait to be accepted).
+    #[arg(long, env = "PIPELINE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// How uploads are checked.
     #[arg(
         long,
@@ -203,6 +213,11 @@ impl ServeArgs {
             batch: self.batch,
             drain_timeout: Duration::from_secs(self.drain_timeout),
             request_grace: defaults.request_grace,
+            transport: crate::Transport {
+                header_timeout: Duration::from_secs(self.header_timeout.max(1)),
+                max_connections: self.max_connections.max(1),
+            },
+            body_timeout: Duration::from_secs(self.body_timeout.max(1)),
         })
     }
 
