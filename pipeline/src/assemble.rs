@@ -79,7 +79,11 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
             Processor::new(registry.clone(), settings.limits.clone()),
             pool.clone(),
             TransformerConfig {
-                worker_id: services::worker_id("transformer"),
+                worker_id: if settings.worker_id_with_host {
+                    services::worker_id_with_host("transformer")
+                } else {
+                    services::worker_id("transformer")
+                },
                 default_spec: registry.parse(&settings.default_transform)?,
                 prefetch: pool.size() * 2,
                 retry: settings.retry,

@@ -140,6 +140,9 @@ pub struct Settings {
     pub transport: crate::Transport,
     /// Time an upload's whole body has to arrive (then 408).
     pub body_timeout: Duration,
+    /// Whether a transformer's id (a job's `worker`, which clients see)
+    /// names its host and process id; by default it is random.
+    pub worker_id_with_host: bool,
 }
 
 impl Default for Settings {
@@ -170,6 +173,7 @@ impl Default for Settings {
             request_grace: Duration::from_secs(10),
             transport: crate::Transport::default(),
             body_timeout: Duration::from_secs(60),
+            worker_id_with_host: false,
         }
     }
 }

@@ -63,8 +63,16 @@ pub fn topology(max_attempts: u32) -> Vec<QueueSpec> {
     ]
 }
 
-/// An id for this process in one role: `role-host-pid-xxxx`.
+/// An id for this process in one role: `role-xxxxxxxx`, random, so that
+/// nothing about the machine reaches the clients who see it (a job's
+/// `worker`). [`worker_id_with_host`] names the host and process.
 pub fn worker_id(role: &str) -> String {
+    format!("{role}-{:08x}", fastrand::u32(..))
+}
+
+/// An id that finds the process: `role-host-pid-xxxx` (for operators who
+/// opt in: clients see it in a job's `worker`).
+pub fn worker_id_with_host(role: &str) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

@@ -120,6 +120,10 @@ pub struct ServeArgs {
     /// Seconds an upload's whole body has to arrive (then 408).
     #[arg(long, env = "PIPELINE_BODY_TIMEOUT", default_value_t = 60)]
     pub body_timeout: u64,
+    /// Name the host and process id in a transformer's id (a job's
+    /// `worker`, which clients see); by default the id is random.
+    #[arg(long, env = "PIPELINE_WORKER_ID_HOST")]
+    pub worker_id_host: bool,
     /// HTTP connections open at once, at most (more wait to be accepted).
     #[arg(long, env = "PIPELINE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
@@ -218,6 +222,7 @@ impl ServeArgs {
                 max_connections: self.max_connections.max(1),
             },
             body_timeout: Duration::from_secs(self.body_timeout.max(1)),
+            worker_id_with_host: self.worker_id_host,
         })
     }
 
