@@ -74,7 +74,7 @@ impl ActivityRecorder {
     }
 }
 
-fn entry_of(d: &Delivery) -> Parsed<ActivityEntry> {
+pub(crate) fn entry_of(d: &Delivery) -> Parsed<ActivityEntry> {
     let env = d.envelope();
     Ok(ActivityEntry {
         message_id: env.id,

@@ -33,6 +33,39 @@ pub use transformer::{Transformer, TransformerConfig};
 use crate::broker::QueueSpec;
 use crate::envelope::events;
 
+/// How each role reads a received message, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::broker::{Acker, Delivery};
+    use crate::envelope::Envelope;
+    use crate::error::Result;
+
+    struct Unsettled;
+
+    #[async_trait::async_trait]
+    impl Acker for Unsettled {
+        async fn ack(self: Box<Self>) -> Result<()> {
+            Ok(())
+        }
+        async fn nack(self: Box<Self>, _: std::time::Duration, _: String) -> Result<()> {
+            Ok(())
+        }
+        async fn dead_letter(self: Box<Self>, _: String) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Read `envelope` as the archive writer, the activity log and the
+    /// results consumer do: each either understands it or says why not.
+    pub fn read_as_every_role(envelope: &Envelope) {
+        let delivery = Delivery::new(envelope.clone(), Box::new(Unsettled));
+        let _ = super::save2db::record_of(&delivery);
+        let _ = super::activity::entry_of(&delivery);
+        let _ = super::results::status_of(envelope);
+    }
+}
+
 /// Queue names of the standard topology (the backend adds the namespace).
 pub mod queues {
     /// Submitted images, consumed by transformers.

@@ -81,7 +81,7 @@ impl Save2Db {
     }
 }
 
-fn record_of(d: &Delivery) -> Parsed<ArchiveRecord> {
+pub(crate) fn record_of(d: &Delivery) -> Parsed<ArchiveRecord> {
     let env = d.envelope();
     let state = match env.event.as_str() {
         events::ARCHIVED => JobState::Done,

@@ -150,10 +150,15 @@ impl TransformSpec {
                             ))),
                         })
                         .collect::<Result<Vec<_>>>()?;
-                    if let Some(bad) = args.iter().find(|a| a.contains([',', ':']) || a.is_empty())
+                    // What the compact form cannot say, it cannot carry: a
+                    // spec travels compact, and must mean there what it
+                    // meant when it was checked.
+                    if let Some(bad) = args
+                        .iter()
+                        .find(|a| a.contains([',', ':']) || a.is_empty() || a.trim() != a.as_str())
                     {
                         return Err(Error::invalid(format!(
-                            "transform spec: argument {bad:?} of {op:?} is empty or contains ',' or ':'"
+                            "transform spec: argument {bad:?} of {op:?} is empty, contains ',' or ':', or starts or ends with a space"
                         )));
                     }
                     ops.push(Operation { name: op, args });
@@ -218,6 +223,28 @@ mod tests {
         assert_eq!(a.to_string(), "resize:800x600,grayscale,blur:1.5");
         let b = TransformSpec::parse(r#"{"ops":["rotate:90"]}"#).unwrap();
         assert_eq!(b.to_string(), "rotate:90");
+    }
+
+    /// Found by the `transform_spec` fuzz target: a JSON argument with
+    /// trailing spaces was checked as written, then travelled compact and
+    /// lost them, so the job ran another spec than the one checked.
+    #[test]
+    fn every_spec_means_the_same_once_printed() {
+        let e = TransformSpec::parse("[{\"op\":\"resize\",\"args\":[\"64x64 \\u00a0 \"]}]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("space"), "{e}");
+        for text in [
+            "resize:64x64 , grayscale",
+            r#"[{"op":"stamp","args":["a b"]},"blur: 2"]"#,
+        ] {
+            let spec = TransformSpec::parse(text).unwrap();
+            assert_eq!(
+                TransformSpec::parse(&spec.to_string()).unwrap(),
+                spec,
+                "{text}"
+            );
+        }
     }
 
     #[test]
