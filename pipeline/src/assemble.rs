@@ -155,6 +155,7 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
                 max_upload_bytes: settings.max_upload_bytes,
                 web_dir: settings.web_dir.clone(),
                 body_timeout: settings.body_timeout,
+                max_waits_per_tenant: settings.max_waits_per_tenant,
                 ..ApiConfig::default()
             },
         });

@@ -140,6 +140,8 @@ pub struct Settings {
     pub transport: crate::Transport,
     /// Time an upload's whole body has to arrive (then 408).
     pub body_timeout: Duration,
+    /// Long polls and event streams one tenant may have open at once.
+    pub max_waits_per_tenant: usize,
     /// Whether a transformer's id (a job's `worker`, which clients see)
     /// names its host and process id; by default it is random.
     pub worker_id_with_host: bool,
@@ -174,6 +176,7 @@ impl Default for Settings {
             transport: crate::Transport::default(),
             body_timeout: Duration::from_secs(60),
             worker_id_with_host: false,
+            max_waits_per_tenant: 64,
         }
     }
 }

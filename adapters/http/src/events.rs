@@ -2,7 +2,9 @@
 
 use std::convert::Infallible;
 
-use axum::extract::State;
+use std::sync::Arc;
+
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +14,7 @@ use crate::common::{ApiResult, AppState, tenant};
 use crate::openapi::TenantHeader;
 use crate::responses::*;
 use crate::schema::ErrorBody;
+use crate::waits::Waits;
 
 #[utoipa::path(
     get,
@@ -21,15 +24,23 @@ use crate::schema::ErrorBody;
     responses(
         (status = 200, description = "One event per finished job of the tenant: `event` is `done` or `failed`, `id` the job id, `data` its status as JSON", content_type = "text/event-stream", body = String),
         (status = 400, description = "Bad tenant", body = ErrorBody),
+        (status = 429, description = "The tenant has its most long polls and event streams open (`too_many_waits`)", body = ErrorBody),
         (status = 503, response = Unavailable),
     )
 )]
-pub(crate) async fn events(State(state): AppState, headers: HeaderMap) -> ApiResult<Response> {
+pub(crate) async fn events(
+    State(state): AppState,
+    Extension(waits): Extension<Arc<Waits>>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let tenant = tenant(&headers)?;
+    // Counted while the stream is open (the guard goes with it).
+    let open = waits.enter(&tenant, state.config.max_waits_per_tenant)?;
     let stream = state.results.completions().await?;
     let events = stream
         .filter(move |s| futures::future::ready(s.tenant == tenant))
-        .map(|s| {
+        .map(move |s| {
+            let _open = &open;
             let data = serde_json::to_string(&s).unwrap_or_default();
             Ok::<_, Infallible>(
                 Event::default()

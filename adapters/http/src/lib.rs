@@ -21,6 +21,7 @@ pub mod schema;
 mod stats;
 mod timeline;
 mod upload;
+mod waits;
 mod web;
 
 use std::path::PathBuf;
@@ -46,6 +47,9 @@ pub struct ApiConfig {
     pub max_files: usize,
     /// Longest `?wait=` honoured.
     pub max_wait: Duration,
+    /// Long polls and event streams one tenant may have open at once
+    /// (beyond: 429 `too_many_waits`).
+    pub max_waits_per_tenant: usize,
     /// Time an upload's whole body has to arrive; a slower one gets 408
     /// and its connection is closed.
     pub body_timeout: Duration,
@@ -62,6 +66,7 @@ impl Default for ApiConfig {
             max_upload_bytes: 64 * 1024 * 1024,
             max_files: 32,
             max_wait: Duration::from_secs(60),
+            max_waits_per_tenant: 64,
             body_timeout: Duration::from_secs(60),
             web_dir: None,
         }
@@ -114,6 +119,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(openapi::openapi))
         .fallback(openapi::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(Arc::new(waits::Waits::default())))
         .with_state(Arc::new(state))
 }
 
@@ -625,5 +631,68 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("the limit is"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn long_polls_and_event_streams_are_capped_per_tenant() {
+        let broker = Arc::new(MemoryBroker::new());
+        let (app, _) = app_on(broker).await;
+        let events = |tenant: &str| {
+            Request::get("/v1/events")
+                .header("x-tenant", tenant)
+                .body(Body::empty())
+                .unwrap()
+        };
+        // The default cap is 64: hold 64 streams open, the 65th is refused.
+        let mut open = Vec::new();
+        for _ in 0..64 {
+            let r = app.clone().oneshot(events("a")).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            open.push(r);
+        }
+        let r = app.clone().oneshot(events("a")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(json(r).await["error"]["code"], "too_many_waits");
+        // Another tenant is not affected; a closed stream frees its place.
+        let r = app.clone().oneshot(events("b")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        drop(open.pop());
+        let r = app.clone().oneshot(events("a")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn another_tenants_pending_job_is_a_404_at_once() {
+        let app = app().await;
+        let r = app
+            .clone()
+            .oneshot(
+                Request::post("/v1/images?transform=grayscale")
+                    .header("content-type", "image/png")
+                    .body(Body::from(png()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let id = json(r).await["images"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let started = std::time::Instant::now();
+        let r = app
+            .oneshot(
+                Request::get(format!("/v1/images/{id}/result?wait=30"))
+                    .header("x-tenant", "other")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -2,11 +2,12 @@
 //! jobs, and the prototype's `GET /image/{id}`. A job is looked up in the
 //! result store, then in the archive; another tenant's job is a 404.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pipeline_core::results::JobStatus;
@@ -20,6 +21,7 @@ use crate::error::ApiError;
 use crate::openapi::TenantHeader;
 use crate::responses::*;
 use crate::schema::{ErrorBody, ErrorDetail, ImageList, ImageStatus, Pending};
+use crate::waits::Waits;
 use crate::{ApiState, timeline};
 
 /// Where a job stands, from the result store or else the archive.
@@ -28,26 +30,35 @@ enum Found {
     Archived(ImageRecord),
 }
 
+/// The job `id` of `tenant`, waiting up to `wait` (counted in `waits`)
+/// for a pending one to finish. Another tenant's job is `None` at once:
+/// waiting on it would tell that it exists.
 async fn find(
     state: &ApiState,
     id: Uuid,
     tenant: &str,
-    wait: Duration,
+    wait: Option<(Duration, &Arc<Waits>)>,
 ) -> ApiResult<Option<Found>> {
-    let live = if wait.is_zero() {
-        state.results.get(id).await?
-    } else {
-        state.results.wait(id, wait).await?
+    let archived = || async {
+        Ok::<_, ApiError>(
+            state
+                .archive
+                .get(id)
+                .await?
+                .filter(|r| r.tenant == tenant)
+                .map(Found::Archived),
+        )
     };
-    if let Some(s) = live {
-        return Ok((s.tenant == tenant).then_some(Found::Live(s)));
-    }
-    Ok(state
-        .archive
-        .get(id)
-        .await?
-        .filter(|r| r.tenant == tenant)
-        .map(Found::Archived))
+    let live = match (state.results.get(id).await?, wait) {
+        (Some(s), _) if s.tenant != tenant => return Ok(None),
+        (Some(s), Some((wait, waits))) if s.state == JobState::Pending && !wait.is_zero() => {
+            let _open = waits.enter(tenant, state.config.max_waits_per_tenant)?;
+            state.results.wait(id, wait).await?.unwrap_or(s)
+        }
+        (Some(s), _) => s,
+        (None, _) => return archived().await,
+    };
+    Ok((live.tenant == tenant).then_some(Found::Live(live)))
 }
 
 /// The bytes of `blob`, fetched from the blob store when it holds a
@@ -146,7 +157,7 @@ pub(crate) async fn status(
 ) -> ApiResult<Response> {
     let id = job_id(&raw)?;
     let tenant = tenant(&headers)?;
-    match find(&state, id, &tenant, Duration::ZERO).await? {
+    match find(&state, id, &tenant, None).await? {
         Some(Found::Live(s)) => {
             // A finished job not in the archive: did save2db give it up?
             let archive_error = if s.state.is_terminal() && state.archive.get(id).await?.is_none() {
@@ -194,11 +205,13 @@ pub(crate) async fn status(
         (status = 400, description = "Bad `wait` or tenant", body = ErrorBody),
         (status = 404, response = NotFound),
         (status = 422, description = "The job failed: `reason` says why", body = ErrorBody),
+        (status = 429, description = "With `?wait`: the tenant has its most long polls and event streams open (`too_many_waits`)", body = ErrorBody),
         (status = 503, response = Unavailable),
     )
 )]
 pub(crate) async fn result(
     State(state): AppState,
+    Extension(waits): Extension<Arc<Waits>>,
     Path(raw): Path<String>,
     q: Result<Query<WaitQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -206,7 +219,7 @@ pub(crate) async fn result(
     let id = job_id(&raw)?;
     let tenant = tenant(&headers)?;
     let wait = wait_of(&state, query(q)?)?;
-    let found = find(&state, id, &tenant, wait).await?;
+    let found = find(&state, id, &tenant, Some((wait, &waits))).await?;
     result_of(&state, found, &raw, pending(id)).await
 }
 
@@ -355,6 +368,6 @@ pub(crate) async fn legacy_get(
 ) -> ApiResult<Response> {
     let id = job_id(&raw)?;
     let tenant = tenant(&headers)?;
-    let found = find(&state, id, &tenant, Duration::ZERO).await?;
+    let found = find(&state, id, &tenant, None).await?;
     result_of(&state, found, &raw, StatusCode::NO_CONTENT.into_response()).await
 }

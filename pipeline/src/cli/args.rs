@@ -124,6 +124,10 @@ pub struct ServeArgs {
     /// `worker`, which clients see); by default the id is random.
     #[arg(long, env = "PIPELINE_WORKER_ID_HOST")]
     pub worker_id_host: bool,
+    /// Long polls (`?wait=`) and event streams one tenant may have open at
+    /// once (beyond: 429).
+    #[arg(long, env = "PIPELINE_MAX_WAITS_PER_TENANT", default_value_t = 64)]
+    pub max_waits_per_tenant: usize,
     /// HTTP connections open at once, at most (more wait to be accepted).
     #[arg(long, env = "PIPELINE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
@@ -223,6 +227,7 @@ impl ServeArgs {
             },
             body_timeout: Duration::from_secs(self.body_timeout.max(1)),
             worker_id_with_host: self.worker_id_host,
+            max_waits_per_tenant: self.max_waits_per_tenant.max(1),
         })
     }
 

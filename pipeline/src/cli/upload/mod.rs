@@ -650,6 +650,12 @@ async fn fetch(ctx: &Ctx, entry: &Entry) -> Result<String, Fetch> {
                 let pause = retry_after(resp.headers()).unwrap_or(Duration::from_secs(1));
                 tokio::time::sleep(pause.saturating_sub(asked.elapsed())).await;
             }
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                // Too many waits open for the tenant, or a busy server:
+                // asked again after its Retry-After, until the deadline.
+                let pause = retry_after(resp.headers()).unwrap_or(Duration::from_secs(1));
+                tokio::time::sleep(pause).await;
+            }
             StatusCode::UNPROCESSABLE_ENTITY => {
                 let err = error_of(resp).await;
                 return Err(Fetch::Failed(err));
