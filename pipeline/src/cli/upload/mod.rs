@@ -192,9 +192,18 @@ async fn upload(args: UploadArgs) -> Result<Summary, Error> {
         .unwrap_or_else(|| out.join(".pipeline-upload.jsonl"));
     // The output and the manifest are never inputs of their own run.
     let skip = [out.clone(), manifest_path.clone()];
+    // Folders are walked from their real path (so that `--out` inside one
+    // is recognised); files keep the path they were named by, which is
+    // where their result goes.
     let roots: Vec<PathBuf> = roots
         .into_iter()
-        .map(|r| r.canonicalize().unwrap_or(r))
+        .map(|r| {
+            if r.is_dir() {
+                r.canonicalize().unwrap_or(r)
+            } else {
+                r
+            }
+        })
         .collect();
     let found = walk::collect(&roots, &skip)?;
     let manifest = Manifest::open(&manifest_path)?;

@@ -59,11 +59,7 @@ pub fn collect(roots: &[PathBuf], skip: &[PathBuf]) -> Result<Found, Error> {
                 why: "not a regular file".into(),
             });
         } else {
-            let name = root
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .ok_or_else(|| Error::Config(format!("{}: not a file name", root.display())))?;
-            consider(root, name, &mut by_rel, &mut found.skipped)?;
+            consider(root, file_rel(root)?, &mut by_rel, &mut found.skipped)?;
         }
     }
     found.inputs = by_rel.into_values().collect();
@@ -128,6 +124,31 @@ fn walk(
         consider(&path, rel, by_rel, skipped)?;
     }
     Ok(())
+}
+
+/// Where a file named on its own goes under `--out`: its relative path as
+/// given (`photos/a/b.jpg`, as `find` lists them), or its name alone when
+/// the path is absolute or climbs out (`..`).
+fn file_rel(path: &Path) -> Result<String, Error> {
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            _ => {
+                parts.clear();
+                break;
+            }
+        }
+    }
+    if parts.is_empty() {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::Config(format!("{}: not a file name", path.display())))?;
+        return Ok(name);
+    }
+    Ok(parts.join("/"))
 }
 
 /// `path` under `root`, `/`-separated.
@@ -270,6 +291,17 @@ mod tests {
         let roots = [dir.path().join("x"), dir.path().join("y")];
         let err = collect(&roots, &[]).unwrap_err().to_string();
         assert!(err.contains("same.png"), "{err}");
+    }
+
+    #[test]
+    fn a_file_named_by_a_relative_path_keeps_it() {
+        assert_eq!(
+            file_rel(Path::new("photos/a/b.jpg")).unwrap(),
+            "photos/a/b.jpg"
+        );
+        assert_eq!(file_rel(Path::new("./a/b.jpg")).unwrap(), "a/b.jpg");
+        assert_eq!(file_rel(Path::new("/tmp/x/b.jpg")).unwrap(), "b.jpg");
+        assert_eq!(file_rel(Path::new("../x/b.jpg")).unwrap(), "b.jpg");
     }
 
     #[test]
