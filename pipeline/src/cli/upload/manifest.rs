@@ -41,6 +41,9 @@ pub struct Reason {
     pub message: String,
 }
 
+/// Attempts at the manifest's lock, 10 ms apart.
+const LOCK_TRIES: u32 = 100;
+
 /// One line of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -99,15 +102,24 @@ impl Manifest {
             .write(true)
             .open(&lock_path)
             .map_err(|e| io("cannot create its lock file", e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Config(format!(
-                    "manifest {} is in use by another pipeline upload",
-                    path.display()
-                )));
+        // A lock can outlive its holder by a moment (a process forked while
+        // it was held keeps it until it execs): try for a second.
+        let mut tries = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tries < LOCK_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Config(format!(
+                        "manifest {} is in use by another pipeline upload",
+                        path.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io("cannot lock", e)),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io("cannot lock", e)),
         }
         let mut last = HashMap::new();
         match std::fs::read(path) {
