@@ -37,6 +37,30 @@ fn largest_png() -> Vec<u8> {
     out.into_inner()
 }
 
+/// Upload `png` with `spec` and wait (up to 60 s) for its result.
+async fn transform(
+    client: &reqwest::Client,
+    server: &Server,
+    spec: &str,
+    png: &[u8],
+) -> reqwest::Response {
+    let resp = client
+        .post(server.url(&format!("/v1/images?transform={spec}")))
+        .header("content-type", "image/png")
+        .body(png.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{spec}");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let id = body["images"][0]["id"].as_str().unwrap().to_string();
+    client
+        .get(server.url(&format!("/v1/images/{id}/result?wait=60")))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn peak_rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -55,21 +79,7 @@ async fn the_worst_allowed_job_ends_at_its_deadline_within_a_memory_bound() {
     let worst = vec!["sharpen:10"; pipeline_core::transform::MAX_OPERATIONS].join(",");
 
     let started = Instant::now();
-    let resp = client
-        .post(server.url(&format!("/v1/images?transform={worst}")))
-        .header("content-type", "image/png")
-        .body(png.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    let id = body["images"][0]["id"].as_str().unwrap().to_string();
-    let resp = client
-        .get(server.url(&format!("/v1/images/{id}/result?wait=60")))
-        .send()
-        .await
-        .unwrap();
+    let resp = transform(&client, &server, &worst, &png).await;
     let elapsed = started.elapsed();
     assert_eq!(resp.status(), 422);
     let body: serde_json::Value = resp.json().await.unwrap();
@@ -92,20 +102,7 @@ async fn the_worst_allowed_job_ends_at_its_deadline_within_a_memory_bound() {
     assert!(rss < RSS_BOUND_KB, "peak RSS {rss} kB");
 
     // The same image with a spec that fits finishes in time.
-    let resp = client
-        .post(server.url("/v1/images?transform=thumbnail:256"))
-        .header("content-type", "image/png")
-        .body(png.clone())
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = resp.json().await.unwrap();
-    let id = body["images"][0]["id"].as_str().unwrap().to_string();
-    let resp = client
-        .get(server.url(&format!("/v1/images/{id}/result?wait=60")))
-        .send()
-        .await
-        .unwrap();
+    let resp = transform(&client, &server, "thumbnail:256", &png).await;
     assert_eq!(resp.status(), 200);
     let thumb = image::load_from_memory(&resp.bytes().await.unwrap()).unwrap();
     assert_eq!((thumb.width(), thumb.height()), (256, 256));

@@ -165,17 +165,23 @@ pub fn init_tracing(json: bool, default: &str) {
     };
 }
 
-/// Run `future` on a multi-threaded runtime and turn its result into an exit code.
-pub fn block_on(future: impl std::future::Future<Output = Result<(), Error>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// A multi-threaded runtime, or the exit code of a program that could not
+/// start one (the reason is printed).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+            ExitCode::FAILURE
+        })
+}
+
+/// Run `future` on a multi-threaded runtime and turn its result into an exit code.
+pub fn block_on(future: impl std::future::Future<Output = Result<(), Error>>) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
     };
     match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,

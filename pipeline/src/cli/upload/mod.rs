@@ -128,15 +128,9 @@ struct SkippedFile {
 /// `pipeline upload`: exit 0 when every image is done, 1 when some failed
 /// or the run could not start, 130 when interrupted.
 pub(crate) fn run(args: UploadArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let json = args.json;
     match runtime.block_on(upload(args)) {
