@@ -44,6 +44,16 @@ pub enum Error {
     /// A configuration value is wrong.
     #[error("configuration: {0}")]
     Config(String),
+    /// A store has no room left (a full disk, a database or table that
+    /// cannot grow). Retryable: the work is held until room is made, never
+    /// dropped or dead-lettered.
+    #[error("{backend} is full: {message}")]
+    StorageFull {
+        /// Which backend, for example `postgres` or `file`.
+        backend: &'static str,
+        /// The backend's message, already free of credentials.
+        message: String,
+    },
     /// A backend reported an error that fits no other variant.
     #[error("{backend}: {message}")]
     Backend {
@@ -134,7 +144,7 @@ impl Error {
     /// images are permanent.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Unavailable(_) | Self::Timeout(_) => true,
+            Self::Unavailable(_) | Self::Timeout(_) | Self::StorageFull { .. } => true,
             Self::Backend { retryable, .. } => *retryable,
             Self::NotFound(_)
             | Self::AlreadyExists(_)
@@ -158,7 +168,31 @@ impl Error {
             Self::Timeout(_) => "timeout",
             Self::Closed(_) => "closed",
             Self::Config(_) => "config",
+            Self::StorageFull { .. } => "storage_full",
             Self::Backend { .. } => "backend",
+        }
+    }
+
+    /// What may be shown to a client about this error: the whole message
+    /// when it is about the client's own input, else a fixed sentence
+    /// naming the kind of failure. Backend messages (driver text, host
+    /// names, file paths) stay in the logs.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::NotFound(m) | Self::AlreadyExists(m) | Self::InvalidInput(m) => m.clone(),
+            Self::Image { message, .. } => message.clone(),
+            Self::MalformedFrame(_) => "a message of the job could not be read".into(),
+            Self::Unavailable(_) => "a backend was unavailable".into(),
+            Self::Timeout(_) => "a backend did not answer in time".into(),
+            Self::Closed(_) => "the service was shutting down".into(),
+            Self::Config(_) => "the service is misconfigured".into(),
+            Self::StorageFull { .. } => "a store had no room left".into(),
+            Self::Backend { retryable, .. } => if *retryable {
+                "a backend was unavailable"
+            } else {
+                "a backend refused the operation"
+            }
+            .into(),
         }
     }
 }
@@ -177,5 +211,38 @@ mod tests {
             Error::image(ImageErrorKind::TooManyPixels, "big").code(),
             "too_many_pixels"
         );
+        let full = Error::StorageFull {
+            backend: "file",
+            message: "write /var/lib/x: No space left on device".into(),
+        };
+        assert!(full.is_retryable());
+        assert_eq!(full.code(), "storage_full");
+    }
+
+    #[test]
+    fn public_messages_keep_backend_details_out() {
+        let secret = "postgres://admin:hunter2@db-7.internal/prod: connection refused";
+        for e in [
+            Error::backend("postgres", secret, true),
+            Error::backend("postgres", secret, false),
+            Error::Unavailable(secret.into()),
+            Error::Timeout(secret.into()),
+            Error::Config(secret.into()),
+            Error::MalformedFrame(secret.into()),
+            Error::StorageFull {
+                backend: "postgres",
+                message: secret.into(),
+            },
+        ] {
+            let public = e.public_message();
+            assert!(
+                !public.contains("db-7") && !public.contains("hunter2"),
+                "{public}"
+            );
+            assert!(!public.is_empty());
+        }
+        // About the client's own input: said whole.
+        let bad = Error::image(ImageErrorKind::CorruptImage, "truncated PNG chunk");
+        assert_eq!(bad.public_message(), "truncated PNG chunk");
     }
 }

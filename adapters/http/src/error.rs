@@ -36,6 +36,15 @@ impl ApiError {
         )
     }
 
+    /// 503 for the in-flight limit, whose message (how many jobs, the
+    /// limit) is the server's own and safe to show.
+    pub(crate) fn busy(e: Error) -> Self {
+        match e {
+            Error::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            e => e.into(),
+        }
+    }
+
     /// Prefix the message with the file it is about.
     pub fn in_file(mut self, name: &str) -> Self {
         self.message = format!("{name}: {}", self.message);
@@ -60,15 +69,15 @@ impl From<Error> for ApiError {
                 Self::new(status, kind.code(), message.clone())
             }
             Error::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m.clone()),
-            Error::Unavailable(m) | Error::Timeout(m) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone())
+            Error::StorageFull { .. } => {
+                tracing::error!(error = %message, "a store is full");
+                Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    "a store has no room left; retry later",
+                )
             }
-            Error::Closed(m) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone())
-            }
-            Error::Backend {
-                retryable: true, ..
-            } => {
+            e if e.is_retryable() => {
                 tracing::warn!(error = %message, "backend unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -76,6 +85,11 @@ impl From<Error> for ApiError {
                     "a backend is temporarily unavailable; retry shortly",
                 )
             }
+            Error::Closed(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the service is shutting down; retry shortly",
+            ),
             _ => {
                 tracing::error!(error = %message, "internal error");
                 Self::new(
@@ -93,6 +107,7 @@ impl IntoResponse for ApiError {
         let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
         let mut resp = (self.status, body).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::INSUFFICIENT_STORAGE
             || self.status == StatusCode::TOO_MANY_REQUESTS
             // A conflict that passes (a job still running); a key of
             // another job stays a conflict.

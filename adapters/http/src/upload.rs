@@ -281,7 +281,11 @@ async fn accept(
         )
         .map_err(ApiError::from)?;
     // Refuse before spending a decode on work that cannot be queued.
-    state.submitter.in_flight().check_room(files.len())?;
+    state
+        .submitter
+        .in_flight()
+        .check_room(files.len())
+        .map_err(ApiError::busy)?;
     let probes = probe_all(state, &files).await?;
     for (f, probe) in files.iter().zip(&probes) {
         state
@@ -303,7 +307,7 @@ async fn accept(
                 // A job of this key is in flight here already (or being
                 // submitted by a request still running).
                 Err(pipeline_core::Error::AlreadyExists(_)) => false,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(ApiError::busy(e)),
             };
             let release = || {
                 if owned {
@@ -514,7 +518,11 @@ pub(crate) async fn upload(
     let key = idempotency_key(req.headers())?;
     // Admission before the body: a full server refuses at once, without
     // reading (and buffering) what the client sends.
-    state.submitter.in_flight().check_room(1)?;
+    state
+        .submitter
+        .in_flight()
+        .check_room(1)
+        .map_err(ApiError::busy)?;
     let (files, transform, preset) = read_within_time(&state, req, None).await?;
     let outcome = accept(
         &state,
@@ -558,7 +566,11 @@ pub(crate) async fn upload(
 )]
 pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiResult<Response> {
     let tenant = tenant(req.headers())?;
-    state.submitter.in_flight().check_room(1)?;
+    state
+        .submitter
+        .in_flight()
+        .check_room(1)
+        .map_err(ApiError::busy)?;
     let (files, _, _) = read_within_time(&state, req, Some("image")).await?;
     if files.is_empty() {
         return Err(ApiError::new(

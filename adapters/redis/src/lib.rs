@@ -66,7 +66,15 @@ pub(crate) struct Inner {
 }
 
 pub(crate) fn redis_error(what: &str, e: fred::error::Error) -> Error {
-    Error::Unavailable(format!("{what}: {e}"))
+    let message = format!("{what}: {e}");
+    // `maxmemory` reached with a no-eviction policy: held until room is made.
+    if e.details().starts_with("OOM ") {
+        return Error::StorageFull {
+            backend: "redis",
+            message,
+        };
+    }
+    Error::Unavailable(message)
 }
 
 use pipeline_core::urls::BackendUrl;

@@ -22,7 +22,13 @@ pub struct FileBlobStore {
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
-    // A full or read-only disk may clear up; a permission problem will not.
+    if matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
+        return Error::StorageFull {
+            backend: "file",
+            message: format!("{what} {}: {e}", path.display()),
+        };
+    }
+    // A read-only disk may clear up; a permission problem will not.
     let retryable = !matches!(
         e.kind(),
         ErrorKind::PermissionDenied | ErrorKind::InvalidInput

@@ -2,7 +2,7 @@
 //! bounded number in flight, or in batches of whatever is waiting.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 
@@ -90,7 +90,8 @@ impl Settling<'_> {
 ///
 /// A failure is retried in place with backoff (250 ms doubling to 5 s, jittered)
 /// while the deliveries stay unacked: as long as `ready` fails (the store
-/// is down), whatever the error, for as long as it takes; a retryable
+/// is down), whatever the error, or the store says it is full
+/// ([`Error::StorageFull`]), for as long as it takes; another retryable
 /// failure while the store answers `ready`, for at most
 /// [`MAX_HOLD`], after which the batch is nacked with the retry policy's
 /// delay (or given up on its last attempt, see [`Settling`]). A permanent
@@ -198,7 +199,7 @@ where
     R: Fn() -> RF,
     RF: Future<Output = Result<()>>,
 {
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let mut backoff = HOLD_BACKOFF.start();
     loop {
         let e = match save(records.to_vec()).await {
@@ -217,11 +218,14 @@ where
         // While the store is down, any error is a symptom of the outage
         // (drivers do not always say so): hold, never dead-letter.
         let down = ready().await.is_err();
-        if !down && (!e.is_retryable() || started.elapsed() >= MAX_HOLD) {
+        // A full store is held like a down one: room is made by an
+        // operator, however long that takes.
+        let full = matches!(e, Error::StorageFull { .. });
+        if !down && !full && (!e.is_retryable() || started.elapsed() >= MAX_HOLD) {
             return Err(e);
         }
         let delay = backoff.next_delay();
-        tracing::warn!(queue, error = %e, store_down = down, retry_in_ms = delay.as_millis() as u64, count = records.len(), "saving failed; holding the batch (unacked) and retrying");
+        tracing::warn!(queue, error = %e, store_down = down, store_full = full, retry_in_ms = delay.as_millis() as u64, count = records.len(), "saving failed; holding the batch (unacked) and retrying");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.clone() => return Err(e),
@@ -259,5 +263,47 @@ async fn settle_all(
         if let Err(e) = r {
             tracing::warn!(error = %e, "settling a delivery failed; it will be redelivered");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Save `failures` times with `error`, then succeed; the store answers
+    /// `ready` throughout.
+    async fn hold(error: fn() -> Error, failures: u32) -> (Result<()>, u32) {
+        let calls = AtomicU32::new(0);
+        let save = |_: Vec<u8>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move { if n < failures { Err(error()) } else { Ok(()) } }
+        };
+        let ready = || async { Ok(()) };
+        let r = save_holding("q", &[1u8], &save, &ready, std::future::pending::<()>()).await;
+        (r, calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_is_held_past_the_hold_limit() {
+        let full = || Error::StorageFull {
+            backend: "test",
+            message: "database or disk is full".into(),
+        };
+        // 40 tries at up to 5 s apart: well past MAX_HOLD.
+        let started = tokio::time::Instant::now();
+        let (r, calls) = hold(full, 40).await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(calls, 41);
+        assert!(started.elapsed() > MAX_HOLD, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_retryable_failure_is_held_for_the_hold_limit_only() {
+        let flaky = || Error::backend("test", "deadlock", true);
+        let (r, calls) = hold(flaky, 1000).await;
+        assert!(r.is_err());
+        assert!(calls < 1000, "{calls}");
     }
 }

@@ -111,7 +111,10 @@ impl ResultsConsumer {
         error: &crate::Error,
     ) -> Result<()> {
         let attempts = delivery.attempt();
-        let message = format!("the result could not be stored after {attempts} attempts: {error}");
+        let message = format!(
+            "the result could not be stored after {attempts} attempts: {}",
+            error.public_message()
+        );
         tracing::warn!(job_id = %status.job_id, attempts, %error, "result given up");
         let failed = JobStatus {
             state: JobState::Failed,

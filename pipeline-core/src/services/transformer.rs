@@ -122,7 +122,7 @@ impl Transformer {
             Err(e) => {
                 tracing::info!(job_id = %env.job_id, code = e.code(), error = %e, "job failed");
                 self.broker
-                    .publish(self.failure_event(&env, e.code(), &e.to_string(), started))
+                    .publish(self.failure_event(&env, e.code(), &e.public_message(), started))
                     .await
             }
         };
@@ -153,7 +153,10 @@ impl Transformer {
         started: Instant,
     ) -> Result<()> {
         let attempts = delivery.attempt();
-        let message = format!("gave up after {attempts} attempts: {error}");
+        let message = format!(
+            "gave up after {attempts} attempts: {}",
+            error.public_message()
+        );
         tracing::warn!(job_id = %env.job_id, attempts, error = %error, "job failed: retries exhausted");
         let failed = self
             .failure_event(env, RETRIES_EXHAUSTED, &message, started)
