@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::auth::KeyStore;
 use crate::blob::{BlobStore, FileBlobStore};
 use crate::broker::Broker;
 use crate::error::{Error, Result};
@@ -70,18 +71,21 @@ pub struct Archive {
     pub activity: Arc<dyn ActivityLog>,
     /// The archive's blob store.
     pub blobs: Arc<dyn BlobStore>,
+    /// API keys.
+    pub keys: Arc<dyn KeyStore>,
 }
 
 impl Archive {
-    /// One value that is all three (an SQL database, the memory archive).
+    /// One value that is all four (an SQL database, the memory archive).
     pub fn of<T>(store: Arc<T>) -> Self
     where
-        T: ImageStore + ActivityLog + BlobStore + 'static,
+        T: ImageStore + ActivityLog + BlobStore + KeyStore + 'static,
     {
         Self {
             images: store.clone(),
             activity: store.clone(),
-            blobs: store,
+            blobs: store.clone(),
+            keys: store,
         }
     }
 }
@@ -175,8 +179,9 @@ impl Backends {
             let archive = Arc::new(MemoryArchive::new());
             Ok(Archive {
                 images: archive.clone(),
-                activity: archive,
+                activity: archive.clone(),
                 blobs: Arc::new(MemoryBlobStore::new()),
+                keys: archive,
             })
         });
         b.blobs("memory", |url, _| async move {

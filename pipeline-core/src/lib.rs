@@ -7,6 +7,7 @@
 //! ([`memory`]). Adapters for real servers live in their own crates and
 //! depend on this one only.
 
+pub mod auth;
 pub mod backoff;
 pub mod blob;
 

@@ -35,6 +35,7 @@ async fn start(archive: &Arc<SqlArchive>, roles: Roles) -> (Running, String) {
             images: archive.clone(),
             activity: archive.clone(),
             blobs: archive.clone(),
+            keys: archive.clone(),
         })
         .listen("127.0.0.1:0")
         .configure(|s| {

@@ -89,6 +89,7 @@ async fn start(broker: Arc<dyn Broker>) -> (Running, Arc<MemoryArchive>) {
             images: archive.clone(),
             activity: archive.clone(),
             blobs: Arc::new(MemoryBlobStore::new()),
+            keys: archive.clone(),
         })
         .registry(registry)
         .configure(|s| {

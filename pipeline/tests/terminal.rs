@@ -134,6 +134,7 @@ async fn start(broker: Arc<dyn Broker>) -> Setup {
             images: archive.clone(),
             activity: activity.clone(),
             blobs: Arc::new(MemoryBlobStore::new()),
+            keys: activity.clone(),
         })
         .registry(registry)
         .listen("127.0.0.1:0")

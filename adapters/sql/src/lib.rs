@@ -12,6 +12,7 @@ mod blobs;
 mod connect;
 mod error;
 mod images;
+mod keys;
 mod retention;
 mod schema;
 
@@ -103,6 +104,7 @@ impl SqlArchive {
             &self.tables.blobs,
             &self.tables.chunks,
             &self.tables.activity,
+            &self.tables.keys,
             &self.tables.migrations,
         ] {
             let stmt = sea_orm::sea_query::Table::drop()

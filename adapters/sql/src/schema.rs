@@ -18,6 +18,7 @@ pub(crate) struct Tables {
     pub blobs: String,
     pub chunks: String,
     pub activity: String,
+    pub keys: String,
     pub migrations: String,
 }
 
@@ -39,6 +40,7 @@ impl Tables {
             blobs: format!("{namespace}_blobs"),
             chunks: format!("{namespace}_blob_chunks"),
             activity: format!("{namespace}_activity"),
+            keys: format!("{namespace}_api_keys"),
             migrations: format!("{namespace}_migrations"),
         })
     }
@@ -229,6 +231,30 @@ fn v3(backend: DatabaseBackend, t: &Tables) -> Vec<Statement> {
     out
 }
 
+/// Migration 4: API keys, stored hashed.
+fn v4(backend: DatabaseBackend, t: &Tables) -> Vec<Statement> {
+    let mut keys = Table::create();
+    keys.table(Alias::new(&t.keys))
+        .if_not_exists()
+        .col(col("id").string_len(16).not_null().primary_key())
+        .col(col("tenant").string_len(128).not_null())
+        .col(col("scopes").string_len(64).not_null())
+        .col(col("label").string_len(255).not_null())
+        .col(col("created_at_ms").big_integer().not_null())
+        .col(col("expires_at_ms").big_integer().null())
+        .col(col("revoked_at_ms").big_integer().null())
+        .col(col("hash").string_len(64).not_null());
+    let mut by_tenant = Index::create();
+    by_tenant
+        .name(format!("{}_tenant", t.keys))
+        .table(Alias::new(&t.keys))
+        .col(Alias::new("tenant"));
+    if backend != DatabaseBackend::MySql {
+        by_tenant.if_not_exists();
+    }
+    vec![backend.build(&keys), backend.build(&by_tenant.to_owned())]
+}
+
 /// Apply the migrations not yet recorded in the namespace's migration
 /// table, one process at a time: several processes starting together on a
 /// fresh namespace would otherwise race on `CREATE TABLE IF NOT EXISTS`
@@ -322,10 +348,11 @@ async fn apply<C: ConnectionTrait>(
         .await
         .map_err(|e| db_error(backend_name, e))?;
 
-    let migrations: [(i64, &str, Vec<Statement>); 3] = [
+    let migrations: [(i64, &str, Vec<Statement>); 4] = [
         (1, "images, blobs, activity", v1(backend, t)),
         (2, "blob chunks, blobs by age", v2(backend, t)),
         (3, "activity attempts, jobs by finish time", v3(backend, t)),
+        (4, "API keys", v4(backend, t)),
     ];
     for (version, name, statements) in migrations {
         let q = sea_orm::sea_query::Query::select()

@@ -51,6 +51,7 @@ pub async fn run_by_reference(dir: &Path, image: Bytes, inline_max: usize) -> Re
             images: archive.clone(),
             activity: archive.clone(),
             blobs: blobs.clone(),
+            keys: archive.clone(),
         })
         .blobs(blobs.clone())
         .configure(|s| s.inline_max = inline_max)

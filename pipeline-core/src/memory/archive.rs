@@ -5,8 +5,9 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::lock;
+use crate::auth::{ApiKey, KeyStore};
 use crate::envelope::now_ms;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{
     ActivityEntry, ActivityLog, ArchiveRecord, Blob, Deletion, Expiry, ImageRecord, ImageStore,
     Page,
@@ -26,6 +27,8 @@ struct State {
     activity: BTreeMap<Uuid, ActivityEntry>,
     /// Deleted jobs: tenant and when.
     deleted: HashMap<Uuid, (String, i64)>,
+    /// API keys by id.
+    keys: BTreeMap<String, ApiKey>,
 }
 
 impl State {
@@ -231,5 +234,43 @@ impl ActivityLog for MemoryArchive {
             .collect();
         out.sort_by_key(|e| (e.at_ms, e.message_id));
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryArchive {
+    async fn create_key(&self, key: &ApiKey) -> Result<()> {
+        let mut state = lock(&self.state);
+        if state.keys.contains_key(&key.id) {
+            return Err(Error::AlreadyExists(format!("key {}", key.id)));
+        }
+        state.keys.insert(key.id.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<ApiKey>> {
+        Ok(lock(&self.state).keys.get(id).cloned())
+    }
+
+    async fn keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        let mut keys: Vec<ApiKey> = lock(&self.state)
+            .keys
+            .values()
+            .filter(|k| tenant.is_none_or(|t| k.tenant == t))
+            .cloned()
+            .collect();
+        keys.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool> {
+        let mut state = lock(&self.state);
+        match state.keys.get_mut(id) {
+            Some(k) => {
+                k.revoked_at_ms.get_or_insert(at_ms);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }

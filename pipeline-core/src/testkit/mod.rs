@@ -178,6 +178,26 @@ macro_rules! store_conformance {
             delete_races_a_save_of_a_shared_blob,
             expire_removes_old_jobs_only
         );
+        $crate::store_conformance!(@keys $make; $cleanup;
+            keys_are_stored_found_and_listed,
+            a_taken_key_id_is_refused,
+            a_revocation_keeps_its_first_time
+        );
+    };
+    (@keys $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::testkit::run_case(
+                    $make.await,
+                    |store| async move {
+                        $crate::testkit::store::$case(store).await;
+                    },
+                    $cleanup,
+                )
+                .await;
+            }
+        )*
     };
     (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {
         $(

@@ -1,4 +1,4 @@
-//! Cases every [`ImageStore`] + [`ActivityLog`] passes.
+//! Cases every [`ImageStore`] + [`ActivityLog`] (+ [`KeyStore`]) passes.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -7,6 +7,8 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::unique;
+use crate::auth::{ApiKey, KeyStore, Scopes};
+use crate::error::Error;
 use crate::store::{
     ActivityEntry, ActivityLog, ArchiveRecord, Blob, ImageStore, JobFailure, JobInfo, JobState,
     MediaInfo, sha256_hex,
@@ -532,4 +534,62 @@ pub async fn delete_races_a_save_of_a_shared_blob(
             "round {round}: the saved job lost the shared original"
         );
     }
+}
+
+fn new_key(tenant: &str, scopes: Scopes, expires_at_ms: Option<i64>, now: i64) -> ApiKey {
+    ApiKey::generate(tenant, scopes, "conformance", expires_at_ms, now)
+        .expect("generate a key")
+        .1
+}
+
+/// Keys read back whole, by id and by tenant in creation order.
+pub async fn keys_are_stored_found_and_listed(store: Arc<dyn KeyStore>) {
+    let (a, b) = (unique("tenant-a"), unique("tenant-b"));
+    let k1 = new_key(&a, Scopes::CLIENT, Some(9_000_000_000_000), 1_000);
+    let k2 = new_key(&a, Scopes::ALL, None, 2_000);
+    let k3 = new_key(&b, Scopes::READ, None, 1_500);
+    for k in [&k2, &k1, &k3] {
+        store.create_key(k).await.expect("create");
+    }
+    assert_eq!(store.key(&k1.id).await.expect("key"), Some(k1.clone()));
+    assert_eq!(store.key(&k2.id).await.expect("key"), Some(k2.clone()));
+    assert_eq!(store.key("0000000000000000").await.expect("key"), None);
+    let of_a = store.keys(Some(&a)).await.expect("keys");
+    assert_eq!(of_a, vec![k1.clone(), k2.clone()]);
+    let all = store.keys(None).await.expect("keys");
+    for k in [&k1, &k2, &k3] {
+        assert!(all.contains(k), "{} missing from the whole list", k.id);
+    }
+}
+
+/// A second key with a taken id is refused, and the first one stays.
+pub async fn a_taken_key_id_is_refused(store: Arc<dyn KeyStore>) {
+    let first = new_key(&unique("tenant"), Scopes::READ, None, 1);
+    store.create_key(&first).await.expect("create");
+    let mut second = new_key(&unique("tenant"), Scopes::ALL, None, 2);
+    second.id = first.id.clone();
+    let err = store.create_key(&second).await.expect_err("a taken id");
+    assert!(matches!(err, Error::AlreadyExists(_)), "{err}");
+    assert_eq!(store.key(&first.id).await.expect("key"), Some(first));
+}
+
+/// Revoking marks the key once; unknown keys say so.
+pub async fn a_revocation_keeps_its_first_time(store: Arc<dyn KeyStore>) {
+    let key = new_key(&unique("tenant"), Scopes::CLIENT, None, 1);
+    store.create_key(&key).await.expect("create");
+    assert!(store.revoke_key(&key.id, 100).await.expect("revoke"));
+    assert!(store.revoke_key(&key.id, 200).await.expect("revoke again"));
+    let stored = store
+        .key(&key.id)
+        .await
+        .expect("key")
+        .expect("still listed");
+    assert_eq!(stored.revoked_at_ms, Some(100));
+    assert_eq!(stored.state(300), crate::auth::KeyState::Revoked);
+    assert!(
+        !store
+            .revoke_key("ffffffffffffffff", 100)
+            .await
+            .expect("revoke")
+    );
 }
