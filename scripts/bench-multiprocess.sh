@@ -29,7 +29,7 @@ for role in transformer save2db activity; do
   "$BIN/pipeline-$role" > "$work/$role.out" 2> "$work/$role.err" & pids+=($!)
 done
 for _ in $(seq 1 100); do
-  addr=$(sed -n 's/^pipeline listening on //p' "$work/api.out")
+  addr=$(sed -n 's/^pipeline listening on \([^ ]*\).*/\1/p' "$work/api.out")
   [ -n "$addr" ] && break
   sleep 0.1
 done

@@ -32,7 +32,7 @@ trap cleanup EXIT
 
 base=""
 for _ in $(seq 1 100); do
-  base=$(sed -n 's/^pipeline listening on //p' "$out")
+  base=$(sed -n 's/^pipeline listening on \([^ ]*\).*/\1/p' "$out")
   [ -n "$base" ] && break
   if ! kill -0 "$server" 2>/dev/null; then
     cat "$dir/serve.err" >&2

@@ -151,6 +151,9 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
             archive: a.images.clone(),
             activity: a.activity.clone(),
             broker: broker.clone(),
+            // Set once the listener is bound (the default mode depends on
+            // its address).
+            auth: pipeline_http::Auth::none(),
             config: ApiConfig {
                 max_upload_bytes: settings.max_upload_bytes,
                 web_dir: settings.web_dir.clone(),
@@ -168,10 +171,13 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
         results: results_store,
         blobs: claim.as_ref().map(|c| c.store().clone()),
     };
-    let servers = Servers::bind(&b, api.clone(), &checks).await?;
+    let keys = archive.as_ref().map(|a| a.keys.clone());
+    let servers = Servers::bind(&b, api.clone(), &checks, keys).await?;
+    let api = servers.api_state().or(api);
     tracing::info!(
         roles = roles.name(),
         addr = ?servers.api_addr(),
+        auth = servers.auth_mode().unwrap_or("-"),
         namespace = %settings.namespace,
         "running"
     );

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod assemble;
+mod auth;
 pub mod backends;
 mod builder;
 #[cfg(feature = "cli")]
@@ -9,6 +10,7 @@ mod http_server;
 mod running;
 mod settings;
 
+pub use auth::{AuthChoice, AuthSettings};
 pub use builder::{Pipeline, PipelineBuilder};
 pub use http_server::Transport;
 pub use pipeline_core::connect::{Archive, Backends, ConnectOptions};

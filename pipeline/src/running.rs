@@ -33,6 +33,8 @@ pub(crate) struct Servers {
     api_addr: Option<SocketAddr>,
     health_addr: Option<SocketAddr>,
     transport: Transport,
+    /// The API's state once its auth is resolved.
+    state: Option<ApiState>,
 }
 
 async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), Error> {
@@ -50,6 +52,7 @@ impl Servers {
         b: &PipelineBuilder,
         api: Option<ApiState>,
         checks: &Checks,
+        keys: Option<Arc<dyn pipeline_core::auth::KeyStore>>,
     ) -> Result<Self, Error> {
         let mut servers = Self {
             api: None,
@@ -57,9 +60,12 @@ impl Servers {
             api_addr: None,
             health_addr: None,
             transport: b.settings.transport,
+            state: None,
         };
-        if let (Some(addr), Some(state)) = (&b.listen, api) {
+        if let (Some(addr), Some(mut state)) = (&b.listen, api) {
             let (listener, bound) = bind(addr).await?;
+            state.auth = crate::auth::resolve(&b.settings.auth, bound, keys)?;
+            servers.state = Some(state.clone());
             servers.api = Some((listener, pipeline_http::router(state)));
             servers.api_addr = Some(bound);
         }
@@ -80,6 +86,17 @@ impl Servers {
     pub(crate) fn api_addr(&self) -> Option<SocketAddr> {
         self.api_addr
     }
+
+    /// The API's state as served (auth resolved), when it listens.
+    pub(crate) fn api_state(&self) -> Option<ApiState> {
+        self.state.clone()
+    }
+
+    /// The API's auth mode (`none`, `trusted-header`, `keys`), when it
+    /// listens.
+    pub(crate) fn auth_mode(&self) -> Option<&'static str> {
+        self.state.as_ref().map(|s| s.auth.mode().name())
+    }
 }
 
 /// A running pipeline. Stop it with [`shutdown`](Self::shutdown) (or
@@ -88,6 +105,7 @@ impl Servers {
 #[derive(Debug)]
 pub struct Running {
     api_addr: Option<SocketAddr>,
+    auth_mode: Option<&'static str>,
     health_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), Error>>,
@@ -118,6 +136,7 @@ impl Running {
     ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let (api_addr, health_addr) = (servers.api_addr, servers.health_addr);
+        let auth_mode = servers.auth_mode();
         let task = tokio::spawn(lifecycle(
             broker,
             workers,
@@ -128,6 +147,7 @@ impl Running {
         ));
         Self {
             api_addr,
+            auth_mode,
             health_addr,
             stop,
             task,
@@ -139,6 +159,12 @@ impl Running {
     /// Where the HTTP API listens, if it was given an address.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.api_addr
+    }
+
+    /// How the API authenticates (`none`, `trusted-header`, `keys`), when
+    /// it listens.
+    pub fn auth_mode(&self) -> Option<&'static str> {
+        self.auth_mode
     }
 
     /// Where `/healthz` and `/readyz` listen, if asked for.

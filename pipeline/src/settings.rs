@@ -145,6 +145,8 @@ pub struct Settings {
     /// Whether a transformer's id (a job's `worker`, which clients see)
     /// names its host and process id; by default it is random.
     pub worker_id_with_host: bool,
+    /// How the API authenticates, and its signed links.
+    pub auth: crate::AuthSettings,
 }
 
 impl Default for Settings {
@@ -177,6 +179,7 @@ impl Default for Settings {
             body_timeout: Duration::from_secs(60),
             worker_id_with_host: false,
             max_waits_per_tenant: 64,
+            auth: crate::AuthSettings::default(),
         }
     }
 }

@@ -2,17 +2,19 @@
 //! and the archive (a privacy request), its blobs released.
 
 use axum::extract::{Path, State};
+use axum::http::Uri;
 use axum::http::{HeaderMap, StatusCode};
 use pipeline_core::envelope::{events, now_ms};
 use pipeline_core::store::ActivityEntry;
 use uuid::Uuid;
 
-use crate::common::{ApiResult, AppState, job_id, tenant};
+use crate::common::{ApiResult, AppState, job_id};
 use crate::error::ApiError;
 use crate::openapi::TenantHeader;
 use crate::responses::*;
 use crate::schema::ErrorBody;
 use crate::timeline;
+use pipeline_core::auth::Scope;
 
 #[utoipa::path(
     delete,
@@ -20,6 +22,8 @@ use crate::timeline;
     tag = "images",
     params(("id" = String, Path, description = "Job id (a UUID)"), TenantHeader),
     responses(
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 204, description = "Deleted (also when it was deleted before): the status, result, original and archive row are gone, blobs no other job shares are removed, and the timeline records `image.deleted`"),
         (status = 400, description = "Bad tenant", body = ErrorBody),
         (status = 404, response = NotFound),
@@ -32,9 +36,14 @@ pub(crate) async fn delete(
     State(state): AppState,
     Path(raw): Path<String>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<StatusCode> {
+    let tenant = state
+        .auth
+        .caller(&headers, &uri, Scope::Upload)
+        .await?
+        .tenant;
     let id = job_id(&raw)?;
-    let tenant = tenant(&headers)?;
     let started_ms = now_ms();
     let live = state.results.get(id).await?.filter(|s| s.tenant == tenant);
     if live.as_ref().is_some_and(|s| !s.state.is_terminal()) {

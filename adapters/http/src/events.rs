@@ -6,15 +6,17 @@ use std::sync::Arc;
 
 use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
+use axum::http::Uri;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
-use crate::common::{ApiResult, AppState, tenant};
+use crate::common::{ApiResult, AppState};
 use crate::openapi::TenantHeader;
 use crate::responses::*;
 use crate::schema::ErrorBody;
 use crate::waits::Waits;
+use pipeline_core::auth::Scope;
 
 #[utoipa::path(
     get,
@@ -22,6 +24,8 @@ use crate::waits::Waits;
     tag = "images",
     params(TenantHeader),
     responses(
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 200, description = "One event per finished job of the tenant: `event` is `done` or `failed`, `id` the job id, `data` its status as JSON", content_type = "text/event-stream", body = String),
         (status = 400, description = "Bad tenant", body = ErrorBody),
         (status = 429, description = "The tenant has its most long polls and event streams open (`too_many_waits`)", body = ErrorBody),
@@ -32,8 +36,9 @@ pub(crate) async fn events(
     State(state): AppState,
     Extension(waits): Extension<Arc<Waits>>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<Response> {
-    let tenant = tenant(&headers)?;
+    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
     // Counted while the stream is open (the guard goes with it).
     let open = waits.enter(&tenant, state.config.max_waits_per_tenant)?;
     let stream = state.results.completions().await?;

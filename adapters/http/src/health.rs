@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -13,6 +13,7 @@ use pipeline_core::{BlobStore, Broker, ImageStore};
 
 use crate::common::AppState;
 use crate::schema::{Health, Readiness};
+use pipeline_core::auth::Scope;
 
 #[utoipa::path(
     get,
@@ -31,12 +32,18 @@ pub(crate) async fn healthz() -> Response {
     get,
     path = "/readyz",
     tag = "operations",
+    description = "Ready or not; each backend's state and error only for the admin scope (when auth is off, for everyone).",
     responses(
         (status = 200, description = "Every backend answers", body = Readiness),
         (status = 503, description = "A backend does not answer", body = Readiness),
     )
 )]
-pub(crate) async fn readyz(State(state): AppState) -> Response {
+pub(crate) async fn readyz(State(state): AppState, headers: HeaderMap) -> Response {
+    let admin = state
+        .auth
+        .optional_caller(&headers)
+        .await
+        .is_some_and(|c| c.scopes.allows(Scope::Admin));
     let blobs = async {
         match state.submitter.claim_check() {
             Some(c) => c.store().ready().await,
@@ -49,24 +56,46 @@ pub(crate) async fn readyz(State(state): AppState) -> Response {
         state.archive.ready(),
         blobs
     );
-    readiness(&[
-        ("broker", broker),
-        ("results", results),
-        ("archive", archive),
-        ("blobs", blobs),
-    ])
+    let detail = if admin { Detail::Full } else { Detail::None };
+    readiness(
+        &[
+            ("broker", broker),
+            ("results", results),
+            ("archive", archive),
+            ("blobs", blobs),
+        ],
+        detail,
+    )
+}
+
+/// How much of a readiness check is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detail {
+    /// Only ready or not.
+    None,
+    /// Each check as `ok` or `failed`.
+    Names,
+    /// Each check's error message.
+    Full,
 }
 
 /// `200 {"status": "ready", name: "ok"...}` when every check passed, else
-/// `503` with each failure's message.
-fn readiness(checks: &[(&str, pipeline_core::Result<()>)]) -> Response {
+/// `503`; failures are logged, and shown as `detail` says.
+fn readiness(checks: &[(&str, pipeline_core::Result<()>)], detail: Detail) -> Response {
     let ok = checks.iter().all(|(_, r)| r.is_ok());
+    for (name, r) in checks {
+        if let Err(e) = r {
+            tracing::warn!(check = name, error = %e, "not ready");
+        }
+    }
     let checks: BTreeMap<String, String> = checks
         .iter()
+        .filter(|_| detail != Detail::None)
         .map(|(name, r)| {
-            let state = match r {
-                Ok(()) => "ok".to_string(),
-                Err(e) => e.to_string(),
+            let state = match (r, detail) {
+                (Ok(()), _) => "ok".to_string(),
+                (Err(e), Detail::Full) => e.to_string(),
+                (Err(_), _) => "failed".to_string(),
             };
             ((*name).to_string(), state)
         })
@@ -107,11 +136,16 @@ pub fn health_router(
                 }
             };
             let (broker, archive, blobs) = tokio::join!(broker.ready(), archive, blobs);
-            readiness(&[
-                ("broker", broker),
-                ("archive", optional(archive)),
-                ("blobs", optional(blobs)),
-            ])
+            // A worker's health port has no credentials to check: it
+            // names what failed, the messages go to the log.
+            readiness(
+                &[
+                    ("broker", broker),
+                    ("archive", optional(archive)),
+                    ("blobs", optional(blobs)),
+                ],
+                Detail::Names,
+            )
         }
     };
     Router::new()

@@ -8,6 +8,7 @@
 //! (generated from the handlers, see [`ApiDoc`]), `/v1/stats` and the web app
 //! at `/`. Embed it with [`router`].
 
+mod auth;
 mod catalog;
 mod common;
 mod delete;
@@ -34,6 +35,8 @@ use axum::routing::{get, post};
 use pipeline_core::services::Submitter;
 use pipeline_core::{ActivityLog, Broker, ImageStore, ResultStore};
 
+pub use auth::{Auth, AuthMode, SCOPES_HEADER};
+pub use axum::http::HeaderName;
 pub use error::ApiError;
 pub use health::health_router;
 pub use openapi::{ApiDoc, document};
@@ -86,6 +89,8 @@ pub struct ApiState {
     pub activity: Arc<dyn ActivityLog>,
     /// For readiness.
     pub broker: Arc<dyn Broker>,
+    /// Who may do what.
+    pub auth: Auth,
     /// Limits.
     pub config: ApiConfig,
 }
@@ -123,26 +128,24 @@ pub fn router(state: ApiState) -> Router {
         .with_state(Arc::new(state))
 }
 
+/// What the unit tests of the routes share.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use std::sync::Arc;
 
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
     use pipeline_core::memory::{MemoryArchive, MemoryBroker, MemoryResultStore};
     use pipeline_core::services::{SubmitConfig, Submitter, topology};
     use pipeline_core::transform::BlockingPool;
     use pipeline_core::{Broker, ResultStore, TransformRegistry};
-    use tower::ServiceExt;
 
     use super::*;
 
-    async fn app() -> Router {
-        app_on(Arc::new(MemoryBroker::new())).await.0
-    }
-
-    /// The API on `broker`, and its activity log.
-    async fn app_on(broker: Arc<MemoryBroker>) -> (Router, Arc<MemoryArchive>) {
+    /// The API on `broker` with `auth`, and its archive (also its activity
+    /// log and key store).
+    pub(crate) async fn app_with(
+        broker: Arc<MemoryBroker>,
+        auth: Auth,
+    ) -> (Router, Arc<MemoryArchive>) {
         let broker: Arc<dyn Broker> = broker;
         broker.declare(&topology(3)).await.unwrap();
         let results: Arc<dyn ResultStore> = Arc::new(MemoryResultStore::new());
@@ -162,23 +165,50 @@ mod tests {
             archive: archive.clone(),
             activity: archive.clone(),
             broker,
+            auth,
             config: ApiConfig::default(),
         });
         (app, archive)
     }
 
-    async fn json(resp: axum::response::Response) -> serde_json::Value {
+    /// The JSON body of `resp`.
+    pub(crate) async fn json(resp: axum::response::Response) -> serde_json::Value {
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
             .unwrap();
         serde_json::from_slice(&body).unwrap()
     }
 
-    fn png() -> Vec<u8> {
+    /// An 8x8 PNG.
+    pub(crate) fn png() -> Vec<u8> {
         let img = image::DynamicImage::ImageRgb8(image::RgbImage::new(8, 8));
         let mut out = std::io::Cursor::new(Vec::new());
         img.write_to(&mut out, image::ImageFormat::Png).unwrap();
         out.into_inner()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use pipeline_core::Broker;
+    use pipeline_core::memory::{MemoryArchive, MemoryBroker};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    use crate::testing::{app_with, json, png};
+
+    async fn app() -> Router {
+        app_on(Arc::new(MemoryBroker::new())).await.0
+    }
+
+    /// The API on `broker`, and its activity log.
+    async fn app_on(broker: Arc<MemoryBroker>) -> (Router, Arc<MemoryArchive>) {
+        app_with(broker, Auth::none()).await
     }
 
     #[tokio::test]
@@ -694,5 +724,49 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn text_fields_and_specs_are_bounded() {
+        let app = app().await;
+        let form = |fields: &[(&str, String)]| {
+            let mut body = Vec::new();
+            for (name, value) in fields {
+                body.extend_from_slice(
+                    format!(
+                        "--X\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+                    )
+                    .as_bytes(),
+                );
+            }
+            body.extend_from_slice(b"--X--\r\n");
+            Request::post("/v1/images")
+                .header("content-type", "multipart/form-data; boundary=X")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let long = "grayscale,".repeat(500);
+        let r = app
+            .clone()
+            .oneshot(form(&[("transform", long.clone())]))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(json(r).await["error"]["code"], "spec_too_long");
+        let many: Vec<(&str, String)> = (0..100).map(|_| ("note", "x".to_string())).collect();
+        let r = app.clone().oneshot(form(&many)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(json(r).await["error"]["code"], "too_many_fields");
+        let r = app
+            .oneshot(
+                Request::post(format!("/v1/images?transform={long}"))
+                    .header("content-type", "image/png")
+                    .body(Body::from(png()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(json(r).await["error"]["code"], "spec_too_long");
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
+use axum::http::Uri;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pipeline_core::results::JobStatus;
@@ -16,13 +17,17 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::common::{ApiResult, AppState, job_id, query, tenant};
+use crate::common::{ApiResult, AppState, job_id, query};
 use crate::error::ApiError;
 use crate::openapi::TenantHeader;
 use crate::responses::*;
-use crate::schema::{ErrorBody, ErrorDetail, ImageList, ImageStatus, Pending};
+use crate::schema::{
+    ErrorBody, ErrorDetail, ImageList, ImageStatus, ListedImage, Pending, original_path,
+    result_path,
+};
 use crate::waits::Waits;
 use crate::{ApiState, timeline};
+use pipeline_core::auth::Scope;
 
 /// Where a job stands, from the result store or else the archive.
 enum Found {
@@ -138,12 +143,21 @@ fn wait_of(state: &ApiState, q: WaitQuery) -> ApiResult<Duration> {
     }
 }
 
+/// `status` as JSON, its links signed for its tenant.
+fn linked(state: &ApiState, mut status: ImageStatus) -> Response {
+    status.result_url = state.auth.link(result_path(status.id), &status.tenant);
+    status.original_url = state.auth.link(original_path(status.id), &status.tenant);
+    Json(status).into_response()
+}
+
 #[utoipa::path(
     get,
     path = "/v1/images/{id}",
     tag = "images",
     params(("id" = String, Path, description = "Job id (a UUID)"), TenantHeader),
     responses(
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 200, description = "Where the job stands", body = ImageStatus),
         (status = 400, description = "Bad tenant", body = ErrorBody),
         (status = 404, response = NotFound),
@@ -154,9 +168,10 @@ pub(crate) async fn status(
     State(state): AppState,
     Path(raw): Path<String>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<Response> {
+    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
     let id = job_id(&raw)?;
-    let tenant = tenant(&headers)?;
     match find(&state, id, &tenant, None).await? {
         Some(Found::Live(s)) => {
             // A finished job not in the archive: did save2db give it up?
@@ -166,28 +181,32 @@ pub(crate) async fn status(
                 None
             };
             let s = s.summary();
-            Ok(Json(ImageStatus {
-                id: s.id,
-                tenant: s.tenant,
-                status: s.status,
-                spec: s.spec,
-                submitted_at_ms: s.submitted_at_ms,
-                updated_at_ms: s.updated_at_ms,
-                info: s.info,
-                original: None,
-                result: None,
-                error: s.error,
-                worker: None,
-                archived: false,
-                archive_error,
-            })
-            .into_response())
+            Ok(linked(
+                &state,
+                ImageStatus {
+                    id: s.id,
+                    tenant: s.tenant,
+                    status: s.status,
+                    spec: s.spec,
+                    submitted_at_ms: s.submitted_at_ms,
+                    updated_at_ms: s.updated_at_ms,
+                    info: s.info,
+                    original: None,
+                    result: None,
+                    error: s.error,
+                    worker: None,
+                    archived: false,
+                    archive_error,
+                    result_url: result_path(id),
+                    original_url: original_path(id),
+                },
+            ))
         }
-        Some(Found::Archived(r)) => Ok(Json(ImageStatus::from(r)).into_response()),
+        Some(Found::Archived(r)) => Ok(linked(&state, ImageStatus::from(r))),
         None => {
             let entries = timeline::entries(&state, id, &tenant).await?;
             match timeline::unarchived_status(id, &entries) {
-                Some(status) => Ok(Json(status).into_response()),
+                Some(status) => Ok(linked(&state, status)),
                 None => Err(ApiError::not_found(&raw)),
             }
         }
@@ -200,6 +219,8 @@ pub(crate) async fn status(
     tag = "images",
     params(("id" = String, Path, description = "Job id (a UUID)"), WaitQuery, TenantHeader),
     responses(
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 200, response = Image),
         (status = 202, response = NotReady),
         (status = 400, description = "Bad `wait` or tenant", body = ErrorBody),
@@ -215,9 +236,10 @@ pub(crate) async fn result(
     Path(raw): Path<String>,
     q: Result<Query<WaitQuery>, QueryRejection>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<Response> {
+    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
     let id = job_id(&raw)?;
-    let tenant = tenant(&headers)?;
     let wait = wait_of(&state, query(q)?)?;
     let found = find(&state, id, &tenant, Some((wait, &waits))).await?;
     result_of(&state, found, &raw, pending(id)).await
@@ -261,6 +283,8 @@ async fn archived_result(state: &ApiState, r: ImageRecord) -> ApiResult<Response
     tag = "images",
     params(("id" = String, Path, description = "Job id (a UUID)"), TenantHeader),
     responses(
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 200, response = Image),
         (status = 202, response = NotReady),
         (status = 400, description = "Bad tenant", body = ErrorBody),
@@ -272,9 +296,10 @@ pub(crate) async fn original(
     State(state): AppState,
     Path(raw): Path<String>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<Response> {
+    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
     let id = job_id(&raw)?;
-    let tenant = tenant(&headers)?;
     if let Some(r) = state.archive.get(id).await?.filter(|r| r.tenant == tenant) {
         return match state.archive.original(r.job_id).await? {
             Some(blob) => blob_response(&state, blob).await,
@@ -309,6 +334,8 @@ pub(crate) struct ListQuery {
     tag = "images",
     params(ListQuery, TenantHeader),
     responses(
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 200, description = "Archived jobs of the tenant, newest first", body = ImageList),
         (status = 400, description = "Bad cursor, limit or tenant", body = ErrorBody),
         (status = 503, response = Unavailable),
@@ -318,9 +345,10 @@ pub(crate) async fn list(
     State(state): AppState,
     q: Result<Query<ListQuery>, QueryRejection>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<Response> {
+    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
     let q = query(q)?;
-    let tenant = tenant(&headers)?;
     let cursor = match q.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(Uuid::parse_str(c).map_err(|_| {
@@ -340,8 +368,17 @@ pub(crate) async fn list(
         ));
     }
     let page = state.archive.list(&tenant, cursor, limit).await?;
+    let items = page
+        .items
+        .into_iter()
+        .map(|record| ListedImage {
+            result_url: state.auth.link(result_path(record.job_id), &tenant),
+            original_url: state.auth.link(original_path(record.job_id), &tenant),
+            record,
+        })
+        .collect();
     Ok(Json(ImageList {
-        items: page.items,
+        items,
         next_cursor: page.next_cursor,
     })
     .into_response())
@@ -353,6 +390,8 @@ pub(crate) async fn list(
     tag = "prototype",
     params(("id" = String, Path, description = "Job id (a UUID)"), TenantHeader),
     responses(
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 200, response = Image),
         (status = 204, description = "Not ready yet"),
         (status = 400, description = "Bad tenant", body = ErrorBody),
@@ -365,9 +404,10 @@ pub(crate) async fn legacy_get(
     State(state): AppState,
     Path(raw): Path<String>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<Response> {
+    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
     let id = job_id(&raw)?;
-    let tenant = tenant(&headers)?;
     let found = find(&state, id, &tenant, None).await?;
     result_of(&state, found, &raw, StatusCode::NO_CONTENT.into_response()).await
 }

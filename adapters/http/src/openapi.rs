@@ -14,9 +14,30 @@ use crate::{catalog, delete, events, health, lookup, stats, timeline, upload};
 #[allow(dead_code)]
 pub(crate) struct TenantHeader {
     /// Tenant owning the jobs (1-128 characters of A-Z, a-z, 0-9, '-', '_',
-    /// '.'); `default` when absent.
+    /// '.') when auth is off (`default` when absent). With API keys the
+    /// tenant is the key's, and this header, if sent, must name it.
     #[param(rename = "X-Tenant", pattern = r"^[A-Za-z0-9._-]{1,128}$")]
     x_tenant: Option<String>,
+}
+
+/// The `bearer` security scheme: `Authorization: Bearer <API key>`.
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "An API key (`pipeline keys create`), when the server runs with PIPELINE_AUTH=keys. \
+                 Result and original links in answers are signed and need no header.",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
 }
 
 /// The API's OpenAPI document.
@@ -48,10 +69,13 @@ pub(crate) struct TenantHeader {
             crate::responses::Image,
             crate::responses::NotFound,
             crate::responses::NotReady,
-            crate::responses::Unavailable
+            crate::responses::Unavailable,
+            crate::responses::Unauthorized,
+            crate::responses::Forbidden
         ),
         schemas(crate::schema::ErrorBody, crate::schema::Pending)
     ),
+    modifiers(&BearerKeys),
     tags(
         (name = "images", description = "Uploads, results and the archive"),
         (name = "prototype", description = "The Python prototype's routes"),

@@ -52,3 +52,18 @@ pub(crate) struct NotReady(Pending);
     headers(("Retry-After" = u32, description = "Seconds to wait"))
 )]
 pub(crate) struct Unavailable(ErrorBody);
+
+/// `401`: no credentials, or a key that is unknown, expired or revoked.
+#[derive(ToResponse)]
+#[response(
+    description = "No valid credentials: `missing_key`, `invalid_key`, `key_expired`, `key_revoked` (keys), `missing_tenant` (trusted header)",
+    headers(("WWW-Authenticate" = String, description = "`Bearer`"))
+)]
+pub(crate) struct Unauthorized(ErrorBody);
+
+/// `403`: the credentials lack the scope, or a signed link is bad.
+#[derive(ToResponse)]
+#[response(
+    description = "`forbidden` (the key lacks the scope), `wrong_tenant` (X-Tenant is not the key's), `invalid_link` or `link_expired` (a signed link)"
+)]
+pub(crate) struct Forbidden(ErrorBody);

@@ -50,11 +50,26 @@ impl From<&Accepted> for UploadedImage {
             width: a.width,
             height: a.height,
             spec: a.spec.clone(),
-            status_url: format!("/v1/images/{}", a.id),
-            result_url: format!("/v1/images/{}/result", a.id),
-            original_url: format!("/v1/images/{}/original", a.id),
+            status_url: status_path(a.id),
+            result_url: result_path(a.id),
+            original_url: original_path(a.id),
         }
     }
+}
+
+/// Path of a job's status.
+pub(crate) fn status_path(id: Uuid) -> String {
+    format!("/v1/images/{id}")
+}
+
+/// Path of a job's result.
+pub(crate) fn result_path(id: Uuid) -> String {
+    format!("/v1/images/{id}/result")
+}
+
+/// Path of a job's original.
+pub(crate) fn original_path(id: Uuid) -> String {
+    format!("/v1/images/{id}/original")
 }
 
 /// Answer to `GET /v1/stats`.
@@ -110,6 +125,11 @@ pub struct ImageStatus {
     /// served while the result store keeps it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive_error: Option<JobFailure>,
+    /// `GET` for the transformed image: a signed link (valid for a
+    /// while, no credentials needed) when the API authenticates.
+    pub result_url: String,
+    /// `GET` for the image as uploaded, signed likewise.
+    pub original_url: String,
 }
 
 /// A job's timeline (`GET /v1/images/{id}/events`).
@@ -140,6 +160,8 @@ impl From<ImageRecord> for ImageStatus {
             worker: Some(r.worker),
             archived: true,
             archive_error: None,
+            result_url: result_path(r.job_id),
+            original_url: original_path(r.job_id),
         }
     }
 }
@@ -157,9 +179,21 @@ pub struct Pending {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ImageList {
     /// The jobs of this page.
-    pub items: Vec<ImageRecord>,
+    pub items: Vec<ListedImage>,
     /// Pass back as `cursor` for the next page; `null` at the end.
     pub next_cursor: Option<Uuid>,
+}
+
+/// An archived job in a list, with links to its images.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListedImage {
+    /// The archived job.
+    #[serde(flatten)]
+    pub record: ImageRecord,
+    /// `GET` for the transformed image (signed when the API authenticates).
+    pub result_url: String,
+    /// `GET` for the image as uploaded (signed likewise).
+    pub original_url: String,
 }
 
 /// An error answer.

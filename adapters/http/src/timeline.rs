@@ -4,16 +4,18 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::http::Uri;
 use pipeline_core::envelope::events;
 use pipeline_core::store::{ActivityEntry, JobFailure, JobState};
 use uuid::Uuid;
 
 use crate::ApiState;
-use crate::common::{ApiResult, AppState, job_id, tenant};
+use crate::common::{ApiResult, AppState, job_id};
 use crate::error::ApiError;
 use crate::openapi::TenantHeader;
 use crate::responses::*;
 use crate::schema::{ErrorBody, ImageStatus, JobEvents};
+use pipeline_core::auth::Scope;
 
 /// Failure code of a job whose record save2db gave up.
 pub(crate) const ARCHIVE_FAILED: &str = "archive_failed";
@@ -74,6 +76,8 @@ pub(crate) fn unarchived_status(id: Uuid, entries: &[ActivityEntry]) -> Option<I
         worker: None,
         archived: false,
         archive_error: Some(archive_error),
+        result_url: crate::schema::result_path(id),
+        original_url: crate::schema::original_path(id),
     })
 }
 
@@ -83,6 +87,8 @@ pub(crate) fn unarchived_status(id: Uuid, entries: &[ActivityEntry]) -> Option<I
     tag = "images",
     params(("id" = String, Path, description = "Job id (a UUID)"), TenantHeader),
     responses(
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 200, description = "The job's timeline: every event recorded by the activity log, oldest first, with the delivery attempt that produced it", body = JobEvents),
         (status = 400, description = "Bad tenant", body = ErrorBody),
         (status = 404, response = NotFound),
@@ -93,9 +99,10 @@ pub(crate) async fn job_events(
     State(state): AppState,
     Path(raw): Path<String>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<Json<JobEvents>> {
+    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
     let id = job_id(&raw)?;
-    let tenant = tenant(&headers)?;
     let entries = entries(&state, id, &tenant).await?;
     if entries.is_empty() {
         // Known but not logged yet (the activity role lags), or unknown.

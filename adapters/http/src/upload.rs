@@ -17,11 +17,12 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::ApiState;
-use crate::common::{ApiResult, AppState, query, tenant};
+use crate::common::{ApiResult, AppState, query};
 use crate::error::ApiError;
 use crate::openapi::TenantHeader;
 use crate::responses::*;
 use crate::schema::{ErrorBody, LegacyUploadResponse, UploadResponse, UploadedImage};
+use pipeline_core::auth::Scope;
 
 /// The `Idempotency-Key` header of `POST /v1/images`.
 #[derive(IntoParams)]
@@ -96,6 +97,46 @@ async fn read_within_time(
         })
 }
 
+/// Form fields besides the files, at most (`transform`, `preset`, and
+/// fields this API ignores).
+const MAX_OTHER_FIELDS: usize = 16;
+
+/// Longest transform spec or preset name, in bytes (a spec of the most
+/// operations with long arguments stays far below).
+pub(crate) const MAX_SPEC_BYTES: usize = 4096;
+
+/// A text field, read up to [`MAX_SPEC_BYTES`].
+async fn read_text(
+    mut field: axum::extract::multipart::Field<'_>,
+    name: &str,
+) -> ApiResult<String> {
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text())
+    };
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(bad)? {
+        if buf.len() + chunk.len() > MAX_SPEC_BYTES {
+            return Err(spec_too_long(name));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_multipart",
+            format!("the {name} field is not UTF-8"),
+        )
+    })
+}
+
+fn spec_too_long(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "spec_too_long",
+        format!("{name} is longer than {MAX_SPEC_BYTES} bytes"),
+    )
+}
+
 /// Read the uploaded files of a request: multipart fields with a file name
 /// (or named `file`/`files`/`image`), or a raw image body.
 async fn read_files(
@@ -123,6 +164,7 @@ async fn read_files(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text()))?;
         let mut files = Vec::new();
         let (mut transform, mut preset) = (None, None);
+        let mut fields = 0usize;
         loop {
             let field = match mp.next_field().await {
                 Ok(Some(f)) => f,
@@ -138,6 +180,18 @@ async fn read_files(
                     ));
                 }
             };
+            fields += 1;
+            if fields > state.config.max_files + MAX_OTHER_FIELDS {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "too_many_fields",
+                    format!(
+                        "at most {} fields per form ({} files and {MAX_OTHER_FIELDS} others)",
+                        state.config.max_files + MAX_OTHER_FIELDS,
+                        state.config.max_files
+                    ),
+                ));
+            }
             let field_name = field.name().unwrap_or_default().to_string();
             let file_name = field.file_name().map(str::to_string);
             let is_file = match only_field {
@@ -148,9 +202,7 @@ async fn read_files(
             };
             if !is_file {
                 if only_field.is_none() && matches!(field_name.as_str(), "transform" | "preset") {
-                    let text = field.text().await.map_err(|e| {
-                        ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text())
-                    })?;
+                    let text = read_text(field, &field_name).await?;
                     if field_name == "transform" {
                         transform = Some(text)
                     } else {
@@ -498,6 +550,8 @@ fn replayed(earlier: Earlier, tenant: &str, key: Uuid, probe: &Probe) -> ApiResu
         )
     ),
     responses(
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 202, description = "Accepted: every file is pending", body = UploadResponse),
         (status = 200, description = "The Idempotency-Key names a job of this tenant already: that job, nothing new (header `Idempotent-Replayed: true`)", body = UploadResponse),
         (status = 400, description = "Bad request (spec, preset, multipart, tenant, empty file, no file, bad Idempotency-Key or one with several files)", body = ErrorBody),
@@ -513,8 +567,17 @@ pub(crate) async fn upload(
     q: Result<Query<UploadQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Response> {
+    let tenant = state
+        .auth
+        .caller(req.headers(), req.uri(), Scope::Upload)
+        .await?
+        .tenant;
     let q = query(q)?;
-    let tenant = tenant(req.headers())?;
+    for (name, value) in [("transform", &q.transform), ("preset", &q.preset)] {
+        if value.as_ref().is_some_and(|v| v.len() > MAX_SPEC_BYTES) {
+            return Err(spec_too_long(name));
+        }
+    }
     let key = idempotency_key(req.headers())?;
     // Admission before the body: a full server refuses at once, without
     // reading (and buffering) what the client sends.
@@ -526,7 +589,7 @@ pub(crate) async fn upload(
     let (files, transform, preset) = read_within_time(&state, req, None).await?;
     let outcome = accept(
         &state,
-        tenant,
+        tenant.clone(),
         files,
         q.transform.or(transform),
         q.preset.or(preset),
@@ -537,7 +600,16 @@ pub(crate) async fn upload(
         Outcome::Accepted(a) => (StatusCode::ACCEPTED, a),
         Outcome::Replayed(a) => (StatusCode::OK, vec![a]),
     };
-    let images = accepted.iter().map(UploadedImage::from).collect();
+    let images = accepted
+        .iter()
+        .map(|a| {
+            let mut image = UploadedImage::from(a);
+            image.status_url = state.auth.link(image.status_url, &tenant);
+            image.result_url = state.auth.link(image.result_url, &tenant);
+            image.original_url = state.auth.link(image.original_url, &tenant);
+            image
+        })
+        .collect();
     let mut resp = (status, Json(UploadResponse { images })).into_response();
     if status == StatusCode::OK {
         resp.headers_mut()
@@ -556,6 +628,8 @@ pub(crate) async fn upload(
         content((LegacyUploadForm = "multipart/form-data"))
     ),
     responses(
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 200, description = "Accepted", body = LegacyUploadResponse),
         (status = 400, description = "No `image` field, or a bad form or tenant", body = ErrorBody),
         (status = 413, description = "The image is too large", body = ErrorBody),
@@ -565,7 +639,11 @@ pub(crate) async fn upload(
     )
 )]
 pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiResult<Response> {
-    let tenant = tenant(req.headers())?;
+    let tenant = state
+        .auth
+        .caller(req.headers(), req.uri(), Scope::Upload)
+        .await?
+        .tenant;
     state
         .submitter
         .in_flight()

@@ -398,6 +398,10 @@ fn the_readme_curl_examples_run() {
     let base = line
         .strip_prefix("pipeline listening on ")
         .unwrap()
+        // The address, before the auth note.
+        .split(' ')
+        .next()
+        .unwrap_or_default()
         .to_string();
 
     let mut id = String::new();

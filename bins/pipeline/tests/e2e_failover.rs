@@ -96,6 +96,10 @@ async fn a_killed_transformers_jobs_move_on_within_five_seconds() {
     let base = line
         .strip_prefix("pipeline listening on ")
         .unwrap()
+        // The address, before the auth note.
+        .split(' ')
+        .next()
+        .unwrap_or_default()
         .to_string();
     let (_save, _) = spawn(env!("CARGO_BIN_EXE_pipeline-save2db"), "save2db", &env);
     let (_activity, _) = spawn(env!("CARGO_BIN_EXE_pipeline-activity"), "activity", &env);
@@ -189,6 +193,10 @@ async fn on_rabbitmq_every_job_in_flight_at_the_kill_completes_within_five_secon
     let base = line
         .strip_prefix("pipeline listening on ")
         .unwrap()
+        // The address, before the auth note.
+        .split(' ')
+        .next()
+        .unwrap_or_default()
         .to_string();
     let (mut t1, _) = spawn(env!("CARGO_BIN_EXE_pipeline-transformer"), "t1", &env);
     let (_t2, _) = spawn(env!("CARGO_BIN_EXE_pipeline-transformer"), "t2", &env);

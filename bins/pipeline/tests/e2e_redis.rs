@@ -41,10 +41,18 @@ async fn two_apis_share_results_and_a_killed_transformer_loses_nothing() {
     let base1 = line1
         .strip_prefix("pipeline listening on ")
         .expect("api address")
+        // The address, before the auth note.
+        .split(' ')
+        .next()
+        .unwrap_or_default()
         .to_string();
     let base2 = line2
         .strip_prefix("pipeline listening on ")
         .expect("api address")
+        // The address, before the auth note.
+        .split(' ')
+        .next()
+        .unwrap_or_default()
         .to_string();
     let (t1, _) = spawn(
         env!("CARGO_BIN_EXE_pipeline-transformer"),

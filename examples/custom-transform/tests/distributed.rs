@@ -47,6 +47,10 @@ async fn run(transformer_bin: &str, transformer_args: &[&str]) {
     let base = line
         .strip_prefix("pipeline listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        // The address, before the auth note.
+        .split(' ')
+        .next()
+        .unwrap_or_default()
         .to_string();
     let (_save, _) = Process::start(role(cli, &["save2db"], &ns), "save2db", START);
     let (_activity, _) = Process::start(role(cli, &["activity"], &ns), "activity", START);

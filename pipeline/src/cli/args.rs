@@ -34,6 +34,20 @@ impl From<ValidateMode> for Validation {
     }
 }
 
+/// How the API authenticates.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AuthArg {
+    /// `none` when listening on a loopback address only, `keys` otherwise.
+    Auto,
+    /// API keys: `Authorization: Bearer <key>` (`pipeline keys create`).
+    Keys,
+    /// A proxy in front authenticates and names the tenant in
+    /// `--trusted-header`.
+    TrustedHeader,
+    /// No authentication, wherever the API listens.
+    None,
+}
+
 /// Settings of `pipeline serve` and of every role; each flag also reads
 /// an environment variable.
 #[derive(Debug, Clone, Args)]
@@ -162,6 +176,27 @@ pub struct ServeArgs {
     /// they use answer).
     #[arg(long, env = "PIPELINE_HEALTH_LISTEN")]
     pub health_listen: Option<String>,
+    /// How the API authenticates.
+    #[arg(long, env = "PIPELINE_AUTH", value_enum, default_value = "auto")]
+    pub auth: AuthArg,
+    /// With `--auth trusted-header`: the header in which the proxy names
+    /// the tenant (it must drop that header from clients' requests).
+    #[arg(long, env = "PIPELINE_TRUSTED_HEADER", default_value = "X-Tenant")]
+    pub trusted_header: String,
+    /// Secret signing result and original links, at least 32 bytes, the
+    /// same on every API process (default: random per process).
+    #[arg(long, env = "PIPELINE_URL_SECRET", hide_env_values = true)]
+    pub url_secret: Option<String>,
+    /// The link secret before the last rotation: its links still pass.
+    #[arg(long, env = "PIPELINE_URL_SECRET_PREVIOUS", hide_env_values = true)]
+    pub url_secret_previous: Option<String>,
+    /// Seconds a signed link stays valid.
+    #[arg(long, env = "PIPELINE_LINK_TTL", default_value_t = 3600)]
+    pub link_ttl: u64,
+    /// Seconds an API process trusts a key it looked up: the longest a
+    /// revocation takes to reach it.
+    #[arg(long, env = "PIPELINE_KEY_CACHE", default_value_t = 5)]
+    pub key_cache: u64,
 }
 
 impl ServeArgs {
@@ -228,6 +263,20 @@ impl ServeArgs {
             body_timeout: Duration::from_secs(self.body_timeout.max(1)),
             worker_id_with_host: self.worker_id_host,
             max_waits_per_tenant: self.max_waits_per_tenant.max(1),
+            auth: crate::AuthSettings {
+                mode: match self.auth {
+                    AuthArg::Auto => crate::AuthChoice::Auto,
+                    AuthArg::Keys => crate::AuthChoice::Keys,
+                    AuthArg::TrustedHeader => {
+                        crate::AuthChoice::TrustedHeader(self.trusted_header.clone())
+                    }
+                    AuthArg::None => crate::AuthChoice::None,
+                },
+                url_secret: self.url_secret.clone().filter(|s| !s.is_empty()),
+                url_secret_previous: self.url_secret_previous.clone().filter(|s| !s.is_empty()),
+                link_ttl: Duration::from_secs(self.link_ttl.max(1)),
+                key_cache: Duration::from_secs(self.key_cache),
+            },
         })
     }
 

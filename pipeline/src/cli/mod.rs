@@ -14,6 +14,7 @@ mod args;
 mod bench;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod bench_archive;
+mod keys;
 mod load;
 mod maintenance;
 mod upload;
@@ -27,6 +28,7 @@ pub use args::{ServeArgs, ValidateMode};
 pub use bench::BenchArgs;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub use bench_archive::ArchiveBenchArgs;
+pub use keys::KeysArgs;
 pub use load::{LoadArgs, LoadReport, drive};
 pub use maintenance::{ExpireArgs, GcArgs, ReplayArgs, StoreArgs};
 pub use upload::UploadArgs;
@@ -75,6 +77,8 @@ enum Command {
     Expire(ExpireArgs),
     /// Publish a queue's dead letters again (after fixing their cause).
     ReplayDead(ReplayArgs),
+    /// Make, list and revoke API keys (kept hashed in the archive database).
+    Keys(KeysArgs),
 }
 
 /// Parse the command line and run it with `registry`; the exit code says
@@ -115,6 +119,10 @@ pub fn run(registry: TransformRegistry) -> ExitCode {
                 init_tracing(false, "warn");
                 maintenance::replay_dead(a).await
             }
+            Command::Keys(a) => {
+                init_tracing(false, "warn");
+                keys::keys(a).await
+            }
         }
     })
 }
@@ -141,7 +149,13 @@ async fn serve(args: ServeArgs, roles: Roles, registry: TransformRegistry) -> Re
     init_tracing(args.log_json, SERVE_LOG);
     let running = args.builder(roles, registry)?.start().await?;
     match running.addr() {
-        Some(addr) => println!("pipeline listening on http://{addr}"),
+        Some(addr) => match running.auth_mode() {
+            Some("none") => {
+                println!("pipeline listening on http://{addr} (auth off: PIPELINE_AUTH=none)")
+            }
+            Some(mode) => println!("pipeline listening on http://{addr} (auth: {mode})"),
+            None => println!("pipeline listening on http://{addr}"),
+        },
         None => println!("pipeline worker running ({})", roles.name()),
     }
     running.run_until_signal().await

@@ -40,6 +40,8 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub dir: tempfile::TempDir,
+    /// The first line it printed.
+    pub first_line: String,
 }
 
 impl Server {
@@ -65,8 +67,17 @@ impl Server {
             .trim()
             .strip_prefix("pipeline listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            // The address, before the auth note.
+            .split(' ')
+            .next()
+            .unwrap_or_default()
             .to_string();
-        Self { child, base, dir }
+        Self {
+            child,
+            base,
+            dir,
+            first_line: line,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

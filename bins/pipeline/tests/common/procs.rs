@@ -239,6 +239,10 @@ pub fn spawn_api(env: &[(&str, String)]) -> (Proc, String) {
     let base = line
         .strip_prefix("pipeline listening on ")
         .expect("api address")
+        // The address, before the auth note.
+        .split(' ')
+        .next()
+        .unwrap_or_default()
         .to_string();
     (api, base)
 }
