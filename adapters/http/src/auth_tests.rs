@@ -395,3 +395,23 @@ async fn with_auth_off_links_are_bare_and_x_tenant_names_the_tenant() {
     let r = app.clone().oneshot(get("/readyz", None)).await.unwrap();
     assert_eq!(json(r).await["broker"], "ok");
 }
+
+#[tokio::test]
+async fn the_events_link_opens_the_stream_without_a_header() {
+    let (app, store) = keyed().await;
+    let a = key(&store, "acme", Scopes::CLIENT).await;
+    let r = app
+        .clone()
+        .oneshot(get("/v1/events/link", Some(&a)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let url = json(r).await["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with("/v1/events?tenant=acme&expires="), "{url}");
+    let r = app.clone().oneshot(get(&url, None)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    // Not a link to anything else.
+    let other = url.replace("/v1/events?", "/v1/images?");
+    assert_eq!(send(&app, get(&other, None)).await.0, StatusCode::FORBIDDEN);
+}

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::http::Uri;
@@ -14,7 +15,7 @@ use futures::StreamExt;
 use crate::common::{ApiResult, AppState};
 use crate::openapi::TenantHeader;
 use crate::responses::*;
-use crate::schema::ErrorBody;
+use crate::schema::{ErrorBody, Link};
 use crate::waits::Waits;
 use pipeline_core::auth::Scope;
 
@@ -57,4 +58,26 @@ pub(crate) async fn events(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/events/link",
+    tag = "images",
+    params(TenantHeader),
+    responses(
+        (status = 200, description = "A link to `/v1/events` for the caller's tenant that needs no header (signed, valid for `PIPELINE_LINK_TTL`; the bare path when auth is off): for a browser's `EventSource`, which cannot send one", body = Link),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    )
+)]
+pub(crate) async fn events_link(
+    State(state): AppState,
+    headers: HeaderMap,
+    uri: Uri,
+) -> ApiResult<Json<Link>> {
+    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
+    Ok(Json(Link {
+        url: state.auth.link("/v1/events".to_string(), &tenant),
+    }))
 }

@@ -115,6 +115,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/images/{id}/result", get(lookup::result))
         .route("/v1/images/{id}/original", get(lookup::original))
         .route("/v1/events", get(events::events))
+        .route("/v1/events/link", get(events::events_link))
         .route("/v1/transforms", get(catalog::transforms))
         .route("/v1/stats", get(stats::stats))
         .route("/image", post(upload::legacy_upload))
@@ -266,6 +267,7 @@ mod tests {
             "GET /v1/images/{id}/result",
             "GET /v1/images/{id}/original",
             "GET /v1/events",
+            "GET /v1/events/link",
             "GET /v1/transforms",
             "GET /v1/stats",
             "POST /image",

@@ -57,6 +57,7 @@ impl utoipa::Modify for BearerKeys {
         lookup::result,
         lookup::original,
         events::events,
+        events::events_link,
         catalog::transforms,
         stats::stats,
         upload::legacy_upload,

@@ -196,6 +196,13 @@ pub struct ListedImage {
     pub original_url: String,
 }
 
+/// A link that needs no credentials (`GET /v1/events/link`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Link {
+    /// Path and query, relative to the API's address.
+    pub url: String,
+}
+
 /// An error answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
