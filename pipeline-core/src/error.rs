@@ -54,6 +54,10 @@ pub enum Error {
         /// The backend's message, already free of credentials.
         message: String,
     },
+    /// A tenant used up one of its quotas (jobs in flight, request or
+    /// byte rate); retrying later may succeed.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
     /// A backend reported an error that fits no other variant.
     #[error("{backend}: {message}")]
     Backend {
@@ -144,7 +148,9 @@ impl Error {
     /// images are permanent.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Unavailable(_) | Self::Timeout(_) | Self::StorageFull { .. } => true,
+            Self::Unavailable(_) | Self::Timeout(_) | Self::StorageFull { .. } | Self::Quota(_) => {
+                true
+            }
             Self::Backend { retryable, .. } => *retryable,
             Self::NotFound(_)
             | Self::AlreadyExists(_)
@@ -169,6 +175,7 @@ impl Error {
             Self::Closed(_) => "closed",
             Self::Config(_) => "config",
             Self::StorageFull { .. } => "storage_full",
+            Self::Quota(_) => "quota_exceeded",
             Self::Backend { .. } => "backend",
         }
     }
@@ -179,7 +186,9 @@ impl Error {
     /// names, file paths) stay in the logs.
     pub fn public_message(&self) -> String {
         match self {
-            Self::NotFound(m) | Self::AlreadyExists(m) | Self::InvalidInput(m) => m.clone(),
+            Self::NotFound(m) | Self::AlreadyExists(m) | Self::InvalidInput(m) | Self::Quota(m) => {
+                m.clone()
+            }
             Self::Image { message, .. } => message.clone(),
             Self::MalformedFrame(_) => "a message of the job could not be read".into(),
             Self::Unavailable(_) => "a backend was unavailable".into(),

@@ -133,6 +133,7 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
                 limits: settings.limits.clone(),
                 result_ttl: settings.result_ttl,
                 max_in_flight: settings.max_in_flight,
+                max_in_flight_per_tenant: settings.tenant_max_in_flight,
             },
         )
         .await?;

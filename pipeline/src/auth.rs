@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pipeline_core::Error;
 use pipeline_core::auth::{KeyStore, LinkSigner};
-use pipeline_http::Auth;
+use pipeline_http::{Auth, RateLimits};
 
 /// The authentication mode asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -74,6 +74,7 @@ impl Default for AuthSettings {
 /// the archive.
 pub(crate) fn resolve(
     settings: &AuthSettings,
+    rates: RateLimits,
     bound: SocketAddr,
     keys: Option<Arc<dyn KeyStore>>,
 ) -> Result<Auth, Error> {
@@ -122,7 +123,8 @@ pub(crate) fn resolve(
     };
     Ok(auth
         .with_link_ttl(settings.link_ttl)
-        .with_key_cache(settings.key_cache))
+        .with_key_cache(settings.key_cache)
+        .with_rates(rates))
 }
 
 fn axum_header(name: &str) -> Result<pipeline_http::HeaderName, Error> {
@@ -146,7 +148,7 @@ mod tests {
         let store: Arc<dyn KeyStore> = Arc::new(pipeline_core::memory::MemoryArchive::new());
         let s = AuthSettings::default();
         let on = |a: &str| {
-            resolve(&s, addr(a), Some(store.clone()))
+            resolve(&s, RateLimits::default(), addr(a), Some(store.clone()))
                 .unwrap()
                 .mode()
                 .name()
@@ -156,14 +158,14 @@ mod tests {
         assert_eq!(on("0.0.0.0:4555"), "keys");
         assert_eq!(on("192.168.1.5:4555"), "keys");
         // Keys need a store.
-        assert!(resolve(&s, addr("0.0.0.0:1"), None).is_err());
+        assert!(resolve(&s, RateLimits::default(), addr("0.0.0.0:1"), None).is_err());
         // `none` anywhere when asked.
         let none = AuthSettings {
             mode: AuthChoice::None,
             ..AuthSettings::default()
         };
         assert_eq!(
-            resolve(&none, addr("0.0.0.0:1"), None)
+            resolve(&none, RateLimits::default(), addr("0.0.0.0:1"), None)
                 .unwrap()
                 .mode()
                 .name(),
@@ -178,12 +180,12 @@ mod tests {
             url_secret: Some("too short".into()),
             ..AuthSettings::default()
         };
-        let err = resolve(&s, addr("0.0.0.0:1"), None).unwrap_err();
+        let err = resolve(&s, RateLimits::default(), addr("0.0.0.0:1"), None).unwrap_err();
         assert!(err.to_string().contains("at least 32 bytes"), "{err}");
         let bad_header = AuthSettings {
             mode: AuthChoice::TrustedHeader("not a header".into()),
             ..AuthSettings::default()
         };
-        assert!(resolve(&bad_header, addr("0.0.0.0:1"), None).is_err());
+        assert!(resolve(&bad_header, RateLimits::default(), addr("0.0.0.0:1"), None).is_err());
     }
 }

@@ -64,7 +64,8 @@ impl Servers {
         };
         if let (Some(addr), Some(mut state)) = (&b.listen, api) {
             let (listener, bound) = bind(addr).await?;
-            state.auth = crate::auth::resolve(&b.settings.auth, bound, keys)?;
+            state.auth =
+                crate::auth::resolve(&b.settings.auth, b.settings.tenant_rates, bound, keys)?;
             servers.state = Some(state.clone());
             servers.api = Some((listener, pipeline_http::router(state)));
             servers.api_addr = Some(bound);
@@ -196,7 +197,7 @@ impl Running {
             .submitter()
             .ok_or_else(|| Error::Config("submitting needs the API role".into()))?;
         let spec = submitter.resolve_spec(spec, None)?;
-        submitter.in_flight().check_room(1)?;
+        submitter.in_flight().check_room(tenant, 1)?;
         let probe = submitter.validate(data.clone()).await?;
         let upload = Upload {
             tenant: tenant.to_string(),

@@ -147,6 +147,10 @@ pub struct Settings {
     pub worker_id_with_host: bool,
     /// How the API authenticates, and its signed links.
     pub auth: crate::AuthSettings,
+    /// Jobs in flight per tenant, at most (0: only `max_in_flight`).
+    pub tenant_max_in_flight: usize,
+    /// Request and upload byte rates per tenant (0: none).
+    pub tenant_rates: pipeline_http::RateLimits,
 }
 
 impl Default for Settings {
@@ -180,6 +184,8 @@ impl Default for Settings {
             worker_id_with_host: false,
             max_waits_per_tenant: 64,
             auth: crate::AuthSettings::default(),
+            tenant_max_in_flight: 0,
+            tenant_rates: pipeline_http::RateLimits::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ use pipeline_core::auth::{
 use pipeline_core::envelope::now_ms;
 
 use crate::error::ApiError;
+use crate::quota::{Limiter, RateLimits};
 
 /// Tenant of requests without an `X-Tenant` header when auth is off.
 pub(crate) const DEFAULT_TENANT: &str = "default";
@@ -62,6 +63,7 @@ pub struct Auth {
     links: Option<LinkSigner>,
     link_ttl: Duration,
     cache: Arc<KeyCache>,
+    rates: Arc<Limiter>,
 }
 
 impl Default for Auth {
@@ -80,6 +82,7 @@ impl Auth {
             links: None,
             link_ttl: Duration::from_secs(3600),
             cache: Arc::default(),
+            rates: Arc::default(),
         }
     }
 
@@ -116,6 +119,17 @@ impl Auth {
         self
     }
 
+    /// Per-tenant request and byte rates (none by default).
+    pub fn with_rates(mut self, limits: RateLimits) -> Self {
+        self.rates = Arc::new(Limiter::new(limits));
+        self
+    }
+
+    /// Count `bytes` of upload against the caller's byte rate.
+    pub(crate) fn charge_bytes(&self, caller: &Caller, bytes: u64) -> Result<(), ApiError> {
+        self.rates.bytes(&caller.tenant, bytes)
+    }
+
     /// The mode.
     pub fn mode(&self) -> &AuthMode {
         &self.mode
@@ -134,7 +148,8 @@ impl Auth {
         }
     }
 
-    /// Authenticate a request and check it may do `scope`.
+    /// Authenticate a request, check it may do `scope`, and count it
+    /// against its tenant's request rate.
     pub(crate) async fn caller(
         &self,
         headers: &HeaderMap,
@@ -152,6 +167,7 @@ impl Auth {
                 format!("this credential lacks the {} scope", scope.name()),
             ));
         }
+        self.rates.request(&caller.tenant)?;
         Ok(caller)
     }
 

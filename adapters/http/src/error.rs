@@ -15,6 +15,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// What was wrong, for a person.
     pub message: String,
+    /// Seconds to wait before retrying, when the error knows (else 503,
+    /// 507, 429 and a passing 409 say 1).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -24,6 +27,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -69,6 +73,9 @@ impl From<Error> for ApiError {
                 Self::new(status, kind.code(), message.clone())
             }
             Error::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m.clone()),
+            Error::Quota(m) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m.clone())
+            }
             Error::StorageFull { .. } => {
                 tracing::error!(error = %message, "a store is full");
                 Self::new(
@@ -113,8 +120,9 @@ impl IntoResponse for ApiError {
             // another job stays a conflict.
             || (self.status == StatusCode::CONFLICT && self.code != "idempotency_key_conflict")
         {
+            let seconds = self.retry_after.unwrap_or(1);
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

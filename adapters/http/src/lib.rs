@@ -17,6 +17,7 @@ mod events;
 mod health;
 mod lookup;
 mod openapi;
+mod quota;
 mod responses;
 pub mod schema;
 mod stats;
@@ -40,6 +41,7 @@ pub use axum::http::HeaderName;
 pub use error::ApiError;
 pub use health::health_router;
 pub use openapi::{ApiDoc, document};
+pub use quota::RateLimits;
 
 /// Limits and defaults of the API.
 #[derive(Debug, Clone)]

@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::ApiState;
+use crate::auth::Caller;
 use crate::common::{ApiResult, AppState, query};
 use crate::error::ApiError;
 use crate::openapi::TenantHeader;
@@ -95,6 +96,37 @@ async fn read_within_time(
                 ),
             ))
         })
+}
+
+/// Count a request's declared `Content-Length` against its tenant's byte
+/// rate, before the body is read; `None` when it declares none.
+fn charge_declared(
+    state: &ApiState,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> ApiResult<Option<u64>> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared {
+        state.auth.charge_bytes(caller, n)?;
+    }
+    Ok(declared)
+}
+
+/// A body sent without a length (chunked) is counted once read.
+fn charge_read(
+    state: &ApiState,
+    caller: &Caller,
+    declared: Option<u64>,
+    files: &[File],
+) -> ApiResult<()> {
+    if declared.is_none() {
+        let read: u64 = files.iter().map(|f| f.data.len() as u64).sum();
+        state.auth.charge_bytes(caller, read)?;
+    }
+    Ok(())
 }
 
 /// Form fields besides the files, at most (`transform`, `preset`, and
@@ -336,7 +368,7 @@ async fn accept(
     state
         .submitter
         .in_flight()
-        .check_room(files.len())
+        .check_room(&tenant, files.len())
         .map_err(ApiError::busy)?;
     let probes = probe_all(state, &files).await?;
     for (f, probe) in files.iter().zip(&probes) {
@@ -354,7 +386,7 @@ async fn accept(
             // Counted in first: while this request looks for an earlier
             // job of the key, no other request of this process can make
             // one.
-            let owned = match submitter.in_flight().try_acquire(key) {
+            let owned = match submitter.in_flight().try_acquire(key, &tenant) {
                 Ok(()) => true,
                 // A job of this key is in flight here already (or being
                 // submitted by a request still running).
@@ -567,11 +599,12 @@ pub(crate) async fn upload(
     q: Result<Query<UploadQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Response> {
-    let tenant = state
+    let caller = state
         .auth
         .caller(req.headers(), req.uri(), Scope::Upload)
-        .await?
-        .tenant;
+        .await?;
+    let declared = charge_declared(&state, &caller, req.headers())?;
+    let tenant = caller.tenant.clone();
     let q = query(q)?;
     for (name, value) in [("transform", &q.transform), ("preset", &q.preset)] {
         if value.as_ref().is_some_and(|v| v.len() > MAX_SPEC_BYTES) {
@@ -584,9 +617,10 @@ pub(crate) async fn upload(
     state
         .submitter
         .in_flight()
-        .check_room(1)
+        .check_room(&tenant, 1)
         .map_err(ApiError::busy)?;
     let (files, transform, preset) = read_within_time(&state, req, None).await?;
+    charge_read(&state, &caller, declared, &files)?;
     let outcome = accept(
         &state,
         tenant.clone(),
@@ -639,17 +673,19 @@ pub(crate) async fn upload(
     )
 )]
 pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiResult<Response> {
-    let tenant = state
+    let caller = state
         .auth
         .caller(req.headers(), req.uri(), Scope::Upload)
-        .await?
-        .tenant;
+        .await?;
+    let declared = charge_declared(&state, &caller, req.headers())?;
+    let tenant = caller.tenant.clone();
     state
         .submitter
         .in_flight()
-        .check_room(1)
+        .check_room(&tenant, 1)
         .map_err(ApiError::busy)?;
     let (files, _, _) = read_within_time(&state, req, Some("image")).await?;
+    charge_read(&state, &caller, declared, &files)?;
     if files.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -46,6 +46,8 @@ pub struct SubmitConfig {
     pub result_ttl: Duration,
     /// Jobs accepted by this process and not finished, at most.
     pub max_in_flight: usize,
+    /// Of those, at most this many per tenant (0: no such limit).
+    pub max_in_flight_per_tenant: usize,
 }
 
 impl Default for SubmitConfig {
@@ -57,6 +59,7 @@ impl Default for SubmitConfig {
             limits: ImageLimits::default(),
             result_ttl: Duration::from_secs(3600),
             max_in_flight: 1024,
+            max_in_flight_per_tenant: 0,
         }
     }
 }
@@ -100,70 +103,132 @@ pub struct Accepted {
     pub spec: String,
 }
 
-/// Jobs accepted by this process and not yet finished. Released when the
-/// result store announces their completion.
+/// Jobs accepted by this process and not yet finished, in all and per
+/// tenant. Released when the result store announces their completion.
 #[derive(Debug)]
 pub struct InFlight {
-    jobs: Mutex<HashMap<Uuid, Instant>>,
+    jobs: Mutex<Jobs>,
     max: usize,
+    max_per_tenant: usize,
     max_age: Duration,
 }
 
+#[derive(Debug, Default)]
+struct Jobs {
+    by_id: HashMap<Uuid, (Instant, Arc<str>)>,
+    by_tenant: HashMap<Arc<str>, usize>,
+}
+
+impl Jobs {
+    fn remove(&mut self, job: Uuid) {
+        if let Some((_, tenant)) = self.by_id.remove(&job)
+            && let Some(n) = self.by_tenant.get_mut(&tenant)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.by_tenant.remove(&tenant);
+            }
+        }
+    }
+
+    /// Forget entries older than `max_age` (their completion was missed).
+    fn expire(&mut self, max_age: Duration) {
+        let now = Instant::now();
+        let old: Vec<Uuid> = self
+            .by_id
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) >= max_age)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            self.remove(id);
+        }
+    }
+
+    fn of(&self, tenant: &str) -> usize {
+        self.by_tenant.get(tenant).copied().unwrap_or(0)
+    }
+}
+
 impl InFlight {
-    /// At most `max` jobs; entries older than `max_age` are forgotten.
+    /// At most `max` jobs in all; entries older than `max_age` are
+    /// forgotten.
     pub fn new(max: usize, max_age: Duration) -> Self {
         Self {
-            jobs: Mutex::new(HashMap::new()),
+            jobs: Mutex::default(),
             max: max.max(1),
+            max_per_tenant: 0,
             max_age,
         }
     }
 
-    /// Count `job` in, or refuse when full ([`Error::Unavailable`]) or
-    /// when `job` is in flight already ([`Error::AlreadyExists`]).
-    pub fn try_acquire(&self, job: Uuid) -> Result<()> {
+    /// At most `max` jobs per tenant as well (0: no such limit).
+    pub fn with_max_per_tenant(mut self, max: usize) -> Self {
+        self.max_per_tenant = max;
+        self
+    }
+
+    fn refuse_full(&self, jobs: &Jobs, tenant: &str, n: usize) -> Result<()> {
+        if jobs.by_id.len() + n > self.max {
+            return Err(Error::Unavailable(format!(
+                "{} jobs are in flight, the limit is {}; retry shortly",
+                jobs.by_id.len(),
+                self.max
+            )));
+        }
+        if self.max_per_tenant > 0 && jobs.of(tenant) + n > self.max_per_tenant {
+            return Err(Error::Quota(format!(
+                "tenant {tenant:?} has {} jobs in flight, its limit is {}; retry when some finish",
+                jobs.of(tenant),
+                self.max_per_tenant
+            )));
+        }
+        Ok(())
+    }
+
+    /// Count `job` of `tenant` in, or refuse when full
+    /// ([`Error::Unavailable`]), when the tenant has its most jobs in
+    /// flight ([`Error::Quota`]), or when `job` is in flight already
+    /// ([`Error::AlreadyExists`]).
+    pub fn try_acquire(&self, job: Uuid, tenant: &str) -> Result<()> {
         let mut jobs = lock(&self.jobs);
-        if jobs.contains_key(&job) {
+        if jobs.by_id.contains_key(&job) {
             return Err(Error::AlreadyExists(format!(
                 "job {job} is being submitted"
             )));
         }
-        if jobs.len() >= self.max {
-            let now = Instant::now();
-            jobs.retain(|_, at| now.duration_since(*at) < self.max_age);
+        if jobs.by_id.len() >= self.max
+            || (self.max_per_tenant > 0 && jobs.of(tenant) >= self.max_per_tenant)
+        {
+            jobs.expire(self.max_age);
         }
-        if jobs.len() >= self.max {
-            return Err(Error::Unavailable(format!(
-                "{} jobs are in flight, the limit is {}; retry shortly",
-                jobs.len(),
-                self.max
-            )));
-        }
-        jobs.insert(job, Instant::now());
+        self.refuse_full(&jobs, tenant, 1)?;
+        let tenant: Arc<str> = Arc::from(tenant);
+        *jobs.by_tenant.entry(tenant.clone()).or_insert(0) += 1;
+        jobs.by_id.insert(job, (Instant::now(), tenant));
         Ok(())
     }
 
-    /// Refuse early when `n` more jobs would not fit (before any work on them).
-    pub fn check_room(&self, n: usize) -> Result<()> {
+    /// Refuse early when `n` more jobs of `tenant` would not fit (before
+    /// any work on them).
+    pub fn check_room(&self, tenant: &str, n: usize) -> Result<()> {
         let jobs = lock(&self.jobs);
-        if jobs.len() + n > self.max {
-            return Err(Error::Unavailable(format!(
-                "{} jobs are in flight, the limit is {}; retry shortly",
-                jobs.len(),
-                self.max
-            )));
-        }
-        Ok(())
+        self.refuse_full(&jobs, tenant, n)
     }
 
     /// Count `job` out.
     pub fn release(&self, job: Uuid) {
-        lock(&self.jobs).remove(&job);
+        lock(&self.jobs).remove(job);
     }
 
     /// Jobs counted in.
     pub fn len(&self) -> usize {
-        lock(&self.jobs).len()
+        lock(&self.jobs).by_id.len()
+    }
+
+    /// Jobs of `tenant` counted in.
+    pub fn len_of(&self, tenant: &str) -> usize {
+        lock(&self.jobs).of(tenant)
     }
 
     /// Whether nothing is in flight.
@@ -199,7 +264,10 @@ impl Submitter {
         pool: BlockingPool,
         config: SubmitConfig,
     ) -> Result<Self> {
-        let in_flight = Arc::new(InFlight::new(config.max_in_flight, config.result_ttl));
+        let in_flight = Arc::new(
+            InFlight::new(config.max_in_flight, config.result_ttl)
+                .with_max_per_tenant(config.max_in_flight_per_tenant),
+        );
         let mut done = results.completions().await?;
         let tracker = Arc::clone(&in_flight);
         tokio::spawn(async move {
@@ -328,7 +396,7 @@ impl Submitter {
         probe: Probe,
         spec: &TransformSpec,
     ) -> Result<Accepted> {
-        self.in_flight.try_acquire(job_id)?;
+        self.in_flight.try_acquire(job_id, &upload.tenant)?;
         self.submit_acquired(job_id, upload, probe, spec).await
     }
 

@@ -197,6 +197,23 @@ pub struct ServeArgs {
     /// revocation takes to reach it.
     #[arg(long, env = "PIPELINE_KEY_CACHE", default_value_t = 5)]
     pub key_cache: u64,
+    /// Jobs in flight per tenant, at most (beyond: 429 quota_exceeded); 0
+    /// for no limit but --max-in-flight.
+    #[arg(long, env = "PIPELINE_TENANT_MAX_IN_FLIGHT", default_value_t = 0)]
+    pub tenant_max_in_flight: usize,
+    /// Requests per second per tenant, sustained (beyond: 429
+    /// rate_limited); 0 for no limit.
+    #[arg(long, env = "PIPELINE_TENANT_RATE", default_value_t = 0.0)]
+    pub tenant_rate: f64,
+    /// Requests a tenant may send at once after a quiet time (default:
+    /// two seconds' worth of --tenant-rate).
+    #[arg(long, env = "PIPELINE_TENANT_BURST", default_value_t = 0)]
+    pub tenant_burst: u32,
+    /// Upload bytes per second per tenant, sustained (beyond: 429
+    /// rate_limited); 0 for no limit. The burst is two seconds' worth, and
+    /// at least --max-upload-bytes.
+    #[arg(long, env = "PIPELINE_TENANT_BYTES_RATE", default_value_t = 0)]
+    pub tenant_bytes_rate: u64,
 }
 
 impl ServeArgs {
@@ -263,6 +280,8 @@ impl ServeArgs {
             body_timeout: Duration::from_secs(self.body_timeout.max(1)),
             worker_id_with_host: self.worker_id_host,
             max_waits_per_tenant: self.max_waits_per_tenant.max(1),
+            tenant_max_in_flight: self.tenant_max_in_flight,
+            tenant_rates: self.tenant_rates()?,
             auth: crate::AuthSettings {
                 mode: match self.auth {
                     AuthArg::Auto => crate::AuthChoice::Auto,
@@ -277,6 +296,31 @@ impl ServeArgs {
                 link_ttl: Duration::from_secs(self.link_ttl.max(1)),
                 key_cache: Duration::from_secs(self.key_cache),
             },
+        })
+    }
+
+    fn tenant_rates(&self) -> Result<pipeline_http::RateLimits, Error> {
+        if !self.tenant_rate.is_finite() || self.tenant_rate < 0.0 {
+            return Err(Error::Config(format!(
+                "PIPELINE_TENANT_RATE must be 0 or a positive number, not {}",
+                self.tenant_rate
+            )));
+        }
+        let burst = if self.tenant_burst > 0 {
+            self.tenant_burst
+        } else {
+            (self.tenant_rate * 2.0)
+                .ceil()
+                .clamp(1.0, f64::from(u32::MAX)) as u32
+        };
+        Ok(pipeline_http::RateLimits {
+            requests_per_second: self.tenant_rate,
+            request_burst: burst,
+            bytes_per_second: self.tenant_bytes_rate,
+            byte_burst: self
+                .tenant_bytes_rate
+                .saturating_mul(2)
+                .max(self.max_upload_bytes as u64),
         })
     }
 
