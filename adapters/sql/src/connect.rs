@@ -134,18 +134,31 @@ impl SqlArchive {
         if backend == "sqlite" {
             // WAL lets readers run beside the writer; writers queue on the
             // busy timeout instead of failing.
-            opts.max_connections(4).map_sqlx_sqlite_opts(|o| {
-                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(30))
-                    // Images are stored as blobs of hundreds of KB: large
-                    // pages mean fewer overflow pages to chain, checksum and
-                    // checkpoint (applies to new database files); checkpoint
-                    // every 256 MiB of WAL rather than every 64 MiB, which
-                    // cut kernel time by 40% in the PNG benchmark.
-                    .page_size(65536)
-                    .pragma("wal_autocheckpoint", "4096")
-            });
+            opts.max_connections(4)
+                .map_sqlx_sqlite_opts(|o| {
+                    o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                        .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                        .busy_timeout(Duration::from_secs(30))
+                        // Images are stored as blobs of hundreds of KB: large
+                        // pages mean fewer overflow pages to chain, checksum and
+                        // checkpoint (applies to new database files); checkpoint
+                        // every 256 MiB of WAL rather than every 64 MiB, which
+                        // cut kernel time by 40% in the PNG benchmark.
+                        .page_size(65536)
+                        .pragma("wal_autocheckpoint", "4096")
+                })
+                // SQLite ends a transaction by itself when the disk fills
+                // (SQLITE_FULL); the driver's ROLLBACK then fails and it keeps
+                // counting the transaction as open, so the connection would
+                // refuse every later BEGIN. A connection given back still in a
+                // transaction is closed instead of reused.
+                .map_sqlx_sqlite_pool_opts(|o| {
+                    o.after_release(|conn, _| {
+                        use sea_orm::sqlx::Connection;
+                        let healthy = !conn.is_in_transaction();
+                        Box::pin(async move { Ok(healthy) })
+                    })
+                });
         }
         if backend != "sqlite" {
             opts.max_connections(16);

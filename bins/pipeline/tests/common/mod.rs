@@ -47,8 +47,15 @@ pub struct Server {
 impl Server {
     /// Start with `extra` flags; waits for the "listening" line.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_on(None, extra)
+    }
+
+    /// Start on the archive `db` (default: a file in its data folder).
+    pub fn start_on(db: Option<&str>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = format!("sqlite://{}?mode=rwc", dir.path().join("e2e.db").display());
+        let db = db.map(str::to_string).unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", dir.path().join("e2e.db").display())
+        });
         let mut child = Command::new(env!("CARGO_BIN_EXE_pipeline"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--database-url", &db])
