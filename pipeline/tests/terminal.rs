@@ -238,6 +238,12 @@ impl Setup {
             .status_until(id, Duration::from_secs(30), |b| b["status"] == "failed")
             .await;
         assert_eq!(status["error"]["code"], code, "{status}");
+        // Clients get a fixed sentence, not the backend's own words.
+        let message = status["error"]["message"].as_str().unwrap();
+        assert!(
+            !message.contains("is down") && !message.contains("refuses"),
+            "a backend's message reached the client: {message}"
+        );
         let (c, body) = self.get(&format!("/v1/images/{id}/result")).await;
         assert_eq!(c, 422, "{body}");
         assert_eq!(body["error"]["reason"], code, "{body}");
@@ -270,6 +276,14 @@ async fn every_job_ends(broker: Arc<dyn Broker>) {
 
     // Transformer: out of attempts.
     s.failed_everywhere(&outage, "retries_exhausted").await;
+    let (_, status) = s.get(&format!("/v1/images/{outage}")).await;
+    assert!(
+        status["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("a backend was unavailable"),
+        "{status}"
+    );
     let timeline = s.timeline_with(&outage, events::FAILED).await;
     let failed = timeline
         .iter()

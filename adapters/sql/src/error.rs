@@ -73,4 +73,14 @@ mod tests {
         let e = db_error("test", DbErr::Custom("syntax error near FROM".into()));
         assert!(!matches!(e, Error::StorageFull { .. }), "{e}");
     }
+
+    #[test]
+    fn an_exhausted_pool_is_retryable() {
+        let e = db_error(
+            "test",
+            DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout),
+        );
+        assert!(e.is_retryable(), "{e}");
+        assert!(!matches!(e, Error::StorageFull { .. }), "{e}");
+    }
 }
