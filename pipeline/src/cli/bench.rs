@@ -149,6 +149,7 @@ pub async fn bench(args: BenchArgs, registry: TransformRegistry) -> Result<(), E
             args.requests,
             args.concurrency,
             None,
+            None,
         )
         .await;
         running.shutdown().await?;

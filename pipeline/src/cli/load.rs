@@ -29,6 +29,9 @@ pub struct LoadArgs {
     /// Transform spec (default: the server's).
     #[arg(long)]
     pub transform: Option<String>,
+    /// API key, when the server runs with PIPELINE_AUTH=keys.
+    #[arg(long, env = "PIPELINE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// Pause after a 503 (the server's in-flight limit): short, growing with
@@ -81,15 +84,26 @@ fn mime_of(data: &[u8]) -> &'static str {
 }
 
 /// Upload `requests` copies of `data` with `concurrency` clients; each waits
-/// for its result. Latency runs from the start of the upload to the result.
+/// for its result (through the result link of the upload's answer, signed
+/// when the server authenticates). Latency runs from the start of the
+/// upload to the result. `api_key` goes in an `Authorization` header.
 pub async fn drive(
     url: &str,
     data: Bytes,
     requests: usize,
     concurrency: usize,
     transform: Option<&str>,
+    api_key: Option<&str>,
 ) -> Result<LoadReport, Error> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+            .map_err(|_| Error::Config("the API key holds characters a header cannot".into()))?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
     let client = super::http_client_builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(concurrency * 2)
         .build()
         .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
@@ -141,11 +155,12 @@ pub async fn drive(
                     .json()
                     .await
                     .map_err(|e| Error::Unavailable(format!("bad upload answer: {e}")))?;
-                let id = body["images"][0]["id"]
+                let link = body["images"][0]["result_url"]
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
-                let result_url = format!("{base}/v1/images/{id}/result?wait=30");
+                let sep = if link.contains('?') { '&' } else { '?' };
+                let result_url = format!("{base}{link}{sep}wait=30");
                 loop {
                     let r = client
                         .get(&result_url)
@@ -207,6 +222,7 @@ pub(crate) async fn load(args: LoadArgs) -> Result<(), Error> {
         args.requests,
         args.concurrency,
         args.transform.as_deref(),
+        args.api_key.as_deref(),
     )
     .await?;
     report.print(&format!("{} via {}", args.file.display(), args.url));
