@@ -148,6 +148,11 @@ async function main() {
     await page.locator('#conn[data-state="live"]').waitFor();
     await page.locator('#dropzone').waitFor({ state: 'visible' });
     assert.equal(await page.locator('#queue-empty').isVisible(), true);
+    // Auth off: nothing asks for a key.
+    assert.equal(await page.locator('#key-button').getAttribute('data-state'), 'none');
+    assert.equal(await page.locator('#key-state').textContent(), 'not set');
+    assert.equal(await page.locator('#key-dialog').isVisible(), false, 'no key prompt');
+    assert.equal(await page.locator('#auth-note').isVisible(), false);
     await shot('01-empty.png');
   });
 
@@ -424,7 +429,7 @@ async function main() {
     assert.match(lost[0].key || '', /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'a UUID v7 key');
     assert.equal(lost[1].key, lost[0].key, 'the same Idempotency-Key both times');
     assert.deepEqual([lost[0].status, lost[1].status, lost[1].replayed], [202, 200, true], 'the second copy is the same job');
-    assert.equal(lost[1].id, lost[0].key, 'the key is the job id');
+    assert.ok(lost[1].id && lost[1].id === lost[0].id, 'both answers name one job');
     await page.unroute(uploads);
     await page.unroute('**/v1/events');
     await page.locator('#conn[data-state="live"]').waitFor({ timeout: 30_000 });
@@ -442,6 +447,9 @@ async function main() {
     assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'gallery fits the phone');
     await shot('14-phone-gallery.png');
   });
+
+  assert.equal(await page.evaluate(() => document.getElementById('key-dialog').open), false, 'no key prompt in the whole run (auth off)');
+  assert.equal(await page.locator('#auth-note').isVisible(), false);
 
   assert.deepEqual(problems, [], 'no uncaught errors or CSP violations');
 }

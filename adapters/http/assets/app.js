@@ -34,6 +34,12 @@ const CONFIG = Object.freeze({
   overscanRows: 6,
   storedNames: 3000,
   addChunk: 50, // files queued per task
+  // Signed links (auth on) expire after an hour: older than this, ask the
+  // job's status for new ones before using them.
+  linkFreshMs: 50 * 60_000,
+  linkConcurrency: 2, // status requests for links at once
+  storedLinks: 2000,
+  eventsRetryMaxMs: 30_000, // longest pause between event stream reconnections
 });
 
 const ERROR_LABELS = {
@@ -57,10 +63,21 @@ const ERROR_LABELS = {
   panicked: 'Worker crashed',
   bad_response: 'Unreadable answer',
   server_error: 'Server error',
+  missing_key: 'API key needed',
+  invalid_key: 'API key refused',
+  key_expired: 'API key expired',
+  key_revoked: 'API key revoked',
+  unauthorized: 'Not authenticated',
+  forbidden: 'Not allowed',
+  wrong_tenant: 'Wrong tenant',
+  invalid_link: 'Invalid link',
+  link_expired: 'Link expired',
 };
 
 const CODE_BY_STATUS = {
   400: 'bad_request',
+  401: 'unauthorized',
+  403: 'forbidden',
   404: 'not_found',
   413: 'payload_too_large',
   415: 'unsupported_media_type',
@@ -215,11 +232,26 @@ function isEditable(target) {
   return target instanceof HTMLElement && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
 }
 
+// Bare paths: for API calls (sent with the key), and for images when the
+// server does not sign links (auth off). Images otherwise come from the
+// links the server gives (see Links).
 const urls = {
   status: (id) => `/v1/images/${enc(id)}`,
   result: (id) => `/v1/images/${enc(id)}/result`,
   original: (id) => `/v1/images/${enc(id)}/original`,
 };
+
+/** A link the server gave, if it is a path on this origin ('' otherwise). */
+function safeLink(v) {
+  const s = str(v, 4000);
+  return /^\/(?![/\\])/.test(s) ? s : '';
+}
+
+/** Whether `url` is a signed link (it expires, and works without a header). */
+const isSigned = (url) => /[?&]sig=/.test(url || '');
+
+/** `url` with `param` added to its query (signed links take more params after `&`). */
+const withQuery = (url, param) => `${url}${url.includes('?') ? '&' : '?'}${param}`;
 
 // ---------------------------------------------------------------------------
 // API errors: JSON `{"error":{code,message,reason}}` or anything a proxy says
@@ -269,16 +301,24 @@ function errorLabel(code) {
   return ERROR_LABELS[code] || (code ? code.replace(/_/g, ' ').replace(/^./, (c) => c.toUpperCase()) : 'Failed');
 }
 
-/** GET (or other) JSON; throws ApiError on any failure. */
-async function requestJson(path, init = {}) {
+/**
+ * GET (or other) JSON; throws ApiError on any failure. Requests to the API
+ * carry the key (`key`: another one, for checking it); a 401 opens the key
+ * prompt unless `quiet`.
+ */
+async function requestJson(path, init = {}, { key = Auth.key, quiet = false } = {}) {
   let resp;
   try {
-    resp = await fetch(path, { ...init, headers: { Accept: 'application/json', ...(init.headers || {}) } });
+    resp = await fetch(path, { ...init, headers: { Accept: 'application/json', ...Auth.header(path, key), ...(init.headers || {}) } });
   } catch {
     throw new ApiError(0, 'network', 'The server could not be reached.', { retryable: true });
   }
   const text = await resp.text().catch(() => '');
-  if (!resp.ok) throw errorFromAnswer(resp.status, resp.statusText, resp.headers.get('content-type'), text);
+  if (!resp.ok) {
+    const err = errorFromAnswer(resp.status, resp.statusText, resp.headers.get('content-type'), text);
+    if (resp.status === 401 && !quiet) Auth.refused(err, key);
+    throw err;
+  }
   if (resp.status === 204 || text === '') return null;
   const json = safeJson(text);
   if (json === null) throw new ApiError(resp.status, 'bad_response', 'The server answered with something that is not JSON.');
@@ -286,7 +326,7 @@ async function requestJson(path, init = {}) {
 }
 
 /** A UUID version 7 (48-bit Unix milliseconds, then random bits): the
- * upload's Idempotency-Key, which the server makes the job id. */
+ * upload's Idempotency-Key, from which the server derives the job id. */
 function uuidv7() {
   const b = new Uint8Array(16);
   crypto.getRandomValues(b);
@@ -337,8 +377,12 @@ function normalizeJob(raw) {
   const code = isObject(raw.error) ? str(raw.error.code, 100) : '';
   const error = isObject(raw.error) ? { code, message: tidyMessage(raw.error.message, code) } : null;
   const state = str(raw.status || raw.state, 20);
+  const id = str(raw.id || raw.job_id, 64);
+  // Status answers and list items carry the links to the job's images
+  // (events do not).
+  Links.put(id, raw);
   return {
-    id: str(raw.id || raw.job_id, 64),
+    id,
     state: state === 'done' || state === 'failed' ? state : 'pending',
     spec: str(raw.spec, 1000),
     original: media(raw.original) || media(info && info.original),
@@ -394,6 +438,306 @@ const Names = {
 };
 
 const displayName = (id) => Names.get(id) || `Image ${shortId(id)}`;
+
+// ---------------------------------------------------------------------------
+// The API key: kept in this browser, sent as a header, asked for on a 401
+// ---------------------------------------------------------------------------
+
+const Auth = {
+  storeKey: 'pipeline.apiKey.v1',
+  key: '', // what every request to /v1/* carries (empty: none)
+  problem: null, // the server's last 401 (ApiError) while no working key is known
+  prompted: false, // the prompt opened by itself since the key last changed
+  opener: null,
+
+  load() {
+    try {
+      this.key = str(localStorage.getItem(this.storeKey) || '', 500);
+    } catch {
+      /* storage disabled: the key lasts for this page only */
+    }
+  },
+
+  /** The Authorization header for a request to `path` (the API's paths only). */
+  header(path, key = this.key) {
+    return key && /^\/v1\//.test(path) ? { Authorization: `Bearer ${key}` } : {};
+  },
+
+  init() {
+    this.dialog = $('#key-dialog');
+    this.input = $('#key-input');
+    $('#key-button').addEventListener('click', () => this.open());
+    $('#auth-note-open').addEventListener('click', () => this.open());
+    $('#key-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      this.save();
+    });
+    $('#key-clear').addEventListener('click', () => this.clear());
+    $('#key-cancel').addEventListener('click', () => this.dialog.close());
+    this.dialog.addEventListener('close', () => {
+      this.input.value = ''; // not left in the page
+      if (this.opener && this.opener.isConnected) this.opener.focus();
+    });
+    this.render();
+  },
+
+  /**
+   * The server answered 401 to a request sent with `used`: say why, and
+   * open the prompt once (later 401s only update what it says). A request
+   * sent with a key replaced since says nothing about the new one.
+   */
+  refused(err, used = this.key) {
+    if (used !== this.key) return;
+    this.problem = err;
+    this.render();
+    if (this.dialog.open) this.showReason();
+    else if (!this.prompted) {
+      this.prompted = true;
+      Announcer.say(`The server needs an API key: ${err.message}`);
+      this.open();
+    }
+  },
+
+  open() {
+    if (!this.dialog.open) {
+      this.opener = document.activeElement;
+      this.dialog.showModal();
+    }
+    this.showReason();
+    this.setError('');
+    $('#key-clear').hidden = !this.key;
+    $('#key-current').textContent = this.key ? `In use: ${this.label()}. A new key replaces it.` : 'No key is set.';
+    this.input.focus();
+  },
+
+  showReason() {
+    const el = $('#key-reason');
+    const p = this.problem;
+    el.hidden = !p;
+    el.textContent = p ? `The server refused a request: ${errorLabel(p.code)} (${p.code}): ${p.message}` : '';
+  },
+
+  setError(message) {
+    $('#key-error').textContent = message;
+    this.input.setAttribute('aria-invalid', message ? 'true' : 'false');
+  },
+
+  /** Check the key with the server, then keep it. */
+  async save() {
+    const key = this.input.value.trim().replace(/^bearer\s+/i, '');
+    if (!key) {
+      this.setError('Enter a key (it starts with pk_), or press Cancel.');
+      return;
+    }
+    if (!/^[\x21-\x7e]+$/.test(key)) {
+      this.setError('A key has no spaces or special characters: it looks like pk_<16 hex digits>_<64 hex digits>.');
+      return;
+    }
+    const button = $('#key-save');
+    button.disabled = true;
+    this.setError('');
+    $('#key-checking').hidden = false;
+    try {
+      // Any route that needs the key; the answer is not used.
+      await requestJson('/v1/events/link', {}, { key, quiet: true });
+    } catch (err) {
+      // 403: the key is valid but lacks the read scope (an upload-only
+      // key): kept, and the gallery says what it cannot do. 404: a server
+      // without this route.
+      if (err.status === 401 || err.status === 0 || err.status >= 500) {
+        this.setError(
+          err.status === 401
+            ? `The server refused this key: ${errorLabel(err.code)} (${err.code}): ${err.message}`
+            : `The key could not be checked: ${err.message} Try again.`,
+        );
+        this.input.focus();
+        return;
+      }
+    } finally {
+      button.disabled = false;
+      $('#key-checking').hidden = true;
+    }
+    this.store(key);
+    this.dialog.close();
+    Announcer.say('API key saved');
+    this.changed(true);
+  },
+
+  clear() {
+    this.store('');
+    this.prompted = true; // asked for: the next 401 shows the note, not the prompt
+    this.dialog.close();
+    Announcer.say('API key cleared');
+    this.changed(false);
+  },
+
+  store(key) {
+    this.key = key;
+    this.problem = null;
+    this.prompted = false;
+    try {
+      if (key) localStorage.setItem(this.storeKey, key);
+      else localStorage.removeItem(this.storeKey);
+    } catch {
+      /* not kept after this page */
+    }
+    this.render();
+  },
+
+  /** Another key (or none): another tenant, perhaps. Start again with it. */
+  changed(added) {
+    Links.clear();
+    Gallery.reset();
+    Gallery.loadMore();
+    Jobs.retryMs = 1000;
+    Jobs.connect();
+    Ops.statsGone = false;
+    Ops.schedulePoll(0);
+    // Files refused for want of a key are sent once more with the new one.
+    if (added) {
+      const refused = Uploads.entries.filter((e) => e.state === 'failed' && e.keyRefused && e.retryable);
+      for (const e of refused) Uploads.retry(e);
+      if (refused.length) Announcer.say(`Sending ${plural(refused.length, 'file')} again with the new key`);
+    }
+  },
+
+  /** Which key, without its secret: the id part of pk_<id>_<secret>. */
+  label() {
+    const m = /^pk_([0-9a-f]{16})_/i.exec(this.key);
+    return m ? `key ${m[1].slice(0, 8)}…` : 'a key';
+  },
+
+  render() {
+    const state = this.problem ? 'refused' : this.key ? 'set' : 'none';
+    const button = $('#key-button');
+    button.dataset.state = state;
+    $('#key-state').textContent = { refused: this.key ? 'refused' : 'needed', set: 'set', none: 'not set' }[state];
+    button.title = this.key ? `API key: ${this.label()} (kept in this browser)` : 'API key: none';
+    const note = $('#auth-note');
+    note.hidden = !this.problem;
+    if (this.problem) {
+      const p = this.problem;
+      $('#auth-note-text').textContent = `${this.key ? 'The server refused the API key' : 'The server needs an API key'}: ${errorLabel(p.code)} (${p.code}): ${p.message}`;
+    }
+  },
+};
+
+// ---------------------------------------------------------------------------
+// Links to a job's images, as the server gives them (signed when auth is on)
+// ---------------------------------------------------------------------------
+
+const Links = {
+  map: new Map(), // job id -> {result, original, at}
+  signed: false, // the server signs its links: they expire, bare paths need a header
+  refreshing: new Map(), // job id -> {promise, wants[]}
+  queue: [],
+  active: 0,
+  passThrough: null, // a download link clicked again once its link is fresh
+
+  /** Keep the links of an answer (upload, status, list item) for job `id`. */
+  put(id, raw) {
+    if (!id || !isObject(raw)) return;
+    const result = safeLink(raw.result_url);
+    const original = safeLink(raw.original_url);
+    if (!result && !original) return;
+    if (isSigned(result) || isSigned(original)) this.signed = true;
+    this.map.delete(id);
+    this.map.set(id, { result, original, at: now() });
+    while (this.map.size > CONFIG.storedLinks) this.map.delete(this.map.keys().next().value);
+  },
+
+  clear() {
+    this.map.clear();
+    this.signed = false;
+  },
+
+  /** Bare paths would be refused: the server signs its links, or wants a key. */
+  needed() {
+    return this.signed || Boolean(Auth.key);
+  },
+
+  /** A usable link now ('' when it must be asked for): a fresh one the
+   * server gave, or with auth off the bare path. */
+  now(id, which) {
+    const l = this.map.get(id);
+    const url = l ? l[which] : '';
+    if (url && (!isSigned(url) || now() - l.at < CONFIG.linkFreshMs)) return url;
+    return this.needed() ? '' : urls[which](id);
+  },
+
+  /**
+   * A link for `which` image of job `id`, asking the job's status for new
+   * links when none is fresh, or when `force`d (a signed link that failed
+   * to load may have expired). Never fails: at worst the stale link or the
+   * bare path, which fail to load and say so.
+   */
+  async get(id, which, { force = false, wanted = () => true } = {}) {
+    const known = this.now(id, which);
+    if (known && !(force && isSigned(known))) return known;
+    await this.refresh(id, wanted);
+    const l = this.map.get(id);
+    return this.now(id, which) || (l && l[which]) || urls[which](id);
+  },
+
+  /** One status request per job at a time, a few at once, newest first
+   * (the cards on top); skipped once nobody `wanted` it (a card trimmed). */
+  refresh(id, wanted) {
+    let r = this.refreshing.get(id);
+    if (!r) {
+      r = { wants: [] };
+      r.promise = new Promise((resolve) => {
+        this.queue.push({ id, resolve, wanted: () => r.wants.some((f) => f()) });
+      });
+      this.refreshing.set(id, r);
+      r.promise.then(() => this.refreshing.delete(id));
+      queueMicrotask(() => this.drain());
+    }
+    r.wants.push(wanted);
+    return r.promise;
+  },
+
+  drain() {
+    while (this.active < CONFIG.linkConcurrency && this.queue.length) {
+      const job = this.queue.pop();
+      if (!job.wanted()) {
+        job.resolve();
+        continue;
+      }
+      this.active += 1;
+      requestJson(urls.status(job.id))
+        .then((raw) => normalizeJob(raw)) // keeps the links
+        .catch(() => {})
+        .finally(() => {
+          this.active -= 1;
+          job.resolve();
+          this.drain();
+        });
+    }
+  },
+
+  /** A download link whose signed link went stale gets a new one first. */
+  onClick(ev) {
+    const a = ev.target instanceof Element ? ev.target.closest('a[data-link]') : null;
+    if (!a) return;
+    if (a === this.passThrough) {
+      this.passThrough = null;
+      return;
+    }
+    const id = a.dataset.linkId;
+    const which = a.dataset.link;
+    const fresh = this.now(id, which);
+    if (fresh) {
+      if (a.getAttribute('href') !== fresh) a.setAttribute('href', fresh);
+      return;
+    }
+    ev.preventDefault();
+    this.get(id, which).then((url) => {
+      a.setAttribute('href', url);
+      this.passThrough = a;
+      a.click();
+    });
+  },
+};
 
 // ---------------------------------------------------------------------------
 // Screen-reader announcements, coalesced so thousands of files stay readable
@@ -967,6 +1311,9 @@ const Uploads = {
       spec: '',
       error: null,
       retryable: false,
+      keyRefused: false, // failed with a 401: a new key sends it again, once
+      keyResent: false, // sent again because the key changed while it was on the wire
+      sentKey: '', // the key its last attempt carried
       retryAt: 0,
       acceptedAt: 0,
       nextCheckAt: 0, // when to ask for its status if no event came
@@ -1101,6 +1448,8 @@ const Uploads = {
       e.idemQuery = e.transform.query;
     }
     xhr.setRequestHeader('Idempotency-Key', e.idemKey);
+    e.sentKey = Auth.key;
+    for (const [name, value] of Object.entries(Auth.header('/v1/images', e.sentKey))) xhr.setRequestHeader(name, value);
     const form = new FormData();
     form.append('files', e.file, e.file.name || 'image');
     xhr.send(form);
@@ -1120,6 +1469,22 @@ const Uploads = {
       return;
     }
     const err = errorFromAnswer(status, xhr.statusText, xhr.getResponseHeader('Content-Type'), body);
+    if (status === 401 || status === 403) {
+      // Refused for the key, not for the file: not retried by itself (the
+      // server decides from the headers, every copy would be refused).
+      // A 401 opens the key prompt; a new key sends it once more.
+      if (status === 401 && Auth.key && e.sentKey !== Auth.key && !e.keyResent) {
+        // Sent before the key was replaced: once more with the new one.
+        e.keyResent = true;
+        this.setState(e, 'waiting');
+        this.enqueue(e, true);
+        return;
+      }
+      if (status === 401) Auth.refused(err, e.sentKey);
+      this.fail(e, { code: err.code, message: err.message, retryable: true });
+      e.keyRefused = status === 401;
+      return;
+    }
     if (status === 503 || status === 429 || (status === 409 && err.code === 'idempotency_key_in_use')) {
       if (e.busyTries < CONFIG.busyRetries) {
         this.retryLater(e, retryAfterSeconds(xhr.getResponseHeader('Retry-After')));
@@ -1137,6 +1502,7 @@ const Uploads = {
 
   accepted(e, img) {
     e.jobId = str(img.id, 64);
+    Links.put(e.jobId, img); // its result and original, signed when auth is on
     e.input = { format: str(img.format, 40), width: num(img.width), height: num(img.height) };
     e.spec = str(img.spec, 1000);
     e.acceptedAt = now();
@@ -1223,6 +1589,7 @@ const Uploads = {
     this.batch.files += 1;
     e.error = null;
     e.retryable = false;
+    e.keyRefused = false;
     this.retryable -= 1;
     e.busyTries = 0;
     e.transform = Builder.current();
@@ -1545,13 +1912,54 @@ const View = {
 const Jobs = {
   source: null,
   retryMs: 1000,
+  timer: 0,
+  gen: 0, // bumps at every (re)connection: answers for an older one are dropped
   recent: new Map(), // job id -> {job, at}: events no upload claimed yet
   checks: [],
   checking: 0,
 
-  connect() {
+  /**
+   * (Re)open the event stream. An EventSource cannot send a header, so it
+   * opens a link from GET /v1/events/link (signed, valid for an hour, when
+   * the API authenticates; the bare path when it does not).
+   */
+  async connect() {
+    const gen = ++this.gen;
+    clearTimeout(this.timer);
+    this.timer = 0;
     if (this.source) this.source.close();
-    const es = new EventSource('/v1/events');
+    this.source = null;
+    let url = '';
+    try {
+      const link = await requestJson('/v1/events/link');
+      url = isObject(link) ? safeLink(link.url) : '';
+      if (!url) throw new ApiError(200, 'bad_response', 'The event stream link is not in the expected shape.');
+    } catch (err) {
+      if (gen !== this.gen) return;
+      if (err.status === 404) url = '/v1/events'; // a server without links
+      else if (err.status === 401 || err.status === 403) {
+        // Not without another key: a new one reconnects (Auth.changed).
+        setConnection('offline', err.status === 401 ? 'Offline · needs an API key' : `Offline · ${errorLabel(err.code).toLowerCase()}`);
+        return;
+      } else {
+        this.reconnectLater();
+        return;
+      }
+    }
+    if (gen === this.gen) this.open(url);
+  },
+
+  /** Try again after a pause that doubles while it keeps failing. */
+  reconnectLater() {
+    const ms = this.retryMs;
+    if (ms <= 1000) setConnection('reconnecting', 'Reconnecting…');
+    else setConnection('offline', `Offline · retrying in ${Math.round(ms / 1000)} s`);
+    this.timer = setTimeout(() => this.connect(), ms);
+    this.retryMs = Math.min(ms * 2, CONFIG.eventsRetryMaxMs);
+  },
+
+  open(url) {
+    const es = new EventSource(url);
     this.source = es;
     es.addEventListener('open', () => {
       this.retryMs = 1000;
@@ -1561,16 +1969,12 @@ const Jobs = {
       this.sweep();
     });
     es.addEventListener('error', () => {
-      if (es.readyState === EventSource.CLOSED) {
-        // The browser gave up (an error status): try again ourselves.
-        es.close();
-        const secs = Math.round(this.retryMs / 1000);
-        setConnection('offline', `Offline · retrying in ${secs} s`);
-        setTimeout(() => this.connect(), this.retryMs);
-        this.retryMs = Math.min(this.retryMs * 2, 30_000);
-      } else {
-        setConnection('reconnecting', 'Reconnecting…');
-      }
+      if (this.source !== es) return;
+      // The browser would reconnect to the same link, which may have
+      // expired: close it, and open a new one.
+      es.close();
+      this.source = null;
+      this.reconnectLater();
     });
     for (const kind of ['done', 'failed']) {
       es.addEventListener(kind, (ev) => {
@@ -1656,7 +2060,7 @@ function setConnection(state, text) {
   const el = $('#conn');
   el.dataset.state = state;
   $('#conn-text').textContent = text;
-  el.title = state === 'live' ? 'Completions arrive live from the server' : 'Live completions are interrupted; pending files are checked when they resume';
+  el.title = state === 'live' ? 'Completions arrive live from the server' : `${text}: live completions are interrupted; pending files are checked when they resume`;
 }
 
 // ---------------------------------------------------------------------------
@@ -1671,6 +2075,7 @@ const Gallery = {
   loading: false,
   started: false,
   sentinelVisible: false,
+  gen: 0, // bumps on reset: a page asked for before it is dropped
 
   init() {
     this.grid = $('#gallery-grid');
@@ -1687,8 +2092,23 @@ const Gallery = {
     this.grid.addEventListener('click', (ev) => this.onClick(ev));
   },
 
+  /** Empty, to load again from the start (another key: another tenant, perhaps). */
+  reset() {
+    this.gen += 1;
+    for (const img of this.grid.querySelectorAll('img')) unloadImage(img);
+    this.grid.replaceChildren();
+    this.cards.clear();
+    this.incoming.clear();
+    this.cursor = '';
+    this.end = false;
+    this.loading = false;
+    this.started = false;
+    this.updateStatus();
+  },
+
   async loadMore() {
     if (this.loading || this.end) return;
+    const gen = this.gen;
     this.loading = true;
     $('#gallery-retry').hidden = true;
     this.status.textContent = this.cards.size ? 'Loading more…' : 'Loading the gallery…';
@@ -1697,11 +2117,13 @@ const Gallery = {
       page = await requestJson(`/v1/images?limit=${CONFIG.galleryPage}${this.cursor ? `&cursor=${enc(this.cursor)}` : ''}`);
       if (!isObject(page) || !Array.isArray(page.items)) throw new ApiError(200, 'bad_response', 'The list is not in the expected shape.');
     } catch (err) {
+      if (gen !== this.gen) return;
       this.loading = false;
       this.status.textContent = `Could not load the gallery: ${err.message}`;
       $('#gallery-retry').hidden = false;
       return;
     }
+    if (gen !== this.gen) return;
     this.started = true;
     const frag = document.createDocumentFragment();
     for (const raw of page.items) {
@@ -1758,6 +2180,7 @@ const Gallery = {
     while (extra > 0 && this.grid.lastElementChild) {
       const li = this.grid.lastElementChild;
       li.remove();
+      for (const img of li.querySelectorAll('img')) unloadImage(img);
       if (li.dataset.jobId) this.cards.delete(li.dataset.jobId);
       extra -= 1;
     }
@@ -1816,7 +2239,7 @@ const Gallery = {
     );
     // A failure shows its original, when the archive kept one.
     const img = h('img', { alt: '', loading: 'lazy', decoding: 'async' });
-    loadImage(img, done ? urls.result(id) : urls.original(id), () =>
+    loadImage(img, id, done ? 'result' : 'original', () =>
       img.replaceWith(h('span', { class: 'card-placeholder', text: done ? 'No preview' : 'No image' })),
     );
     media.prepend(img);
@@ -1893,6 +2316,7 @@ const Gallery = {
     }
     const next = entry.li.nextElementSibling || entry.li.previousElementSibling;
     entry.li.remove();
+    for (const img of entry.li.querySelectorAll('img')) unloadImage(img);
     this.cards.delete(entry.job.id);
     Names.forget(entry.job.id);
     this.updateStatus();
@@ -1902,13 +2326,17 @@ const Gallery = {
   },
 };
 
+/** A download link to the link the server gave (a stale one is renewed
+ * when clicked: Links.onClick). */
 function downloadLink(id, which, name, m, text, className) {
   const ext = m && m.format ? (m.format === 'jpeg' ? 'jpg' : m.format) : '';
   return h(
     'a',
     {
       class: className,
-      href: which === 'result' ? urls.result(id) : urls.original(id),
+      href: Links.now(id, which) || urls[which](id),
+      'data-link-id': id,
+      'data-link': which,
       download: `${baseName(name)}${which === 'result' ? '-result' : ''}${ext ? `.${ext}` : ''}`,
       'aria-label': `Download the ${which} of ${name}`,
       'data-testid': `download-${which}`,
@@ -1918,18 +2346,24 @@ function downloadLink(id, which, name, m, text, className) {
   );
 }
 
-const imageRetries = new WeakMap(); // img -> {src, attempt, onGiveUp, timer}
+const imageRetries = new WeakMap(); // img -> {attempt, tries, onGiveUp, timer}
 
 /**
- * Load `src` into `img`; while it fails (an original the archive has not
- * stored yet answers 404) try again a few times, backing off.
+ * Load the `which` image ('result' or 'original') of job `id` into `img`,
+ * from the link the server gave. While it fails (an original the archive
+ * has not stored yet answers 404; a signed link that expired, 403) try
+ * again a few times, backing off, with fresh links when they are signed.
  */
-function loadImage(img, src, onGiveUp = null, tries = 4) {
+function loadImage(img, id, which, onGiveUp = null, tries = 4) {
   unloadImage(img);
-  const state = { src, attempt: 0, tries, onGiveUp, timer: 0 };
+  const state = { attempt: 0, tries, onGiveUp, timer: 0 };
   imageRetries.set(img, state);
+  const current = () => imageRetries.get(img) === state;
+  const show = (src, attempt) => {
+    if (current()) img.src = attempt ? withQuery(src, `try=${attempt}`) : src;
+  };
   img.addEventListener('error', function retry() {
-    if (imageRetries.get(img) !== state) {
+    if (!current()) {
       img.removeEventListener('error', retry);
       return;
     }
@@ -1940,11 +2374,14 @@ function loadImage(img, src, onGiveUp = null, tries = 4) {
       if (state.onGiveUp) state.onGiveUp();
       return;
     }
+    const attempt = state.attempt;
     state.timer = setTimeout(() => {
-      if (imageRetries.get(img) === state) img.src = `${src}?try=${state.attempt}`;
-    }, 1000 * 2 ** (state.attempt - 1));
+      if (current()) Links.get(id, which, { force: true, wanted: current }).then((src) => show(src, attempt));
+    }, 1000 * 2 ** (attempt - 1));
   });
-  img.src = src;
+  const known = Links.now(id, which);
+  if (known) show(known, 0);
+  else Links.get(id, which, { wanted: current }).then((src) => show(src, 0));
 }
 
 function unloadImage(img) {
@@ -2005,15 +2442,15 @@ const Compare = {
           ? 'The original is not in the archive (yet); it appears here once it is stored.'
           : 'No image to show: the archive has no original for this job.';
     };
-    loadImage($('#stage-original'), urls.original(id), missing);
+    loadImage($('#stage-original'), id, 'original', missing);
     $('#stage-original').alt = `Original of ${name}`;
-    loadImage($('#side-original'), urls.original(id));
+    loadImage($('#side-original'), id, 'original');
     $('#side-original').alt = `Original of ${name}`;
     $('#side-original-cap').textContent = o ? `Original · ${fmtFormat(o)} · ${fmtDims(o)} · ${fmtBytes(o.size)}` : 'Original';
     const res = job.state === 'done';
     for (const el of [$('#stage-result'), $('#side-result')]) {
       el.alt = `Result of ${name}`;
-      if (res) loadImage(el, urls.result(id));
+      if (res) loadImage(el, id, 'result');
       else unloadImage(el);
     }
     $('#side-result-cap').textContent = res ? `Result · ${fmtFormat(r)} · ${fmtDims(r)} · ${fmtBytes(r && r.size)}` : '';
@@ -2171,6 +2608,12 @@ const Ops = {
         out.textContent = 'not available';
         out.dataset.state = 'unavailable';
         this.statsGone = true; // this server has no /v1/stats
+        return;
+      }
+      if (err.status === 401 || err.status === 403) {
+        // Asked again when a key is entered (Auth.changed).
+        out.textContent = err.status === 401 ? 'needs an API key' : `not allowed (${err.code})`;
+        out.dataset.state = 'error';
         return;
       }
       out.textContent = err.status ? `unavailable (HTTP ${err.status})` : 'unreachable';
@@ -2405,6 +2848,8 @@ const Intake = {
 function start() {
   Announcer.el = $('#announcer');
   Names.load();
+  Auth.load();
+  Auth.init();
   Builder.restore();
   Builder.wire();
   View.init();
@@ -2416,6 +2861,7 @@ function start() {
   Builder.load();
   Jobs.connect();
   Gallery.loadMore();
+  document.addEventListener('click', (ev) => Links.onClick(ev));
   setInterval(() => Jobs.sweep(), 2000);
   window.addEventListener('beforeunload', (ev) => {
     if (!Uploads.sending()) return;

@@ -2,6 +2,9 @@
 //! playwright-core) against a real `pipeline serve`: 25 files dropped, 2 of
 //! them corrupt; progress, results, errors, reload, comparison, the
 //! transform builder and the operations view, each saved as a screenshot.
+//! Then with API keys (`tests/browser/keys.test.mjs`): the key prompt after
+//! a 401, a refused key, uploads, live results and images through signed
+//! links, renewed links, a read-only key refused.
 //!
 //! Needs Node.js, `/usr/bin/chromium` and `tests/browser/node_modules`
 //! (`scripts/test-setup.sh` installs them). Without them the test fails and
@@ -54,30 +57,31 @@ fn files(dir: &Path) {
     std::fs::write(dir.join("corrupt-2.png"), noise).unwrap();
 }
 
-#[test]
-fn the_web_app_works_in_chromium() {
+/// Run `script` (in `tests/browser`) against `server` with the files of
+/// [`files`] and `env`; its screenshots go to `shots` (kept under target/
+/// for a person to look at).
+fn run_node(script: &str, server: &Server, shots: &str, env: &[(&str, &str)]) {
     let browser_dir = repo().join("tests/browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").is_dir()
             && Path::new("/usr/bin/chromium").exists(),
         "the browser test needs /usr/bin/chromium and tests/browser/node_modules: run scripts/test-setup.sh"
     );
-    let server = Server::start(&[]);
     let work = tempfile::tempdir().unwrap();
     let input = work.path().join("files");
     std::fs::create_dir_all(&input).unwrap();
     files(&input);
-    // Kept after the run (under target/), for a person to look at.
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-screenshots");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join(shots);
     let _ = std::fs::remove_dir_all(&shots);
 
     let mut child = Command::new("node")
-        .arg("app.test.mjs")
+        .arg(script)
         .current_dir(&browser_dir)
         .env("BASE_URL", &server.base)
         .env("FILES_DIR", &input)
         .env("OUT_DIR", &shots)
         .env("TEST_TIMEOUT_MS", (WITHIN.as_millis() - 10_000).to_string())
+        .envs(env.iter().copied())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
@@ -89,11 +93,14 @@ fn the_web_app_works_in_chromium() {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("the browser test ran over {WITHIN:?}");
+            panic!("the browser test {script} ran over {WITHIN:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(status.success(), "the browser test failed: {status}");
+    assert!(
+        status.success(),
+        "the browser test {script} failed: {status}"
+    );
     let mut taken: Vec<String> = std::fs::read_dir(&shots)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -101,4 +108,42 @@ fn the_web_app_works_in_chromium() {
     taken.sort();
     eprintln!("screenshots in {}: {taken:?}", shots.display());
     assert!(taken.len() >= 6, "screenshots: {taken:?}");
+}
+
+#[test]
+fn the_web_app_works_in_chromium() {
+    let server = Server::start(&[]);
+    run_node("app.test.mjs", &server, "browser-screenshots", &[]);
+}
+
+/// `pipeline keys create` on the server's database; the key.
+fn key(server: &Server, scopes: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["keys", "create", "--tenant", "acme", "--scopes", scopes])
+        .args(["--database-url", &server.database_url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn the_web_app_works_with_api_keys_in_chromium() {
+    let server = Server::start(&[
+        "--auth",
+        "keys",
+        "--url-secret",
+        "0123456789abcdef0123456789abcdef-browser",
+    ]);
+    let (full, read) = (key(&server, "upload,read"), key(&server, "read"));
+    run_node(
+        "keys.test.mjs",
+        &server,
+        "browser-screenshots-keys",
+        &[("API_KEY", &full), ("READ_KEY", &read)],
+    );
 }
