@@ -2,10 +2,11 @@
 //! signed links an `<img src>` can use without a header.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderName, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use pipeline_core::auth::{
     ApiKey, KeyState, KeyStore, LinkCheck, LinkSigner, Scope, Scopes, key_id, valid_tenant,
 };
@@ -53,6 +54,10 @@ pub(crate) struct Caller {
     pub tenant: String,
     /// What it may do.
     pub scopes: Scopes,
+    /// When it came with a signed link: the link's expiry (seconds since
+    /// the Unix epoch). Links made for it expire no later, and its event
+    /// stream ends then.
+    pub link_expires: Option<i64>,
 }
 
 /// Authentication of the API: the mode, the keys, the link signer.
@@ -64,6 +69,7 @@ pub struct Auth {
     link_ttl: Duration,
     cache: Arc<KeyCache>,
     rates: Arc<Limiter>,
+    warned_proxy: Arc<AtomicBool>,
 }
 
 impl Default for Auth {
@@ -83,6 +89,7 @@ impl Auth {
             link_ttl: Duration::from_secs(3600),
             cache: Arc::default(),
             rates: Arc::default(),
+            warned_proxy: Arc::default(),
         }
     }
 
@@ -130,21 +137,47 @@ impl Auth {
         self.rates.bytes(&caller.tenant, bytes)
     }
 
+    /// Whether upload bytes are counted (a byte rate is set).
+    pub(crate) fn meters_bytes(&self) -> bool {
+        self.rates.meters_bytes()
+    }
+
     /// The mode.
     pub fn mode(&self) -> &AuthMode {
         &self.mode
     }
 
-    /// A link to `path` for `tenant`: signed with an expiry when auth is
-    /// on, the bare path when it is off.
-    pub(crate) fn link(&self, path: String, tenant: &str) -> String {
+    /// A link to `path` for the caller's tenant: signed with an expiry
+    /// when auth is on (no later than the link the caller came with), the
+    /// bare path when it is off.
+    pub(crate) fn link(&self, path: String, caller: &Caller) -> String {
         match (&self.mode, &self.links) {
             (AuthMode::None, _) | (_, None) => path,
             (_, Some(signer)) => {
-                let expires = now_ms() / 1000 + self.link_ttl.as_secs() as i64;
+                let ttl = i64::try_from(self.link_ttl.as_secs()).unwrap_or(i64::MAX);
+                let mut expires = (now_ms() / 1000).saturating_add(ttl);
+                if let Some(limit) = caller.link_expires {
+                    expires = expires.min(limit);
+                }
+                let tenant = &caller.tenant;
                 let sig = signer.sign(&path, tenant, expires);
                 format!("{path}?tenant={tenant}&expires={expires}&sig={sig}")
             }
+        }
+    }
+
+    /// When an event stream opened by `caller` must end: at its link's
+    /// expiry, and at the latest after the link time to live, so that a
+    /// revoked key or an expired link does not keep a stream for ever
+    /// (`EventSource` reconnects, and authenticates again).
+    pub(crate) fn stream_deadline(&self, caller: &Caller) -> Duration {
+        let ttl = self.link_ttl;
+        match caller.link_expires {
+            Some(at) => {
+                let left = at.saturating_sub(now_ms() / 1000).max(0);
+                ttl.min(Duration::from_secs(left.unsigned_abs()))
+            }
+            None => ttl,
         }
     }
 
@@ -178,6 +211,18 @@ impl Auth {
         self.header_caller(headers).await.ok()
     }
 
+    /// With auth off, requests that came through a proxy (it added a
+    /// forwarding header) may come from anywhere: say so once.
+    fn warn_if_proxied(&self, headers: &HeaderMap) {
+        if (headers.contains_key("x-forwarded-for") || headers.contains_key("forwarded"))
+            && !self.warned_proxy.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "auth is off (PIPELINE_AUTH=none) and requests arrive through a proxy (X-Forwarded-For/Forwarded): anyone who reaches the proxy can read and write every tenant's images; set PIPELINE_AUTH=keys or trusted-header"
+            );
+        }
+    }
+
     fn link_caller(&self, path: &str, link: Link<'_>) -> Result<Caller, ApiError> {
         let refused = |code, message: &str| {
             Err(ApiError::new(
@@ -196,6 +241,7 @@ impl Auth {
             LinkCheck::Valid => Ok(Caller {
                 tenant: link.tenant.to_string(),
                 scopes: Scopes::READ,
+                link_expires: Some(link.expires),
             }),
             LinkCheck::Expired => refused("link_expired", "this link has expired"),
             LinkCheck::Invalid => refused("invalid_link", "this link's signature is not valid"),
@@ -204,11 +250,15 @@ impl Auth {
 
     async fn header_caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         match &self.mode {
-            AuthMode::None => Ok(Caller {
-                tenant: tenant_header(headers, "x-tenant")?
-                    .unwrap_or_else(|| DEFAULT_TENANT.to_string()),
-                scopes: Scopes::ALL,
-            }),
+            AuthMode::None => {
+                self.warn_if_proxied(headers);
+                Ok(Caller {
+                    tenant: tenant_header(headers, "x-tenant")?
+                        .unwrap_or_else(|| DEFAULT_TENANT.to_string()),
+                    scopes: Scopes::ALL,
+                    link_expires: None,
+                })
+            }
             AuthMode::TrustedHeader(name) => {
                 let tenant = tenant_header(headers, name.as_str())?.ok_or_else(|| {
                     unauthorized(
@@ -216,7 +266,7 @@ impl Auth {
                         format!("the {name} header is required (set by the authenticating proxy)"),
                     )
                 })?;
-                let scopes = match headers.get(SCOPES_HEADER) {
+                let scopes = match single(headers, SCOPES_HEADER)? {
                     None => Scopes::CLIENT,
                     Some(v) => v
                         .to_str()
@@ -230,7 +280,11 @@ impl Auth {
                             )
                         })?,
                 };
-                Ok(Caller { tenant, scopes })
+                Ok(Caller {
+                    tenant,
+                    scopes,
+                    link_expires: None,
+                })
             }
             AuthMode::Keys => self.key_caller(headers).await,
         }
@@ -284,6 +338,7 @@ impl Auth {
         Ok(Caller {
             tenant: key.tenant,
             scopes: key.scopes,
+            link_expires: None,
         })
     }
 
@@ -304,9 +359,11 @@ fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, code, message)
 }
 
-/// The tenant in header `name`, if present; a 400 if malformed.
+/// The tenant in header `name`, if present; a 400 if malformed or given
+/// twice (a proxy that appends its value instead of replacing the
+/// client's must not let the client's through).
 fn tenant_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get(name) else {
+    let Some(v) = single(headers, name)? else {
         return Ok(None);
     };
     match v.to_str() {
@@ -317,6 +374,20 @@ fn tenant_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiE
             format!("{name} must be 1-128 characters of A-Z, a-z, 0-9, '-', '_', '.'"),
         )),
     }
+}
+
+/// The one value of header `name`, if any; a 400 when it comes twice.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "duplicate_header",
+            format!("{name} must be sent once"),
+        ));
+    }
+    Ok(first)
 }
 
 /// The signed-link fields of a query string.
@@ -331,9 +402,12 @@ struct Link<'a> {
 fn link_params(uri: &Uri) -> Option<Result<Link<'_>, ApiError>> {
     let query = uri.query()?;
     let mut fields = HashMap::new();
+    let mut repeated = false;
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        fields.insert(k, v);
+        if fields.insert(k, v).is_some() && matches!(k, "tenant" | "expires" | "sig") {
+            repeated = true;
+        }
     }
     let sig = *fields.get("sig")?;
     let bad = || {
@@ -344,6 +418,9 @@ fn link_params(uri: &Uri) -> Option<Result<Link<'_>, ApiError>> {
         )
     };
     let link = (|| {
+        if repeated {
+            return None;
+        }
         Some(Link {
             tenant: fields.get("tenant").filter(|t| valid_tenant(t))?,
             expires: fields.get("expires")?.parse().ok()?,
@@ -355,14 +432,17 @@ fn link_params(uri: &Uri) -> Option<Result<Link<'_>, ApiError>> {
 
 /// Keys looked up lately, found or not, for a short time: a request
 /// costs no database read while its key is cached, and a revocation
-/// reaches this process within the time to live.
+/// reaches this process within the time to live. Unknown ids are kept
+/// apart, so that a flood of made-up keys cannot push real ones out.
 #[derive(Debug)]
 struct KeyCache {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (Option<ApiKey>, Instant)>>,
+    found: Mutex<HashMap<String, (ApiKey, Instant)>>,
+    unknown: Mutex<HashMap<String, Instant>>,
 }
 
-/// Most keys cached; beyond, the cache is emptied.
+/// Most entries of each map; beyond, the expired ones go, then the map
+/// is emptied (real keys are few; made-up ones are not worth keeping).
 const CACHE_MAX: usize = 10_000;
 
 impl Default for KeyCache {
@@ -371,33 +451,56 @@ impl Default for KeyCache {
     }
 }
 
+fn make_room<V>(map: &mut HashMap<String, V>, ttl: Duration, at: impl Fn(&V) -> Instant) {
+    if map.len() >= CACHE_MAX {
+        map.retain(|_, v| at(v).elapsed() < ttl);
+        if map.len() >= CACHE_MAX {
+            map.clear();
+        }
+    }
+}
+
 impl KeyCache {
     fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            entries: Mutex::default(),
+            found: Mutex::default(),
+            unknown: Mutex::default(),
         }
     }
 
     fn get(&self, id: &str) -> Option<Option<ApiKey>> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (key, at) = entries.get(id)?;
-        (at.elapsed() < self.ttl).then(|| key.clone())
+        let found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, at)) = found.get(id)
+            && at.elapsed() < self.ttl
+        {
+            return Some(Some(key.clone()));
+        }
+        drop(found);
+        let unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        match unknown.get(id) {
+            Some(at) if at.elapsed() < self.ttl => Some(None),
+            _ => None,
+        }
     }
 
     fn put(&self, id: &str, key: Option<ApiKey>) {
         if self.ttl.is_zero() {
             return;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= CACHE_MAX {
-            let ttl = self.ttl;
-            entries.retain(|_, (_, at)| at.elapsed() < ttl);
-            if entries.len() >= CACHE_MAX {
-                entries.clear();
+        let now = Instant::now();
+        match key {
+            Some(key) => {
+                let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+                make_room(&mut found, self.ttl, |(_, at)| *at);
+                found.insert(id.to_string(), (key, now));
+            }
+            None => {
+                let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+                make_room(&mut unknown, self.ttl, |at| *at);
+                unknown.insert(id.to_string(), now);
             }
         }
-        entries.insert(id.to_string(), (key, Instant::now()));
     }
 }
 

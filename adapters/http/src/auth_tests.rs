@@ -13,6 +13,7 @@ use pipeline_core::memory::{MemoryArchive, MemoryBroker};
 use tower::ServiceExt;
 
 use super::*;
+use crate::quota::RateLimits;
 use crate::testing::{app_with, json, png};
 
 const SECRET: [u8; 32] = [7; 32];
@@ -414,4 +415,188 @@ async fn the_events_link_opens_the_stream_without_a_header() {
     // Not a link to anything else.
     let other = url.replace("/v1/events?", "/v1/images?");
     assert_eq!(send(&app, get(&other, None)).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn an_upload_only_key_gets_no_read_links() {
+    let (app, store) = keyed().await;
+    let uploader = key(&store, "acme", "upload".parse().unwrap()).await;
+    let image = uploaded(&app, &uploader).await;
+    let id = image["id"].as_str().unwrap();
+    assert_eq!(image["result_url"], format!("/v1/images/{id}/result"));
+    assert_eq!(image["status_url"], format!("/v1/images/{id}"));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_cannot_reach_another_tenants_job() {
+    let (app, store) = keyed().await;
+    let (a, b) = (
+        key(&store, "tenant-a", Scopes::CLIENT).await,
+        key(&store, "tenant-b", Scopes::CLIENT).await,
+    );
+    let keyed = |k: &str, idem: &str| {
+        Request::post("/v1/images?transform=grayscale")
+            .header("authorization", format!("Bearer {k}"))
+            .header("content-type", "image/png")
+            .header("idempotency-key", idem)
+            .body(Body::from(png()))
+            .unwrap()
+    };
+    let idem = uuid::Uuid::now_v7().to_string();
+    let r = app.clone().oneshot(keyed(&a, &idem)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let job = json(r).await["images"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // B with A's key, or with A's job id as its key: jobs of its own,
+    // answered as any fresh key is.
+    for guess in [idem.as_str(), job.as_str()] {
+        let r = app.clone().oneshot(keyed(&b, guess)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{guess}");
+        assert_ne!(json(r).await["images"][0]["id"], job.as_str());
+    }
+    // A's job is untouched: B's jobs do not show in A's list.
+    let r = app
+        .clone()
+        .oneshot(get(&format!("/v1/images/{job}"), Some(&a)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn upload_bytes_are_metered_before_the_body_is_read() {
+    let store = Arc::new(MemoryArchive::new());
+    let auth = Auth::keys(store.clone(), LinkSigner::new(&SECRET, None).unwrap())
+        .with_key_cache(Duration::ZERO)
+        .with_rates(RateLimits {
+            bytes_per_second: 1000,
+            byte_burst: 2000,
+            ..RateLimits::default()
+        });
+    let (app, _) = app_with(Arc::new(MemoryBroker::new()), auth).await;
+    let k = key(&store, "acme", Scopes::CLIENT).await;
+    let post = |body: Body, length: Option<usize>| {
+        let mut r = Request::post("/v1/images")
+            .header("authorization", format!("Bearer {k}"))
+            .header("content-type", "image/png");
+        if let Some(n) = length {
+            r = r.header("content-length", n);
+        }
+        r.body(body).unwrap()
+    };
+    // Without a length it could not be counted first: 411.
+    let chunked = Body::from_stream(futures::stream::iter([Ok::<_, std::io::Error>(
+        bytes::Bytes::from(png()),
+    )]));
+    assert_eq!(
+        send(&app, post(chunked, None)).await,
+        (StatusCode::LENGTH_REQUIRED, "length_required".into())
+    );
+    // A declared 50 kB passes on a full bucket and leaves it in debt for
+    // what it weighed, whatever the body turns out to be.
+    let big = vec![0u8; 50_000];
+    let (status, _) = send(&app, post(Body::from(big.clone()), Some(big.len()))).await;
+    assert_ne!(status, StatusCode::TOO_MANY_REQUESTS);
+    let png = png();
+    let r = app
+        .clone()
+        .oneshot(post(Body::from(png.clone()), Some(png.len())))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let after: u32 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(after >= 40, "{after}");
+}
+
+#[tokio::test]
+async fn links_made_from_a_link_expire_with_it_and_duplicates_are_refused() {
+    let (app, store) = keyed().await;
+    let a = key(&store, "acme", Scopes::CLIENT).await;
+    let image = uploaded(&app, &a).await;
+    let id = image["id"].as_str().unwrap();
+    let signer = LinkSigner::new(&SECRET, None).unwrap();
+    let path = format!("/v1/images/{id}");
+    let soon = now_ms() / 1000 + 30;
+    let link = format!(
+        "{path}?tenant=acme&expires={soon}&sig={}",
+        signer.sign(&path, "acme", soon)
+    );
+    let r = app.clone().oneshot(get(&link, None)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let status = json(r).await;
+    let result = status["result_url"].as_str().unwrap();
+    assert!(result.contains(&format!("expires={soon}&")), "{result}");
+    // A field given twice: refused, whichever value is signed.
+    let doubled = format!("{link}&tenant=other");
+    assert_eq!(
+        send(&app, get(&doubled, None)).await,
+        (StatusCode::FORBIDDEN, "invalid_link".into())
+    );
+}
+
+#[tokio::test]
+async fn an_event_stream_opened_by_a_link_ends_when_the_link_expires() {
+    let (app, _) = keyed().await;
+    let signer = LinkSigner::new(&SECRET, None).unwrap();
+    let soon = now_ms() / 1000 + 2;
+    let link = format!(
+        "/v1/events?tenant=acme&expires={soon}&sig={}",
+        signer.sign("/v1/events", "acme", soon)
+    );
+    let r = app.clone().oneshot(get(&link, None)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        axum::body::to_bytes(r.into_body(), 1 << 20),
+    )
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its link");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_header_given_twice_is_refused() {
+    let auth = Auth::trusted_header(
+        HeaderName::from_static("x-auth-tenant"),
+        LinkSigner::new(&SECRET, None).unwrap(),
+    );
+    let (app, _) = app_with(Arc::new(MemoryBroker::new()), auth).await;
+    let twice = Request::get("/v1/images")
+        .header("x-auth-tenant", "evil")
+        .header("x-auth-tenant", "acme")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(&app, twice).await,
+        (StatusCode::BAD_REQUEST, "duplicate_header".into())
+    );
+}
+
+#[tokio::test]
+async fn stats_show_a_tenant_its_own_jobs() {
+    let (app, store) = keyed().await;
+    let (a, b) = (
+        key(&store, "tenant-a", Scopes::CLIENT).await,
+        key(&store, "tenant-b", Scopes::CLIENT).await,
+    );
+    uploaded(&app, &a).await;
+    let of = |k: String| {
+        let app = app.clone();
+        async move {
+            json(app.oneshot(get("/v1/stats", Some(&k))).await.unwrap()).await["in_flight"].clone()
+        }
+    };
+    assert_eq!(of(a).await, 1);
+    assert_eq!(of(b).await, 0);
 }

@@ -39,10 +39,12 @@ pub(crate) async fn events(
     headers: HeaderMap,
     uri: Uri,
 ) -> ApiResult<Response> {
-    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
+    let caller = state.auth.caller(&headers, &uri, Scope::Read).await?;
+    let ends = tokio::time::sleep(state.auth.stream_deadline(&caller));
+    let tenant = caller.tenant;
     // Counted while the stream is open (the guard goes with it).
     let open = waits.enter(&tenant, state.config.max_waits_per_tenant)?;
-    let stream = state.results.completions().await?;
+    let stream = state.results.completions().await?.take_until(ends);
     let events = stream
         .filter(move |s| futures::future::ready(s.tenant == tenant))
         .map(move |s| {
@@ -76,8 +78,8 @@ pub(crate) async fn events_link(
     headers: HeaderMap,
     uri: Uri,
 ) -> ApiResult<Json<Link>> {
-    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
+    let caller = state.auth.caller(&headers, &uri, Scope::Read).await?;
     Ok(Json(Link {
-        url: state.auth.link("/v1/events".to_string(), &tenant),
+        url: state.auth.link("/v1/events".to_string(), &caller),
     }))
 }

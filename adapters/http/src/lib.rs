@@ -446,17 +446,28 @@ mod tests {
 
     #[tokio::test]
     async fn an_idempotency_key_makes_one_job_however_often_it_is_sent() {
+        use pipeline_core::services::keyed_job_id;
         let app = app().await;
-        let key = uuid::Uuid::now_v7().to_string();
-        let r = app.clone().oneshot(keyed_upload(&key, "a")).await.unwrap();
+        let key = uuid::Uuid::now_v7();
+        let job = keyed_job_id("a", key).to_string();
+        let r = app
+            .clone()
+            .oneshot(keyed_upload(&key.to_string(), "a"))
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::ACCEPTED);
-        assert_eq!(json(r).await["images"][0]["id"], key.as_str());
+        assert_eq!(r.headers()["idempotency-key"], key.to_string().as_str());
+        assert_eq!(json(r).await["images"][0]["id"], job.as_str());
         // Again: the same job, said to be a replay, nothing new.
-        let r = app.clone().oneshot(keyed_upload(&key, "a")).await.unwrap();
+        let r = app
+            .clone()
+            .oneshot(keyed_upload(&key.to_string(), "a"))
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["idempotent-replayed"], "true");
         let body = json(r).await;
-        assert_eq!(body["images"][0]["id"], key.as_str());
+        assert_eq!(body["images"][0]["id"], job.as_str());
         assert_eq!(body["images"][0]["spec"], "grayscale");
         let r = app
             .clone()
@@ -464,11 +475,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(json(r).await["in_flight"], 1, "one job, not two");
-        // Another tenant's job: a conflict, with no Retry-After.
-        let r = app.clone().oneshot(keyed_upload(&key, "b")).await.unwrap();
-        assert_eq!(r.status(), StatusCode::CONFLICT);
-        assert!(r.headers().get("retry-after").is_none());
-        assert_eq!(json(r).await["error"]["code"], "idempotency_key_conflict");
+        // Another tenant's same key: a job of its own, which tells nothing
+        // of the first.
+        let r = app
+            .clone()
+            .oneshot(keyed_upload(&key.to_string(), "b"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let other = json(r).await["images"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(other, keyed_job_id("b", key).to_string());
+        assert_ne!(other, job);
+        // A key equal to another tenant's job id: the same.
+        let r = app.clone().oneshot(keyed_upload(&job, "b")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
     }
 
     #[tokio::test]
@@ -579,10 +602,11 @@ mod tests {
         let key = uuid::Uuid::now_v7().to_string();
         let r = app.clone().oneshot(keyed_upload(&key, "a")).await.unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let job = pipeline_core::services::keyed_job_id("a", key.parse().unwrap());
         let r = app
             .clone()
             .oneshot(
-                Request::get(format!("/v1/images/{key}"))
+                Request::get(format!("/v1/images/{job}"))
                     .header("x-tenant", "a")
                     .body(Body::empty())
                     .unwrap(),
@@ -604,7 +628,7 @@ mod tests {
         }
         let r = app.clone().oneshot(keyed_upload(&key, "a")).await.unwrap();
         assert_eq!(r.status(), StatusCode::ACCEPTED);
-        assert_eq!(json(r).await["images"][0]["id"], key.as_str());
+        assert_eq!(json(r).await["images"][0]["id"], job.to_string().as_str());
     }
 
     #[tokio::test]
@@ -619,7 +643,7 @@ mod tests {
                 message_id: uuid::Uuid::now_v7(),
                 at_ms: 1,
                 event: pipeline_core::envelope::events::DELETED.into(),
-                job_id: key,
+                job_id: pipeline_core::services::keyed_job_id("a", key),
                 tenant: "a".into(),
                 worker: None,
                 size: 0,

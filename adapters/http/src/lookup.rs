@@ -17,6 +17,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::common::{ApiResult, AppState, job_id, query};
 use crate::error::ApiError;
 use crate::openapi::TenantHeader;
@@ -143,10 +144,10 @@ fn wait_of(state: &ApiState, q: WaitQuery) -> ApiResult<Duration> {
     }
 }
 
-/// `status` as JSON, its links signed for its tenant.
-fn linked(state: &ApiState, mut status: ImageStatus) -> Response {
-    status.result_url = state.auth.link(result_path(status.id), &status.tenant);
-    status.original_url = state.auth.link(original_path(status.id), &status.tenant);
+/// `status` as JSON, with links signed for `caller`.
+fn linked(state: &ApiState, caller: &Caller, mut status: ImageStatus) -> Response {
+    status.result_url = state.auth.link(result_path(status.id), caller);
+    status.original_url = state.auth.link(original_path(status.id), caller);
     Json(status).into_response()
 }
 
@@ -170,7 +171,8 @@ pub(crate) async fn status(
     headers: HeaderMap,
     uri: Uri,
 ) -> ApiResult<Response> {
-    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
+    let caller = state.auth.caller(&headers, &uri, Scope::Read).await?;
+    let tenant = caller.tenant.clone();
     let id = job_id(&raw)?;
     match find(&state, id, &tenant, None).await? {
         Some(Found::Live(s)) => {
@@ -183,6 +185,7 @@ pub(crate) async fn status(
             let s = s.summary();
             Ok(linked(
                 &state,
+                &caller,
                 ImageStatus {
                     id: s.id,
                     tenant: s.tenant,
@@ -202,11 +205,11 @@ pub(crate) async fn status(
                 },
             ))
         }
-        Some(Found::Archived(r)) => Ok(linked(&state, ImageStatus::from(r))),
+        Some(Found::Archived(r)) => Ok(linked(&state, &caller, ImageStatus::from(r))),
         None => {
             let entries = timeline::entries(&state, id, &tenant).await?;
             match timeline::unarchived_status(id, &entries) {
-                Some(status) => Ok(linked(&state, status)),
+                Some(status) => Ok(linked(&state, &caller, status)),
                 None => Err(ApiError::not_found(&raw)),
             }
         }
@@ -347,7 +350,8 @@ pub(crate) async fn list(
     headers: HeaderMap,
     uri: Uri,
 ) -> ApiResult<Response> {
-    let tenant = state.auth.caller(&headers, &uri, Scope::Read).await?.tenant;
+    let caller = state.auth.caller(&headers, &uri, Scope::Read).await?;
+    let tenant = caller.tenant.clone();
     let q = query(q)?;
     let cursor = match q.cursor.as_deref() {
         None | Some("") => None,
@@ -372,8 +376,8 @@ pub(crate) async fn list(
         .items
         .into_iter()
         .map(|record| ListedImage {
-            result_url: state.auth.link(result_path(record.job_id), &tenant),
-            original_url: state.auth.link(original_path(record.job_id), &tenant),
+            result_url: state.auth.link(result_path(record.job_id), &caller),
+            original_url: state.auth.link(original_path(record.job_id), &caller),
             record,
         })
         .collect();

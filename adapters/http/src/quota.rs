@@ -34,18 +34,23 @@ struct Bucket {
 
 impl Bucket {
     /// Refill at `rate` up to `burst`, then take `cost`; or the time until
-    /// `cost` is there (nothing taken).
+    /// there is room (nothing taken). A cost above the burst passes with
+    /// a full bucket and leaves it in debt, so that large requests cost
+    /// what they weigh.
     fn take(&mut self, cost: f64, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate).min(burst);
         self.at = now;
-        // A cost above the burst takes a full bucket.
-        let cost = cost.min(burst);
-        if self.tokens >= cost {
+        let needed = cost.min(burst);
+        if self.tokens >= needed {
             self.tokens -= cost;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((cost - self.tokens) / rate))
+            let cost = needed;
+            // Finite and positive for a positive, finite rate; anything
+            // else says "a second".
+            Err(Duration::try_from_secs_f64((cost - self.tokens) / rate)
+                .unwrap_or(Duration::from_secs(1)))
         }
     }
 }
@@ -83,6 +88,11 @@ impl Limiter {
         )
     }
 
+    /// Whether a byte rate is set.
+    pub(crate) fn meters_bytes(&self) -> bool {
+        self.limits.bytes_per_second > 0
+    }
+
     /// Count `bytes` of upload of `tenant`; 429 `rate_limited` when its
     /// byte rate is used up.
     pub(crate) fn bytes(&self, tenant: &str, bytes: u64) -> Result<(), ApiError> {
@@ -107,7 +117,8 @@ impl Limiter {
         burst: f64,
         what: &str,
     ) -> Result<(), ApiError> {
-        if rate <= 0.0 {
+        // Off when 0 (or not a usable number).
+        if !(rate.is_finite() && rate > 0.0) {
             return Ok(());
         }
         let now = Instant::now();
@@ -115,6 +126,16 @@ impl Limiter {
         if buckets.len() >= MAX_TENANTS && !buckets.contains_key(tenant) {
             let limits = self.limits;
             buckets.retain(|_, b| !is_full(b, &limits, now));
+            if buckets.len() >= MAX_TENANTS {
+                // Still full of busy tenants: forget the half seen least
+                // lately (a forgotten tenant starts again with a full
+                // bucket, the most it could have had).
+                let mut seen: Vec<Instant> = buckets.values().map(last_seen).collect();
+                let middle = seen.len() / 2;
+                let (_, cut, _) = seen.select_nth_unstable(middle);
+                let cut = *cut;
+                buckets.retain(|_, b| last_seen(b) > cut);
+            }
         }
         let slot = &mut buckets.entry(tenant.to_string()).or_default()[which];
         let bucket = slot.get_or_insert(Bucket {
@@ -132,6 +153,15 @@ impl Limiter {
             e
         })
     }
+}
+
+/// When a tenant's buckets were last used.
+fn last_seen(b: &[Option<Bucket>; 2]) -> Instant {
+    b.iter()
+        .flatten()
+        .map(|b| b.at)
+        .max()
+        .unwrap_or_else(Instant::now)
 }
 
 /// Whether both buckets would be full now (dropping them changes nothing).
@@ -199,6 +229,22 @@ mod tests {
     }
 
     #[test]
+    fn the_buckets_of_many_busy_tenants_are_bounded() {
+        let limiter = Limiter::new(RateLimits {
+            requests_per_second: 0.001,
+            request_burst: 1,
+            ..RateLimits::default()
+        });
+        for n in 0..(MAX_TENANTS + 10) {
+            assert!(limiter.request(&format!("t{n}")).is_ok());
+        }
+        let kept = limiter.buckets.lock().unwrap().len();
+        assert!(kept <= MAX_TENANTS, "{kept}");
+        // The latest are kept, and still held to their rate.
+        assert!(limiter.request(&format!("t{}", MAX_TENANTS + 9)).is_err());
+    }
+
+    #[test]
     fn an_upload_larger_than_the_burst_takes_a_full_bucket() {
         let limiter = Limiter::new(RateLimits {
             bytes_per_second: 1000,
@@ -206,7 +252,9 @@ mod tests {
             ..RateLimits::default()
         });
         assert!(limiter.bytes("a", 1_000_000).is_ok());
+        // In debt for what it weighed: about 1000 s at 1000 bytes/s.
         let refused = limiter.bytes("a", 1000).unwrap_err();
-        assert_eq!(refused.retry_after, Some(1));
+        let after = refused.retry_after.unwrap();
+        assert!((995..=1001).contains(&after), "{after}");
     }
 }

@@ -75,7 +75,9 @@ pub(crate) fn original_path(id: Uuid) -> String {
 /// Answer to `GET /v1/stats`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Stats {
-    /// Jobs this API process accepted and has not seen finish.
+    /// Jobs this API process accepted and has not seen finish: the
+    /// caller's tenant's, or every tenant's for the admin scope (and when
+    /// auth is off).
     pub in_flight: usize,
     /// Beyond this many, uploads get 503.
     pub max_in_flight: usize,

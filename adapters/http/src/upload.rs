@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pipeline_core::services::{Accepted, Upload};
+use pipeline_core::services::{Accepted, Upload, keyed_job_id};
 use pipeline_core::transform::Probe;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -98,35 +98,24 @@ async fn read_within_time(
         })
 }
 
-/// Count a request's declared `Content-Length` against its tenant's byte
-/// rate, before the body is read; `None` when it declares none.
-fn charge_declared(
-    state: &ApiState,
-    caller: &Caller,
-    headers: &HeaderMap,
-) -> ApiResult<Option<u64>> {
+/// Count a request's `Content-Length` against its tenant's byte rate,
+/// before the body is read (the server reads no more than it declares).
+/// With a byte rate set, a body without a length (chunked) is refused
+/// with 411: it could not be counted before it is read.
+fn charge_declared(state: &ApiState, caller: &Caller, headers: &HeaderMap) -> ApiResult<()> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared {
-        state.auth.charge_bytes(caller, n)?;
+    match declared {
+        Some(n) => state.auth.charge_bytes(caller, n),
+        None if state.auth.meters_bytes() => Err(ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "this server meters upload bytes: send a Content-Length",
+        )),
+        None => Ok(()),
     }
-    Ok(declared)
-}
-
-/// A body sent without a length (chunked) is counted once read.
-fn charge_read(
-    state: &ApiState,
-    caller: &Caller,
-    declared: Option<u64>,
-    files: &[File],
-) -> ApiResult<()> {
-    if declared.is_none() {
-        let read: u64 = files.iter().map(|f| f.data.len() as u64).sum();
-        state.auth.charge_bytes(caller, read)?;
-    }
-    Ok(())
 }
 
 /// Form fields besides the files, at most (`transform`, `preset`, and
@@ -383,10 +372,13 @@ async fn accept(
     let submitted = tokio::spawn(async move {
         let submitter = &state.submitter;
         if let Some(key) = key {
+            // The job this key names for this tenant (another tenant's
+            // same key names another job).
+            let job = keyed_job_id(&tenant, key);
             // Counted in first: while this request looks for an earlier
             // job of the key, no other request of this process can make
             // one.
-            let owned = match submitter.in_flight().try_acquire(key, &tenant) {
+            let owned = match submitter.in_flight().try_acquire(job, &tenant) {
                 Ok(()) => true,
                 // A job of this key is in flight here already (or being
                 // submitted by a request still running).
@@ -395,10 +387,10 @@ async fn accept(
             };
             let release = || {
                 if owned {
-                    submitter.in_flight().release(key);
+                    submitter.in_flight().release(job);
                 }
             };
-            let earlier = match earlier_job(&state, key).await {
+            let earlier = match earlier_job(&state, job, &tenant).await {
                 Ok(found) => found,
                 Err(e) => {
                     release();
@@ -412,7 +404,7 @@ async fn accept(
             };
             if let Some(earlier) = earlier {
                 release();
-                return replayed(earlier, &tenant, key, &probe).map(Outcome::Replayed);
+                return replayed(earlier, &tenant, job, &probe).map(Outcome::Replayed);
             }
             if !owned {
                 // The other request has not recorded its job yet.
@@ -423,17 +415,39 @@ async fn accept(
                 filename: Some(f.name),
                 data: f.data,
             };
-            let accepted = submitter.submit_acquired(key, upload, probe, &spec).await?;
+            let accepted = submitter.submit_acquired(job, upload, probe, &spec).await?;
             return Ok(Outcome::Accepted(vec![accepted]));
         }
+        // Every job counted in before any is published: a batch that does
+        // not fit is refused whole.
+        let mut jobs = Vec::with_capacity(files.len());
+        for _ in &files {
+            let job = Uuid::now_v7();
+            if let Err(e) = submitter.in_flight().try_acquire(job, &tenant) {
+                for j in jobs {
+                    submitter.in_flight().release(j);
+                }
+                return Err(ApiError::busy(e));
+            }
+            jobs.push(job);
+        }
         let mut accepted = Vec::with_capacity(files.len());
-        for (f, probe) in files.into_iter().zip(probes) {
+        let mut pending = files.into_iter().zip(probes).zip(jobs);
+        while let Some(((f, probe), job)) = pending.next() {
             let upload = Upload {
                 tenant: tenant.clone(),
                 filename: Some(f.name),
                 data: f.data,
             };
-            accepted.push(submitter.submit(upload, probe, &spec).await?);
+            match submitter.submit_acquired(job, upload, probe, &spec).await {
+                Ok(a) => accepted.push(a),
+                Err(e) => {
+                    for (_, j) in pending {
+                        submitter.in_flight().release(j);
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         Ok(Outcome::Accepted(accepted))
     });
@@ -518,16 +532,17 @@ enum Earlier {
     Deleted,
 }
 
-/// The job `key` names already, if any: in the result store, in the
-/// archive, or deleted (its timeline ends with `image.deleted`).
-async fn earlier_job(state: &ApiState, key: Uuid) -> ApiResult<Option<Earlier>> {
-    if let Some(s) = state.results.get(key).await? {
+/// The job `job` (a key's) already, if any: in the result store, in the
+/// archive, or deleted by `tenant` (its timeline ends with
+/// `image.deleted`).
+async fn earlier_job(state: &ApiState, job: Uuid, tenant: &str) -> ApiResult<Option<Earlier>> {
+    if let Some(s) = state.results.get(job).await? {
         return Ok(Some(Earlier::Job {
             tenant: s.tenant,
             spec: s.spec,
         }));
     }
-    if let Some(r) = state.archive.get(key).await? {
+    if let Some(r) = state.archive.get(job).await? {
         return Ok(Some(Earlier::Job {
             tenant: r.tenant,
             spec: r.spec,
@@ -535,26 +550,27 @@ async fn earlier_job(state: &ApiState, key: Uuid) -> ApiResult<Option<Earlier>> 
     }
     let deleted = state
         .activity
-        .for_job(key)
+        .for_job(job)
         .await?
         .iter()
-        .any(|e| e.event == pipeline_core::envelope::events::DELETED);
+        .any(|e| e.event == pipeline_core::envelope::events::DELETED && e.tenant == tenant);
     Ok(deleted.then_some(Earlier::Deleted))
 }
 
 /// The answer to a repeated keyed upload: the job it made before.
-fn replayed(earlier: Earlier, tenant: &str, key: Uuid, probe: &Probe) -> ApiResult<Accepted> {
+fn replayed(earlier: Earlier, tenant: &str, job: Uuid, probe: &Probe) -> ApiResult<Accepted> {
     match earlier {
         Earlier::Job {
             tenant: owner,
             spec,
         } if owner == tenant => Ok(Accepted {
-            id: key,
+            id: job,
             format: pipeline_core::transform::codec::format_name(probe.format).to_string(),
             width: probe.width,
             height: probe.height,
             spec,
         }),
+        // Only by a 74-bit collision of two tenants' keys.
         Earlier::Job { .. } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "idempotency_key_conflict",
@@ -603,7 +619,7 @@ pub(crate) async fn upload(
         .auth
         .caller(req.headers(), req.uri(), Scope::Upload)
         .await?;
-    let declared = charge_declared(&state, &caller, req.headers())?;
+    charge_declared(&state, &caller, req.headers())?;
     let tenant = caller.tenant.clone();
     let q = query(q)?;
     for (name, value) in [("transform", &q.transform), ("preset", &q.preset)] {
@@ -620,7 +636,6 @@ pub(crate) async fn upload(
         .check_room(&tenant, 1)
         .map_err(ApiError::busy)?;
     let (files, transform, preset) = read_within_time(&state, req, None).await?;
-    charge_read(&state, &caller, declared, &files)?;
     let outcome = accept(
         &state,
         tenant.clone(),
@@ -634,13 +649,17 @@ pub(crate) async fn upload(
         Outcome::Accepted(a) => (StatusCode::ACCEPTED, a),
         Outcome::Replayed(a) => (StatusCode::OK, vec![a]),
     };
+    // Signed links grant reading: only to a caller that may read.
+    let sign = caller.scopes.allows(Scope::Read);
     let images = accepted
         .iter()
         .map(|a| {
             let mut image = UploadedImage::from(a);
-            image.status_url = state.auth.link(image.status_url, &tenant);
-            image.result_url = state.auth.link(image.result_url, &tenant);
-            image.original_url = state.auth.link(image.original_url, &tenant);
+            if sign {
+                image.status_url = state.auth.link(image.status_url, &caller);
+                image.result_url = state.auth.link(image.result_url, &caller);
+                image.original_url = state.auth.link(image.original_url, &caller);
+            }
             image
         })
         .collect();
@@ -648,6 +667,12 @@ pub(crate) async fn upload(
     if status == StatusCode::OK {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    if let Some(key) = key
+        && let Ok(v) = HeaderValue::from_str(&key.to_string())
+    {
+        // Says that the key was seen (a proxy may drop the header).
+        resp.headers_mut().insert("idempotency-key", v);
     }
     Ok(resp)
 }
@@ -677,7 +702,7 @@ pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiRe
         .auth
         .caller(req.headers(), req.uri(), Scope::Upload)
         .await?;
-    let declared = charge_declared(&state, &caller, req.headers())?;
+    charge_declared(&state, &caller, req.headers())?;
     let tenant = caller.tenant.clone();
     state
         .submitter
@@ -685,7 +710,6 @@ pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiRe
         .check_room(&tenant, 1)
         .map_err(ApiError::busy)?;
     let (files, _, _) = read_within_time(&state, req, Some("image")).await?;
-    charge_read(&state, &caller, declared, &files)?;
     if files.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

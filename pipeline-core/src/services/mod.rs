@@ -25,7 +25,7 @@ pub use results::{RETRIES_EXHAUSTED, ResultsConsumer};
 pub use save2db::Save2Db;
 #[cfg(feature = "image")]
 pub use submit::{
-    Accepted, InFlight, SubmitConfig, Submitter, Upload, Validation, default_presets,
+    Accepted, InFlight, SubmitConfig, Submitter, Upload, Validation, default_presets, keyed_job_id,
 };
 #[cfg(feature = "image")]
 pub use transformer::{Transformer, TransformerConfig};

@@ -64,6 +64,25 @@ impl Default for SubmitConfig {
     }
 }
 
+/// The job id an idempotency `key` (a UUID v7 made by the client) names
+/// for `tenant`: the key's 48-bit time (so jobs still sort by time) and
+/// 74 bits of SHA-256 over the tenant and the key. The same key from the
+/// same tenant always names the same job; the same key from two tenants
+/// names two jobs, so a key can never reach, or tell of, another tenant's
+/// job.
+pub fn keyed_job_id(tenant: &str, key: Uuid) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("pipeline-idempotency-v1\n{tenant}\n{key}").as_bytes());
+    let mut bytes = *key.as_bytes();
+    for (b, d) in bytes[6..].iter_mut().zip(digest.iter()) {
+        *b = *d;
+    }
+    // Version 7, RFC 4122 variant.
+    bytes[6] = (bytes[6] & 0x0f) | 0x70;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Uuid::from_bytes(bytes)
+}
+
 /// Built-in presets.
 pub fn default_presets() -> BTreeMap<String, String> {
     [
@@ -464,5 +483,44 @@ impl Submitter {
         if let Err(e) = self.results.delete(job_id).await {
             tracing::warn!(job = %job_id, error = %e, "could not remove the status of a job that was not queued");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_names_one_job_per_tenant() {
+        let key = Uuid::now_v7();
+        let a = keyed_job_id("a", key);
+        assert_eq!(a, keyed_job_id("a", key));
+        assert_ne!(a, keyed_job_id("b", key));
+        assert_ne!(a, key);
+        assert_eq!(a.get_version_num(), 7);
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+        // The key's time is kept, so jobs sort by time.
+        assert_eq!(a.get_timestamp(), key.get_timestamp());
+        assert_eq!(a.as_bytes()[..6], key.as_bytes()[..6]);
+    }
+
+    #[test]
+    fn jobs_in_flight_are_counted_per_tenant() {
+        let f = InFlight::new(10, Duration::from_secs(60)).with_max_per_tenant(2);
+        let (j1, j2, j3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        f.try_acquire(j1, "a").unwrap();
+        f.try_acquire(j2, "a").unwrap();
+        assert!(matches!(f.try_acquire(j3, "a"), Err(Error::Quota(_))));
+        assert!(matches!(f.check_room("a", 1), Err(Error::Quota(_))));
+        f.try_acquire(j3, "b").unwrap();
+        assert!(matches!(
+            f.try_acquire(j3, "b"),
+            Err(Error::AlreadyExists(_))
+        ));
+        f.release(j1);
+        assert_eq!(f.len_of("a"), 1);
+        f.check_room("a", 1).unwrap();
+        assert!(matches!(f.check_room("a", 2), Err(Error::Quota(_))));
+        assert_eq!(f.len(), 2);
     }
 }

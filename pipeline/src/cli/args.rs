@@ -293,10 +293,21 @@ impl ServeArgs {
                 },
                 url_secret: self.url_secret.clone().filter(|s| !s.is_empty()),
                 url_secret_previous: self.url_secret_previous.clone().filter(|s| !s.is_empty()),
-                link_ttl: Duration::from_secs(self.link_ttl.max(1)),
+                link_ttl: self.link_ttl()?,
                 key_cache: Duration::from_secs(self.key_cache),
             },
         })
+    }
+
+    fn link_ttl(&self) -> Result<Duration, Error> {
+        const MAX: u64 = 30 * 86_400;
+        if !(1..=MAX).contains(&self.link_ttl) {
+            return Err(Error::Config(format!(
+                "PIPELINE_LINK_TTL must be 1 to {MAX} seconds (30 days), not {}",
+                self.link_ttl
+            )));
+        }
+        Ok(Duration::from_secs(self.link_ttl))
     }
 
     fn tenant_rates(&self) -> Result<pipeline_http::RateLimits, Error> {

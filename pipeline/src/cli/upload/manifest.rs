@@ -57,8 +57,13 @@ pub struct Entry {
     /// or empty for the server's default): another one is another job.
     #[serde(default)]
     pub transform: String,
-    /// The idempotency key of the upload, which is also the job id.
+    /// The idempotency key of the upload.
     pub key: Uuid,
+    /// The job the server made of it (known once it answered; the server
+    /// derives it from the tenant and the key, so a resend learns it too).
+    /// Manifests of servers that made the key the job id have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
     /// Where the file stands.
     pub state: State,
     /// The result's path under the output directory (when done).
@@ -212,6 +217,7 @@ mod tests {
             size: 2,
             transform: String::new(),
             key: Uuid::now_v7(),
+            id: None,
             state,
             output: None,
             reason: None,

@@ -388,6 +388,7 @@ async fn process(ctx: &Ctx, input: walk::Input) -> Result<Outcome, Error> {
             size: data.len() as u64,
             transform: ctx.transform.clone(),
             key: Uuid::now_v7(),
+            id: None,
             state: State::Sending,
             output: None,
             reason: None,
@@ -418,6 +419,7 @@ async fn process(ctx: &Ctx, input: walk::Input) -> Result<Outcome, Error> {
         State::Failed => {
             entry = Entry {
                 key: Uuid::now_v7(),
+                id: None,
                 state: State::Sending,
                 reason: None,
                 output: None,
@@ -438,8 +440,9 @@ async fn process(ctx: &Ctx, input: walk::Input) -> Result<Outcome, Error> {
             send(ctx, &input, &entry, data).await
         };
         match sent {
-            Ok(n) => {
+            Ok((n, id)) => {
                 bytes_sent = n;
+                entry.id = Some(id);
                 entry.state = State::Accepted;
                 ctx.manifest.record(&entry)?;
             }
@@ -505,8 +508,14 @@ const RUN_LEVEL: &[&str] = &[
 /// Failure codes of this client that a later run may get past.
 const TRANSIENT: &[&str] = &["unreachable", "busy", "result_timeout", "server_error"];
 
-/// Upload one file under the entry's key; the bytes sent, or why not.
-async fn send(ctx: &Ctx, input: &walk::Input, entry: &Entry, data: Bytes) -> Result<u64, Reason> {
+/// Upload one file under the entry's key; the bytes sent and the job id,
+/// or why not.
+async fn send(
+    ctx: &Ctx,
+    input: &walk::Input,
+    entry: &Entry,
+    data: Bytes,
+) -> Result<(u64, Uuid), Reason> {
     let name = input
         .rel
         .rsplit('/')
@@ -544,17 +553,25 @@ async fn send(ctx: &Ctx, input: &walk::Input, entry: &Entry, data: Bytes) -> Res
         let status = resp.status();
         if status == StatusCode::ACCEPTED || status == StatusCode::OK {
             ctx.progress.bytes(len);
+            let echoed = resp
+                .headers()
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v == entry.key.to_string());
             let answer: serde_json::Value = resp.json().await.unwrap_or_default();
-            if answer["images"][0]["id"].as_str() != Some(entry.key.to_string().as_str()) {
-                return Err(reason(
+            let id = answer["images"][0]["id"]
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok());
+            return match id {
+                Some(id) if echoed => Ok((len, id)),
+                _ => Err(reason(
                     "key_ignored",
                     format!(
-                        "the server answered with job {} for Idempotency-Key {}: it (or a proxy before it) ignores the key, so a resumed run could send files twice",
-                        answer["images"][0]["id"], entry.key
+                        "the server did not confirm Idempotency-Key {} (job {}): it (or a proxy before it) ignores the key, so a resumed run could send files twice",
+                        entry.key, answer["images"][0]["id"]
                     ),
-                ));
-            }
-            return Ok(len);
+                )),
+            };
         }
         let wait = retry_after(resp.headers()).unwrap_or_else(|| backoff(attempt));
         let err = error_of(resp).await;
@@ -591,7 +608,8 @@ enum Fetch {
 
 /// Wait for the job's result and write it under `--out`; its path there.
 async fn fetch(ctx: &Ctx, entry: &Entry) -> Result<String, Fetch> {
-    let url = format!("{}/v1/images/{}/result?wait=30", ctx.base, entry.key);
+    let job = entry.id.unwrap_or(entry.key);
+    let url = format!("{}/v1/images/{job}/result?wait=30", ctx.base);
     let deadline = Instant::now() + ctx.result_timeout;
     let mut attempt = 0;
     loop {
@@ -601,7 +619,7 @@ async fn fetch(ctx: &Ctx, entry: &Entry) -> Result<String, Fetch> {
                 format!(
                     "no result within {} s (job {})",
                     ctx.result_timeout.as_secs(),
-                    entry.key
+                    job
                 ),
             )));
         }
@@ -675,7 +693,7 @@ async fn fetch(ctx: &Ctx, entry: &Entry) -> Result<String, Fetch> {
                     "job_gone",
                     format!(
                         "the server no longer knows job {} (expired or deleted); run with --retry-failed to send the file again",
-                        entry.key
+                        job
                     ),
                 )));
             }
