@@ -205,7 +205,9 @@ async fn a_job_out_of_attempts_ends_failed_for_every_reader() {
     let err = status.error.unwrap();
     assert_eq!(err.code, "retries_exhausted");
     assert!(
-        err.message.contains("gave up after 3 attempts") && err.message.contains("is down"),
+        err.message.contains("gave up after 3 attempts")
+            && err.message.contains("a backend was unavailable")
+            && !err.message.contains("is down"),
         "{}",
         err.message
     );
