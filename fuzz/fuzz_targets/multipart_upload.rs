@@ -51,6 +51,7 @@ fn app() -> &'static App {
                 archive: archive.clone(),
                 activity: archive,
                 broker,
+                auth: pipeline_http::Auth::none(),
                 config: ApiConfig {
                     max_upload_bytes: 1 << 20,
                     max_files: 4,
