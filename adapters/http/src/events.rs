@@ -68,6 +68,7 @@ pub(crate) async fn events(
     tag = "images",
     params(TenantHeader),
     responses(
+        (status = 400, description = "Bad tenant", body = ErrorBody),
         (status = 200, description = "A link to `/v1/events` for the caller's tenant that needs no header (signed, valid for `PIPELINE_LINK_TTL`; the bare path when auth is off): for a browser's `EventSource`, which cannot send one", body = Link),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),

@@ -16,6 +16,7 @@ use crate::schema::Stats;
     path = "/v1/stats",
     tag = "operations",
     responses(
+        (status = 400, description = "Bad tenant", body = crate::schema::ErrorBody),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 200, description = "Jobs this API process accepted and has not seen finish (the caller's tenant's; every tenant's for the admin scope), and its limit", body = Stats),
