@@ -20,6 +20,7 @@ pub mod memory;
 pub mod results;
 pub mod services;
 pub mod store;
+pub mod telemetry;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod transform;

@@ -160,6 +160,7 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
                 web_dir: settings.web_dir.clone(),
                 body_timeout: settings.body_timeout,
                 max_waits_per_tenant: settings.max_waits_per_tenant,
+                metrics: settings.metrics.clone(),
                 ..ApiConfig::default()
             },
         });

@@ -76,6 +76,7 @@ impl Servers {
                 checks.broker.clone(),
                 checks.archive.clone(),
                 checks.blobs.clone(),
+                b.settings.metrics.clone(),
             );
             tracing::info!(addr = %bound, "health endpoints up");
             servers.health = Some((listener, router));

@@ -151,6 +151,10 @@ pub struct Settings {
     pub tenant_max_in_flight: usize,
     /// Request and upload byte rates per tenant (0: none).
     pub tenant_rates: pipeline_http::RateLimits,
+    /// Serves `/metrics` on the API and health ports (the command line
+    /// sets a Prometheus recorder, [`crate::metrics`]); none: no metrics
+    /// route.
+    pub metrics: Option<pipeline_http::MetricsRender>,
 }
 
 impl Default for Settings {
@@ -186,6 +190,7 @@ impl Default for Settings {
             auth: crate::AuthSettings::default(),
             tenant_max_in_flight: 0,
             tenant_rates: pipeline_http::RateLimits::default(),
+            metrics: None,
         }
     }
 }

@@ -112,12 +112,14 @@ fn readiness(checks: &[(&str, pipeline_core::Result<()>)], detail: Detail) -> Re
     (status, Json(body)).into_response()
 }
 
-/// `/healthz` and `/readyz` alone, for worker processes: ready while the
+/// `/healthz`, `/readyz` and, when given, `/metrics`, for worker
+/// processes: ready while the
 /// broker and, when given, the archive and the blob store answer.
 pub fn health_router(
     broker: Arc<dyn Broker>,
     archive: Option<Arc<dyn ImageStore>>,
     blobs: Option<Arc<dyn BlobStore>>,
+    metrics: Option<crate::MetricsRender>,
 ) -> Router {
     let readyz = move || {
         let (broker, archive, blobs) = (broker.clone(), archive.clone(), blobs.clone());
@@ -148,7 +150,18 @@ pub fn health_router(
             )
         }
     };
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    match metrics {
+        // The health port is internal: its metrics need no credentials.
+        Some(m) => router.route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move { m.response() }
+            }),
+        ),
+        None => router,
+    }
 }

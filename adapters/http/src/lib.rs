@@ -16,6 +16,7 @@ mod error;
 mod events;
 mod health;
 mod lookup;
+mod metrics;
 mod openapi;
 mod quota;
 mod responses;
@@ -40,6 +41,7 @@ pub use auth::{Auth, AuthMode, SCOPES_HEADER};
 pub use axum::http::HeaderName;
 pub use error::ApiError;
 pub use health::health_router;
+pub use metrics::MetricsRender;
 pub use openapi::{ApiDoc, document};
 pub use quota::RateLimits;
 
@@ -62,6 +64,8 @@ pub struct ApiConfig {
     /// this directory instead of the copies built in: for working on the
     /// page without rebuilding.
     pub web_dir: Option<PathBuf>,
+    /// Serves `GET /metrics` (admin scope when auth is on); none: 404.
+    pub metrics: Option<MetricsRender>,
 }
 
 impl Default for ApiConfig {
@@ -74,6 +78,7 @@ impl Default for ApiConfig {
             max_waits_per_tenant: 64,
             body_timeout: Duration::from_secs(60),
             web_dir: None,
+            metrics: None,
         }
     }
 }
@@ -124,6 +129,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/image/{id}", get(lookup::legacy_get))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::openapi))
         .fallback(openapi::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -276,6 +282,7 @@ mod tests {
             "GET /image/{id}",
             "GET /healthz",
             "GET /readyz",
+            "GET /metrics",
         ];
         routes.sort();
         assert_eq!(documented, routes);

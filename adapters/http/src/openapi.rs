@@ -64,6 +64,7 @@ impl utoipa::Modify for BearerKeys {
         lookup::legacy_get,
         health::healthz,
         health::readyz,
+        crate::metrics::metrics,
     ),
     components(
         responses(

@@ -615,10 +615,40 @@ pub(crate) async fn upload(
     q: Result<Query<UploadQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Response> {
+    let bytes = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut tenant = None;
+    let answer = upload_counted(state, q, req, &mut tenant).await;
+    let (outcome, files) = match &answer {
+        Ok((resp, files)) if resp.status() == StatusCode::OK => ("replayed".to_string(), *files),
+        Ok((_, files)) => ("accepted".to_string(), *files),
+        Err(e) => (e.code.to_string(), 1),
+    };
+    let tenant = tenant.unwrap_or_else(|| "-".to_string());
+    use pipeline_core::telemetry::{UPLOAD_BYTES, UPLOADS};
+    metrics::counter!(UPLOADS, "outcome" => outcome.clone(), "tenant" => tenant.clone())
+        .increment(files as u64);
+    metrics::counter!(UPLOAD_BYTES, "outcome" => outcome, "tenant" => tenant).increment(bytes);
+    answer.map(|(resp, _)| resp)
+}
+
+/// [`upload`], with the caller's tenant once known; the answer and the
+/// number of files it accepted.
+async fn upload_counted(
+    state: Arc<ApiState>,
+    q: Result<Query<UploadQuery>, QueryRejection>,
+    req: Request,
+    counted_tenant: &mut Option<String>,
+) -> ApiResult<(Response, usize)> {
     let caller = state
         .auth
         .caller(req.headers(), req.uri(), Scope::Upload)
         .await?;
+    *counted_tenant = Some(caller.tenant.clone());
     charge_declared(&state, &caller, req.headers())?;
     let tenant = caller.tenant.clone();
     let q = query(q)?;
@@ -651,6 +681,7 @@ pub(crate) async fn upload(
     };
     // Signed links grant reading: only to a caller that may read.
     let sign = caller.scopes.allows(Scope::Read);
+    let files = accepted.len();
     let images = accepted
         .iter()
         .map(|a| {
@@ -674,7 +705,7 @@ pub(crate) async fn upload(
         // Says that the key was seen (a proxy may drop the header).
         resp.headers_mut().insert("idempotency-key", v);
     }
-    Ok(resp)
+    Ok((resp, files))
 }
 
 #[utoipa::path(

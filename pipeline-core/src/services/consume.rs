@@ -147,8 +147,15 @@ where
         if records.is_empty() {
             continue;
         }
+        for d in &deliveries {
+            crate::telemetry::redelivery_of(queue, d.attempt());
+        }
+        let (count, saving) = (records.len(), tokio::time::Instant::now());
         match save_holding(queue, &records, &save, &ready, shutdown.clone()).await {
-            Ok(()) => settle_all(queue, deliveries, None, settling).await,
+            Ok(()) => {
+                record_batch(queue, count, saving.elapsed());
+                settle_all(queue, deliveries, None, settling).await
+            }
             Err(e) if e.is_retryable() => {
                 tracing::warn!(queue, error = %e, count = deliveries.len(), "batch not saved; handing it back to the broker");
                 settle_all(queue, deliveries, Some(e), settling).await;
@@ -156,8 +163,12 @@ where
             Err(e) => {
                 tracing::warn!(queue, error = %e, "batch refused; saving one by one");
                 for (record, d) in records.into_iter().zip(deliveries) {
+                    let saving = tokio::time::Instant::now();
                     match save(vec![record]).await {
-                        Ok(()) => settle_all(queue, vec![d], None, settling).await,
+                        Ok(()) => {
+                            record_batch(queue, 1, saving.elapsed());
+                            settle_all(queue, vec![d], None, settling).await
+                        }
                         Err(e) if e.is_retryable() => {
                             settle_all(queue, vec![d], Some(e), settling).await
                         }
@@ -172,6 +183,15 @@ where
         }
     }
     Ok(())
+}
+
+/// Count a saved batch: its records, its size and its time.
+fn record_batch(queue: &str, records: usize, took: Duration) {
+    use crate::telemetry::{ARCHIVE_BATCH_RECORDS, ARCHIVE_BATCH_SECONDS, ARCHIVED};
+    let queue = queue.to_string();
+    metrics::counter!(ARCHIVED, "queue" => queue.clone()).increment(records as u64);
+    metrics::histogram!(ARCHIVE_BATCH_SECONDS, "queue" => queue.clone()).record(took.as_secs_f64());
+    metrics::histogram!(ARCHIVE_BATCH_RECORDS, "queue" => queue).record(records as f64);
 }
 
 /// Longest a batch is retried in place while the store says it is ready

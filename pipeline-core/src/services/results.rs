@@ -84,8 +84,18 @@ impl ResultsConsumer {
         };
         let job_id = status.job_id;
         let fallback = status.clone();
+        crate::telemetry::redelivery(queues::API_RESULTS, delivery.attempt());
+        let outcome = status.state.as_str();
+        let code = status
+            .error
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |e| e.code.clone());
+        let took = crate::telemetry::since_upload(delivery.envelope());
         let settled = match self.results.put(status, self.ttl).await {
-            Ok(()) => delivery.ack().await,
+            Ok(()) => {
+                record_end(outcome, code, took);
+                delivery.ack().await
+            }
             Err(e) if delivery.attempt() >= self.max_attempts => {
                 self.give_up(delivery, fallback, &e).await
             }
@@ -126,13 +136,30 @@ impl ResultsConsumer {
             }),
             ..status
         };
+        let took = crate::telemetry::since_upload(delivery.envelope());
         match self.results.put(failed, self.ttl).await {
-            Ok(()) => delivery.ack().await,
+            Ok(()) => {
+                record_end(
+                    JobState::Failed.as_str(),
+                    RETRIES_EXHAUSTED.to_string(),
+                    took,
+                );
+                delivery.ack().await
+            }
             Err(e) => {
                 let reason = format!("{message}; storing the failure failed too: {e}");
                 delivery.nack(Duration::ZERO, reason).await
             }
         }
+    }
+}
+
+/// Count a job's end, and its time from the upload.
+fn record_end(outcome: &'static str, code: String, took: Option<Duration>) {
+    use crate::telemetry::{JOB_SECONDS, JOBS};
+    metrics::counter!(JOBS, "outcome" => outcome, "code" => code).increment(1);
+    if let Some(t) = took {
+        metrics::histogram!(JOB_SECONDS).record(t.as_secs_f64());
     }
 }
 

@@ -431,6 +431,7 @@ impl Submitter {
         probe: Probe,
         spec: &TransformSpec,
     ) -> Result<Accepted> {
+        let began = Instant::now();
         let spec_text = spec.to_string();
         let now = now_ms();
         let pending = JobStatus::pending(job_id, upload.tenant.clone(), spec_text.clone(), now);
@@ -465,6 +466,7 @@ impl Submitter {
                 e => Error::Unavailable(format!("the broker refused the job: {e}")),
             });
         }
+        metrics::histogram!(crate::telemetry::UPLOAD_PUBLISH).record(began.elapsed().as_secs_f64());
         Ok(Accepted {
             id: job_id,
             format: codec::format_name(probe.format).to_string(),

@@ -102,7 +102,16 @@ impl Transformer {
         env.headers
             .insert(headers::ATTEMPT.to_string(), delivery.attempt().to_string());
         let started = Instant::now();
+        crate::telemetry::redelivery(super::queues::TRANSFORM, delivery.attempt());
+        if delivery.attempt() == 1
+            && let Some(waited) = crate::telemetry::since_upload(&env)
+        {
+            metrics::histogram!(crate::telemetry::QUEUE_WAIT).record(waited.as_secs_f64());
+        }
         let outcome = self.transform(&env).await;
+        metrics::histogram!(crate::telemetry::TRANSFORM_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        let mut ended = if outcome.is_ok() { "done" } else { "failed" };
         let published = match outcome {
             Ok((processed, hashes, original_len)) => {
                 match self
@@ -129,14 +138,17 @@ impl Transformer {
         let settled = match published {
             Ok(()) => delivery.ack().await,
             Err(e) if delivery.attempt() >= self.config.max_attempts => {
+                ended = "given_up";
                 self.give_up(delivery, &env, &e, started).await
             }
             Err(e) => {
+                ended = "retried";
                 let delay = self.config.retry.delay(delivery.attempt());
                 tracing::warn!(job_id = %env.job_id, error = %e, ?delay, "job not finished; retrying");
                 delivery.nack(delay, e.to_string()).await
             }
         };
+        metrics::counter!(crate::telemetry::TRANSFORMS, "outcome" => ended).increment(1);
         if let Err(e) = settled {
             tracing::warn!(job_id = %env.job_id, error = %e, "settling failed; the job will be redelivered");
         }

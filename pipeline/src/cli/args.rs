@@ -282,6 +282,7 @@ impl ServeArgs {
             max_waits_per_tenant: self.max_waits_per_tenant.max(1),
             tenant_max_in_flight: self.tenant_max_in_flight,
             tenant_rates: self.tenant_rates()?,
+            metrics: None,
             auth: crate::AuthSettings {
                 mode: match self.auth {
                     AuthArg::Auto => crate::AuthChoice::Auto,

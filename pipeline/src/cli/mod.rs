@@ -17,6 +17,7 @@ mod bench_archive;
 mod keys;
 mod load;
 mod maintenance;
+pub mod prometheus;
 mod upload;
 
 use std::process::ExitCode;
@@ -147,7 +148,12 @@ pub fn run_role(roles: Roles, registry: TransformRegistry) -> ExitCode {
 /// Run `roles` until Ctrl-C or SIGTERM, then stop without losing accepted work.
 async fn serve(args: ServeArgs, roles: Roles, registry: TransformRegistry) -> Result<(), Error> {
     init_tracing(args.log_json, SERVE_LOG);
-    let running = args.builder(roles, registry)?.start().await?;
+    let render = prometheus::install()?;
+    let running = args
+        .builder(roles, registry)?
+        .configure(move |s| s.metrics = Some(render))
+        .start()
+        .await?;
     match running.addr() {
         Some(addr) => match running.auth_mode() {
             Some("none") => {

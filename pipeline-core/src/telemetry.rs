@@ -1,0 +1,116 @@
+//! The metrics the pipeline records, through the `metrics` facade: nothing
+//! is recorded until a program installs a recorder (the command line
+//! installs a Prometheus one, `pipeline::metrics`). Names follow Prometheus
+//! conventions (units in the name, `_total` counters); labels are bounded
+//! sets (outcomes, codes, queues, tenants), never job ids.
+
+use std::time::Duration;
+
+use crate::envelope::{Envelope, headers, now_ms};
+
+/// Uploads by `outcome` (`accepted`, `replayed`, or the refusal's code)
+/// and `tenant`.
+pub const UPLOADS: &str = "pipeline_uploads_total";
+/// Bytes of uploads by `outcome` and `tenant`.
+pub const UPLOAD_BYTES: &str = "pipeline_upload_bytes_total";
+/// Upload to published, seconds.
+pub const UPLOAD_PUBLISH: &str = "pipeline_upload_publish_seconds";
+/// Jobs whose end the API recorded, by `outcome` (`done`, `failed`) and
+/// `code` (the failure code, `none` when done).
+pub const JOBS: &str = "pipeline_jobs_total";
+/// Upload to result available (the API recorded the end), seconds.
+pub const JOB_SECONDS: &str = "pipeline_job_seconds";
+/// Jobs a transformer finished, by `outcome` (`done`, `failed`, `retried`,
+/// `given_up`).
+pub const TRANSFORMS: &str = "pipeline_transformer_jobs_total";
+/// Upload to the start of its transform (time in the queue), seconds.
+pub const QUEUE_WAIT: &str = "pipeline_queue_wait_seconds";
+/// A transform (decode, operations, encode), seconds.
+pub const TRANSFORM_SECONDS: &str = "pipeline_transform_seconds";
+/// Deliveries after the first, by `queue`.
+pub const REDELIVERIES: &str = "pipeline_redeliveries_total";
+/// Records saved by save2db or the activity writer, by `queue`.
+pub const ARCHIVED: &str = "pipeline_archived_records_total";
+/// One archive batch transaction, seconds, by `queue`.
+pub const ARCHIVE_BATCH_SECONDS: &str = "pipeline_archive_batch_seconds";
+/// Records in one archive batch, by `queue`.
+pub const ARCHIVE_BATCH_RECORDS: &str = "pipeline_archive_batch_records";
+/// Jobs accepted by this API process and not finished.
+pub const IN_FLIGHT: &str = "pipeline_jobs_in_flight";
+
+/// Seconds since the upload of the job `env` belongs to, if it says.
+pub fn since_upload(env: &Envelope) -> Option<Duration> {
+    let at: i64 = env.header(headers::SUBMITTED_AT_MS)?.parse().ok()?;
+    let ms = now_ms().saturating_sub(at).max(0);
+    Some(Duration::from_millis(ms.unsigned_abs()))
+}
+
+/// Count a delivery after the first.
+pub fn redelivery(queue: &'static str, attempt: u32) {
+    if attempt > 1 {
+        metrics::counter!(REDELIVERIES, "queue" => queue).increment(1);
+    }
+}
+
+/// [`redelivery`] for a queue named at run time.
+pub fn redelivery_of(queue: &str, attempt: u32) {
+    if attempt > 1 {
+        metrics::counter!(REDELIVERIES, "queue" => queue.to_string()).increment(1);
+    }
+}
+
+/// Describe every metric, for the exposition's `# HELP` lines.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        UPLOADS,
+        "Uploads by outcome (accepted, replayed, or the refusal's code) and tenant"
+    );
+    describe_counter!(
+        UPLOAD_BYTES,
+        Unit::Bytes,
+        "Bytes of uploads by outcome and tenant"
+    );
+    describe_histogram!(
+        UPLOAD_PUBLISH,
+        Unit::Seconds,
+        "Upload received to job published"
+    );
+    describe_counter!(
+        JOBS,
+        "Jobs whose end the API recorded, by outcome and failure code"
+    );
+    describe_histogram!(JOB_SECONDS, Unit::Seconds, "Upload to result available");
+    describe_counter!(
+        TRANSFORMS,
+        "Jobs a transformer finished, by outcome (done, failed, retried, given_up)"
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Upload to the start of its transform"
+    );
+    describe_histogram!(
+        TRANSFORM_SECONDS,
+        Unit::Seconds,
+        "One transform: decode, operations, encode"
+    );
+    describe_counter!(REDELIVERIES, "Deliveries after the first, by queue");
+    describe_counter!(
+        ARCHIVED,
+        "Records saved by save2db or the activity writer, by queue"
+    );
+    describe_histogram!(
+        ARCHIVE_BATCH_SECONDS,
+        Unit::Seconds,
+        "One archive batch transaction, by queue"
+    );
+    describe_histogram!(
+        ARCHIVE_BATCH_RECORDS,
+        "Records in one archive batch, by queue"
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        "Jobs accepted by this API process and not finished"
+    );
+}
