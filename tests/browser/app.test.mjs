@@ -12,11 +12,11 @@
 // Exit code 0 when every step passed; 1 with the failing step otherwise.
 
 import assert from 'node:assert/strict';
-import { readdir, readFile, mkdir, stat } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { chromium } from 'playwright-core';
+import { Run, listFiles as listFilesIn } from './harness.mjs';
 
 const BASE_URL = (process.env.BASE_URL || 'http://127.0.0.1:4600').replace(/\/+$/, '');
 const FILES_DIR = process.env.FILES_DIR;
@@ -32,69 +32,15 @@ const DESKTOP = { width: 1280, height: 900 };
 const PHONE = { width: 390, height: 844 };
 const CHAIN = 'resize:64x64:exact,grayscale';
 
-const screenshots = [];
-const results = [];
+const run = new Run({ outDir: OUT_DIR, totalMs: TOTAL_MS });
 let browser;
 let page;
 
-function secs(ms) {
-  return `${(ms / 1000).toFixed(1)} s`;
-}
-
-async function step(name, fn) {
-  const t0 = performance.now();
-  try {
-    await fn();
-  } catch (err) {
-    results.push({ name, ok: false });
-    console.log(`FAIL  ${name} (${secs(performance.now() - t0)})`);
-    throw err;
-  }
-  results.push({ name, ok: true });
-  console.log(`ok    ${name} (${secs(performance.now() - t0)})`);
-}
-
-async function shot(name, options = {}) {
-  const file = path.join(OUT_DIR, name);
-  await page.screenshot({ path: file, ...options });
-  screenshots.push(file);
-}
-
-/** Number in a data attribute of `selector`. */
-async function dataNumber(selector, key) {
-  return Number(await page.locator(selector).getAttribute(`data-${key}`));
-}
-
-/** Drop files on the drop zone, as a person dragging them from a file manager. */
-async function dropFiles(items) {
-  const payload = [];
-  for (const { name, file } of items) payload.push({ name, b64: (await readFile(file)).toString('base64') });
-  await page.locator('#dropzone').evaluate((zone, list) => {
-    const dt = new DataTransfer();
-    for (const { name, b64 } of list) {
-      const raw = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-      dt.items.add(new File([raw], name, { type: name.endsWith('.png') ? 'image/png' : 'image/jpeg' }));
-    }
-    for (const type of ['dragenter', 'dragover', 'drop']) {
-      zone.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
-    }
-  }, payload);
-}
-
-async function listFiles() {
-  assert.ok(FILES_DIR, 'FILES_DIR must name a directory of images');
-  const names = (await readdir(FILES_DIR)).sort();
-  const files = [];
-  for (const name of names) {
-    const full = path.join(FILES_DIR, name);
-    if ((await stat(full)).isFile() && !name.startsWith('.')) files.push(full);
-  }
-  const corrupt = files.filter((f) => path.basename(f).startsWith('corrupt'));
-  const valid = files.filter((f) => !corrupt.includes(f));
-  assert.ok(valid.length > 0, `no valid images in ${FILES_DIR}`);
-  assert.ok(corrupt.length > 0, `no file named corrupt* in ${FILES_DIR}`);
-  return { files, valid, corrupt };
-}
+const step = (name, fn) => run.step(name, fn);
+const shot = (name, options) => run.shot(name, options);
+const dataNumber = (selector, key) => run.dataNumber(selector, key);
+const dropFiles = (items) => run.dropFiles(items);
+const listFiles = () => listFilesIn(FILES_DIR);
 
 async function main() {
   const { files, valid, corrupt } = await listFiles();
@@ -114,8 +60,10 @@ async function main() {
       '--disable-sync',
     ],
   });
+  run.browser = browser;
   const context = await browser.newContext({ viewport: DESKTOP, deviceScaleFactor: 1 });
   page = await context.newPage();
+  run.page = page;
   page.setDefaultTimeout(WAIT_MS);
 
   // Anything the page throws, and any CSP violation, fails the run.
@@ -330,7 +278,7 @@ async function main() {
     assert.equal(await page.locator('#applied-spec').textContent(), CHAIN);
     assert.equal(await page.locator('#spec-issues li').count(), 0, 'no client-side issues');
     await page.locator('#builder').screenshot({ path: path.join(OUT_DIR, '10-builder.png') });
-    screenshots.push(path.join(OUT_DIR, '10-builder.png'));
+    run.screenshots.push(path.join(OUT_DIR, '10-builder.png'));
 
     // Drop one file on the drop zone, as a person would.
     const file = valid.find((f) => f.endsWith('.png')) || valid[0];
@@ -454,38 +402,4 @@ async function main() {
   assert.deepEqual(problems, [], 'no uncaught errors or CSP violations');
 }
 
-const t0 = performance.now();
-let timedOut = false;
-// The whole run is bounded: past the limit the browser is closed, which
-// fails the step that waits; should even that hang, the process ends.
-const watchdog = setTimeout(() => {
-  timedOut = true;
-  browser?.close().catch(() => {});
-  setTimeout(() => {
-    console.error(`FAIL: the run took longer than ${TOTAL_MS / 1000} s and did not stop`);
-    process.exit(1);
-  }, 10_000).unref();
-}, TOTAL_MS);
-
-let failed = false;
-try {
-  await main();
-} catch (err) {
-  failed = true;
-  if (timedOut) console.error(`\nFAIL: the run took longer than ${TOTAL_MS / 1000} s (TEST_TIMEOUT_MS)`);
-  else if (err instanceof assert.AssertionError) console.error(`\nFAIL: ${err.message}`);
-  else console.error(`\nFAIL: ${err.stack || err}`);
-  if (page && !timedOut) {
-    const file = path.join(OUT_DIR, 'failure.png');
-    await page.screenshot({ path: file, fullPage: false }).then(() => screenshots.push(file)).catch(() => {});
-  }
-} finally {
-  clearTimeout(watchdog);
-  await browser?.close().catch(() => {});
-}
-
-console.log(`\nscreenshots (${screenshots.length}):`);
-for (const s of screenshots) console.log(`  ${s}`);
-const passed = results.filter((r) => r.ok).length;
-console.log(`\nbrowser: ${passed} passed, ${results.length - passed} failed in ${secs(performance.now() - t0)}`);
-process.exit(failed ? 1 : 0);
+await run.finish(main);

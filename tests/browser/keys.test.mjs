@@ -19,11 +19,11 @@
 // Exit code 0 when every step passed; 1 with the failing step otherwise.
 
 import assert from 'node:assert/strict';
-import { readdir, readFile, mkdir, stat } from 'node:fs/promises';
+import { readFile, mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { chromium } from 'playwright-core';
+import { Run, listFiles as listFilesIn } from './harness.mjs';
 
 const BASE_URL = (process.env.BASE_URL || 'http://127.0.0.1:4600').replace(/\/+$/, '');
 const FILES_DIR = process.env.FILES_DIR;
@@ -42,68 +42,15 @@ const PHONE = { width: 390, height: 844 };
 const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
 const SIGNED = new RegExp(`^/v1/images/${UUID}/(result|original)\\?tenant=[^&]+&expires=\\d+&sig=[0-9a-f]+`);
 
-const screenshots = [];
-const results = [];
+const run = new Run({ outDir: OUT_DIR, totalMs: TOTAL_MS });
 let browser;
 let page;
 
-function secs(ms) {
-  return `${(ms / 1000).toFixed(1)} s`;
-}
-
-async function step(name, fn) {
-  const t0 = performance.now();
-  try {
-    await fn();
-  } catch (err) {
-    results.push({ name, ok: false });
-    console.log(`FAIL  ${name} (${secs(performance.now() - t0)})`);
-    throw err;
-  }
-  results.push({ name, ok: true });
-  console.log(`ok    ${name} (${secs(performance.now() - t0)})`);
-}
-
-async function shot(name, options = {}) {
-  const file = path.join(OUT_DIR, name);
-  await page.screenshot({ path: file, ...options });
-  screenshots.push(file);
-}
-
-async function dataNumber(selector, key) {
-  return Number(await page.locator(selector).getAttribute(`data-${key}`));
-}
-
-/** Drop files on the drop zone, as a person dragging them from a file manager. */
-async function dropFiles(items) {
-  const payload = [];
-  for (const { name, file } of items) payload.push({ name, b64: (await readFile(file)).toString('base64') });
-  await page.locator('#dropzone').evaluate((zone, list) => {
-    const dt = new DataTransfer();
-    for (const { name, b64 } of list) {
-      const raw = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-      dt.items.add(new File([raw], name, { type: name.endsWith('.png') ? 'image/png' : 'image/jpeg' }));
-    }
-    for (const type of ['dragenter', 'dragover', 'drop']) {
-      zone.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
-    }
-  }, payload);
-}
-
-async function listFiles() {
-  assert.ok(FILES_DIR, 'FILES_DIR must name a directory of images');
-  const names = (await readdir(FILES_DIR)).sort();
-  const files = [];
-  for (const name of names) {
-    const full = path.join(FILES_DIR, name);
-    if ((await stat(full)).isFile() && !name.startsWith('.')) files.push(full);
-  }
-  const corrupt = files.filter((f) => path.basename(f).startsWith('corrupt'));
-  const valid = files.filter((f) => !corrupt.includes(f));
-  assert.ok(valid.length > 0, `no valid images in ${FILES_DIR}`);
-  assert.ok(corrupt.length > 0, `no file named corrupt* in ${FILES_DIR}`);
-  return { files, valid, corrupt };
-}
+const step = (name, fn) => run.step(name, fn);
+const shot = (name, options) => run.shot(name, options);
+const dataNumber = (selector, key) => run.dataNumber(selector, key);
+const dropFiles = (items) => run.dropFiles(items);
+const listFiles = () => listFilesIn(FILES_DIR);
 
 /** The times the key dialog was opened since the page loaded. */
 const keyOpens = () => page.evaluate(() => window.__keyOpens || 0);
@@ -144,6 +91,7 @@ async function main() {
       '--disable-sync',
     ],
   });
+  run.browser = browser;
   const context = await browser.newContext({ viewport: DESKTOP, deviceScaleFactor: 1 });
   // Count the openings of the key prompt (once per storm of 401s).
   await context.addInitScript(() => {
@@ -155,6 +103,7 @@ async function main() {
     };
   });
   page = await context.newPage();
+  run.page = page;
   page.setDefaultTimeout(WAIT_MS);
 
   const problems = [];
@@ -504,7 +453,7 @@ async function main() {
       assert.equal(status.length, 1, 'the stale link was renewed from the status, once');
       assert.equal(status[0].auth, `Bearer ${API_KEY}`);
       await tab.screenshot({ path: path.join(OUT_DIR, '10-stale-links.png') });
-      screenshots.push(path.join(OUT_DIR, '10-stale-links.png'));
+      run.screenshots.push(path.join(OUT_DIR, '10-stale-links.png'));
     } finally {
       await other.close();
     }
@@ -542,36 +491,4 @@ async function main() {
   assert.deepEqual(problems, [], 'no uncaught errors or CSP violations');
 }
 
-const t0 = performance.now();
-let timedOut = false;
-const watchdog = setTimeout(() => {
-  timedOut = true;
-  browser?.close().catch(() => {});
-  setTimeout(() => {
-    console.error(`FAIL: the run took longer than ${TOTAL_MS / 1000} s and did not stop`);
-    process.exit(1);
-  }, 10_000).unref();
-}, TOTAL_MS);
-
-let failed = false;
-try {
-  await main();
-} catch (err) {
-  failed = true;
-  if (timedOut) console.error(`\nFAIL: the run took longer than ${TOTAL_MS / 1000} s (TEST_TIMEOUT_MS)`);
-  else if (err instanceof assert.AssertionError) console.error(`\nFAIL: ${err.message}`);
-  else console.error(`\nFAIL: ${err.stack || err}`);
-  if (page && !timedOut) {
-    const file = path.join(OUT_DIR, 'failure.png');
-    await page.screenshot({ path: file, fullPage: false }).then(() => screenshots.push(file)).catch(() => {});
-  }
-} finally {
-  clearTimeout(watchdog);
-  await browser?.close().catch(() => {});
-}
-
-console.log(`\nscreenshots (${screenshots.length}):`);
-for (const s of screenshots) console.log(`  ${s}`);
-const passed = results.filter((r) => r.ok).length;
-console.log(`\nbrowser: ${passed} passed, ${results.length - passed} failed in ${secs(performance.now() - t0)}`);
-process.exit(failed ? 1 : 0);
+await run.finish(main);

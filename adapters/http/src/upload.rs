@@ -98,6 +98,21 @@ async fn read_within_time(
         })
 }
 
+/// An upload's caller, admitted from the headers: credentials, the
+/// upload scope, the request rate, the byte rate. `tenant` is set once the
+/// caller is known.
+async fn admit(
+    state: &ApiState,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    tenant: &mut Option<String>,
+) -> ApiResult<Caller> {
+    let caller = state.auth.caller(headers, uri, Scope::Upload).await?;
+    *tenant = Some(caller.tenant.clone());
+    charge_declared(state, &caller, headers)?;
+    Ok(caller)
+}
+
 /// Count a request's `Content-Length` against its tenant's byte rate,
 /// before the body is read (the server reads no more than it declares).
 /// With a byte rate set, a body without a length (chunked) is refused
@@ -644,12 +659,7 @@ async fn upload_counted(
     req: Request,
     counted_tenant: &mut Option<String>,
 ) -> ApiResult<(Response, usize)> {
-    let caller = state
-        .auth
-        .caller(req.headers(), req.uri(), Scope::Upload)
-        .await?;
-    *counted_tenant = Some(caller.tenant.clone());
-    charge_declared(&state, &caller, req.headers())?;
+    let caller = admit(&state, req.headers(), req.uri(), counted_tenant).await?;
     let tenant = caller.tenant.clone();
     let q = query(q)?;
     for (name, value) in [("transform", &q.transform), ("preset", &q.preset)] {
@@ -729,11 +739,7 @@ async fn upload_counted(
     )
 )]
 pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiResult<Response> {
-    let caller = state
-        .auth
-        .caller(req.headers(), req.uri(), Scope::Upload)
-        .await?;
-    charge_declared(&state, &caller, req.headers())?;
+    let caller = admit(&state, req.headers(), req.uri(), &mut None).await?;
     let tenant = caller.tenant.clone();
     state
         .submitter

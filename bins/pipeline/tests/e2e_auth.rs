@@ -15,21 +15,7 @@ use serde_json::Value;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-e2e";
 
-/// `pipeline keys ...` on the server's database; its standard output.
-fn keys(server: &Server, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .arg("keys")
-        .args(args)
-        .args(["--database-url", &server.database_url()])
-        .output()
-        .expect("run pipeline keys");
-    assert!(
-        out.status.success(),
-        "pipeline keys {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::keys_command as keys;
 
 fn bearer(key: &str) -> String {
     format!("Bearer {}", key.trim())

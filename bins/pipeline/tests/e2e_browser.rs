@@ -116,19 +116,9 @@ fn the_web_app_works_in_chromium() {
     run_node("app.test.mjs", &server, "browser-screenshots", &[]);
 }
 
-/// `pipeline keys create` on the server's database; the key.
+/// A key of tenant `acme` with `scopes` on the server's database.
 fn key(server: &Server, scopes: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .args(["keys", "create", "--tenant", "acme", "--scopes", scopes])
-        .args(["--database-url", &server.database_url()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    common::create_key(server, "acme", scopes)
 }
 
 #[test]

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,13 +20,7 @@ const FLOOD: Duration = Duration::from_secs(4);
 const PACE: Duration = Duration::from_millis(100);
 
 fn key(server: &Server, tenant: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .args(["keys", "create", "--tenant", tenant])
-        .args(["--database-url", &server.database_url()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    common::create_key(server, tenant, "upload,read")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

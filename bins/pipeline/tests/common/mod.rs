@@ -121,6 +121,29 @@ impl Server {
     }
 }
 
+/// `pipeline keys ARGS` on `server`'s database; its standard output.
+pub fn keys_command(server: &Server, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("keys")
+        .args(args)
+        .args(["--database-url", &server.database_url()])
+        .output()
+        .expect("run pipeline keys");
+    assert!(
+        out.status.success(),
+        "pipeline keys {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// A new key of `tenant` with `scopes` on `server`'s database.
+pub fn create_key(server: &Server, tenant: &str, scopes: &str) -> String {
+    keys_command(server, &["create", "--tenant", tenant, "--scopes", scopes])
+        .trim()
+        .to_string()
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
