@@ -630,16 +630,32 @@ pub(crate) async fn upload(
     q: Result<Query<UploadQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Response> {
-    let bytes = req
-        .headers()
+    let bytes = declared_length(req.headers());
+    let mut tenant = None;
+    let answer = upload_counted(state, q, req, &mut tenant).await;
+    count_upload(&answer, tenant, bytes, "replayed");
+    answer.map(|(resp, _)| resp)
+}
+
+fn declared_length(headers: &HeaderMap) -> u64 {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    let mut tenant = None;
-    let answer = upload_counted(state, q, req, &mut tenant).await;
-    let (outcome, files) = match &answer {
-        Ok((resp, files)) if resp.status() == StatusCode::OK => ("replayed".to_string(), *files),
+        .unwrap_or(0)
+}
+
+/// Count an upload's files and bytes by outcome and tenant: `accepted`,
+/// `ok_outcome` for a 200 (a replay on `POST /v1/images`), or the
+/// refusal's code (a refused request counts 1).
+fn count_upload(
+    answer: &ApiResult<(Response, usize)>,
+    tenant: Option<String>,
+    bytes: u64,
+    ok_outcome: &'static str,
+) {
+    let (outcome, files) = match answer {
+        Ok((resp, files)) if resp.status() == StatusCode::OK => (ok_outcome.to_string(), *files),
         Ok((_, files)) => ("accepted".to_string(), *files),
         Err(e) => (e.code.to_string(), 1),
     };
@@ -648,7 +664,6 @@ pub(crate) async fn upload(
     metrics::counter!(UPLOADS, "outcome" => outcome.clone(), "tenant" => tenant.clone())
         .increment(files as u64);
     metrics::counter!(UPLOAD_BYTES, "outcome" => outcome, "tenant" => tenant).increment(bytes);
-    answer.map(|(resp, _)| resp)
 }
 
 /// [`upload`], with the caller's tenant once known; the answer and the
@@ -739,7 +754,21 @@ async fn upload_counted(
     )
 )]
 pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiResult<Response> {
-    let caller = admit(&state, req.headers(), req.uri(), &mut None).await?;
+    let bytes = declared_length(req.headers());
+    let mut tenant = None;
+    let answer = legacy_counted(state, req, &mut tenant).await;
+    // The prototype's route answers 200 for an accepted upload.
+    count_upload(&answer, tenant, bytes, "accepted");
+    answer.map(|(resp, _)| resp)
+}
+
+/// [`legacy_upload`], with the caller's tenant once known.
+async fn legacy_counted(
+    state: Arc<ApiState>,
+    req: Request,
+    counted_tenant: &mut Option<String>,
+) -> ApiResult<(Response, usize)> {
+    let caller = admit(&state, req.headers(), req.uri(), counted_tenant).await?;
     let tenant = caller.tenant.clone();
     state
         .submitter
@@ -764,5 +793,8 @@ pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiRe
     let id = accepted.first().map(|a| a.id).ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, "no_file", "the form has no image")
     })?;
-    Ok((StatusCode::OK, Json(LegacyUploadResponse { id })).into_response())
+    Ok((
+        (StatusCode::OK, Json(LegacyUploadResponse { id })).into_response(),
+        1,
+    ))
 }

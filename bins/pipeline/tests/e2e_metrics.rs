@@ -1,6 +1,6 @@
 //! `/metrics` of a running `pipeline serve`, scraped after a run: the text
 //! parses as Prometheus exposition format, and the counters equal what the
-//! test sent (uploads by outcome, bytes, jobs by outcome and code, the
+//! test sent (uploads by outcome on both upload routes, bytes, jobs by outcome and code, the
 //! transformer's outcomes, archived records, histogram counts, in-flight).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -127,6 +127,22 @@ async fn metrics_count_exactly_what_was_sent() {
         let body: serde_json::Value = r.json().await.unwrap();
         ids.push(body["images"][0]["id"].as_str().unwrap().to_string());
     }
+    // One through the prototype's route: counted as an accepted upload.
+    let png = image_bytes(ImageFormat::Png, 64, 48, 200);
+    let mut form = b"--X\r\nContent-Disposition: form-data; name=\"image\"; filename=\"p.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
+    form.extend_from_slice(&png);
+    form.extend_from_slice(b"\r\n--X--\r\n");
+    accepted_bytes += form.len();
+    let r = http
+        .post(server.url("/image"))
+        .header("content-type", "multipart/form-data; boundary=X")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    ids.push(body["id"].as_str().unwrap().to_string());
     for n in 0..CORRUPT {
         let png = image_bytes(ImageFormat::Png, 64, 48, n as u8);
         let cut = png[..png.len() / 2].to_vec();
@@ -149,7 +165,7 @@ async fn metrics_count_exactly_what_was_sent() {
         assert!([200, 422].contains(&r.status().as_u16()));
     }
     // Every record archived (failed jobs are kept too).
-    let jobs = (GOOD + BAD_SPEC) as f64;
+    let jobs = (GOOD + BAD_SPEC + 1) as f64;
     let started = Instant::now();
     let samples = loop {
         let s = scrape(&server).await;
@@ -188,12 +204,13 @@ async fn metrics_count_exactly_what_was_sent() {
         ),
         corrupt_bytes as f64
     );
+    let done = (GOOD + 1) as f64;
     assert_eq!(
         v(
             "pipeline_jobs_total",
             &[("outcome", "done"), ("code", "none")]
         ),
-        GOOD as f64
+        done
     );
     assert_eq!(
         v(
@@ -204,7 +221,7 @@ async fn metrics_count_exactly_what_was_sent() {
     );
     assert_eq!(
         v("pipeline_transformer_jobs_total", &[("outcome", "done")]),
-        GOOD as f64
+        done
     );
     assert_eq!(
         v("pipeline_transformer_jobs_total", &[("outcome", "failed")]),
@@ -227,7 +244,7 @@ async fn metrics_count_exactly_what_was_sent() {
     assert_eq!(v("pipeline_jobs_in_flight", &[]), 0.0);
     assert_eq!(v("pipeline_redeliveries_total", &[]), 0.0);
     eprintln!(
-        "{} samples; {jobs} jobs: {GOOD} done, {BAD_SPEC} failed, {CORRUPT} refused at upload",
+        "{} samples; {jobs} jobs: {done} done (one by POST /image), {BAD_SPEC} failed, {CORRUPT} refused at upload",
         samples.len()
     );
 }
