@@ -46,14 +46,7 @@ pub fn since_upload(env: &Envelope) -> Option<Duration> {
 }
 
 /// Count a delivery after the first.
-pub fn redelivery(queue: &'static str, attempt: u32) {
-    if attempt > 1 {
-        metrics::counter!(REDELIVERIES, "queue" => queue).increment(1);
-    }
-}
-
-/// [`redelivery`] for a queue named at run time.
-pub fn redelivery_of(queue: &str, attempt: u32) {
+pub fn redelivery(queue: &str, attempt: u32) {
     if attempt > 1 {
         metrics::counter!(REDELIVERIES, "queue" => queue.to_string()).increment(1);
     }

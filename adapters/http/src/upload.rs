@@ -118,11 +118,7 @@ async fn admit(
 /// With a byte rate set, a body without a length (chunked) is refused
 /// with 411: it could not be counted before it is read.
 fn charge_declared(state: &ApiState, caller: &Caller, headers: &HeaderMap) -> ApiResult<()> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
+    match declared_length(headers) {
         Some(n) => state.auth.charge_bytes(caller, n),
         None if state.auth.meters_bytes() => Err(ApiError::new(
             StatusCode::LENGTH_REQUIRED,
@@ -630,19 +626,19 @@ pub(crate) async fn upload(
     q: Result<Query<UploadQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Response> {
-    let bytes = declared_length(req.headers());
+    let bytes = declared_length(req.headers()).unwrap_or(0);
     let mut tenant = None;
     let answer = upload_counted(state, q, req, &mut tenant).await;
     count_upload(&answer, tenant, bytes, "replayed");
     answer.map(|(resp, _)| resp)
 }
 
-fn declared_length(headers: &HeaderMap) -> u64 {
+/// A request's `Content-Length`, if it declares one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
 }
 
 /// Count an upload's files and bytes by outcome and tenant: `accepted`,
@@ -754,7 +750,7 @@ async fn upload_counted(
     )
 )]
 pub(crate) async fn legacy_upload(State(state): AppState, req: Request) -> ApiResult<Response> {
-    let bytes = declared_length(req.headers());
+    let bytes = declared_length(req.headers()).unwrap_or(0);
     let mut tenant = None;
     let answer = legacy_counted(state, req, &mut tenant).await;
     // The prototype's route answers 200 for an accepted upload.

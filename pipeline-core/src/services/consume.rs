@@ -148,7 +148,7 @@ where
             continue;
         }
         for d in &deliveries {
-            crate::telemetry::redelivery_of(queue, d.attempt());
+            crate::telemetry::redelivery(queue, d.attempt());
         }
         let (count, saving) = (records.len(), tokio::time::Instant::now());
         match save_holding(queue, &records, &save, &ready, shutdown.clone()).await {
