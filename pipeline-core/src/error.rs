@@ -44,6 +44,10 @@ pub enum Error {
     /// A configuration value is wrong.
     #[error("configuration: {0}")]
     Config(String),
+    /// The backend cannot do this operation (an optional method it does
+    /// not implement).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// A store has no room left (a full disk, a database or table that
     /// cannot grow). Retryable: the work is held until room is made, never
     /// dropped or dead-lettered.
@@ -158,7 +162,8 @@ impl Error {
             | Self::Image { .. }
             | Self::MalformedFrame(_)
             | Self::Closed(_)
-            | Self::Config(_) => false,
+            | Self::Config(_)
+            | Self::Unsupported(_) => false,
         }
     }
 
@@ -174,6 +179,7 @@ impl Error {
             Self::Timeout(_) => "timeout",
             Self::Closed(_) => "closed",
             Self::Config(_) => "config",
+            Self::Unsupported(_) => "unsupported",
             Self::StorageFull { .. } => "storage_full",
             Self::Quota(_) => "quota_exceeded",
             Self::Backend { .. } => "backend",
@@ -186,9 +192,11 @@ impl Error {
     /// names, file paths) stay in the logs.
     pub fn public_message(&self) -> String {
         match self {
-            Self::NotFound(m) | Self::AlreadyExists(m) | Self::InvalidInput(m) | Self::Quota(m) => {
-                m.clone()
-            }
+            Self::NotFound(m)
+            | Self::AlreadyExists(m)
+            | Self::InvalidInput(m)
+            | Self::Quota(m)
+            | Self::Unsupported(m) => m.clone(),
             Self::Image { message, .. } => message.clone(),
             Self::MalformedFrame(_) => "a message of the job could not be read".into(),
             Self::Unavailable(_) => "a backend was unavailable".into(),

@@ -73,6 +73,9 @@ impl From<Error> for ApiError {
                 Self::new(status, kind.code(), message.clone())
             }
             Error::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m.clone()),
+            Error::Unsupported(m) => {
+                Self::new(StatusCode::NOT_IMPLEMENTED, "unsupported", m.clone())
+            }
             Error::Quota(m) => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m.clone())
             }

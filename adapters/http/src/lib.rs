@@ -8,6 +8,7 @@
 //! (generated from the handlers, see [`ApiDoc`]), `/v1/stats` and the web app
 //! at `/`. Embed it with [`router`].
 
+mod admin;
 mod auth;
 mod catalog;
 mod common;
@@ -125,6 +126,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events/link", get(events::events_link))
         .route("/v1/transforms", get(catalog::transforms))
         .route("/v1/stats", get(stats::stats))
+        .route("/v1/admin/queues", get(admin::queues))
+        .route(
+            "/v1/admin/queues/{queue}/dead",
+            get(admin::peek).delete(admin::purge),
+        )
+        .route("/v1/admin/queues/{queue}/dead/replay", post(admin::replay))
         .route("/image", post(upload::legacy_upload))
         .route("/image/{id}", get(lookup::legacy_get))
         .route("/healthz", get(health::healthz))

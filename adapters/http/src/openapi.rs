@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::{IntoParams, OpenApi};
 
 use crate::error::ApiError;
-use crate::{catalog, delete, events, health, lookup, stats, timeline, upload};
+use crate::{admin, catalog, delete, events, health, lookup, stats, timeline, upload};
 
 /// The `X-Tenant` header every image route reads.
 #[derive(IntoParams)]
@@ -60,6 +60,10 @@ impl utoipa::Modify for BearerKeys {
         events::events_link,
         catalog::transforms,
         stats::stats,
+        admin::queues,
+        admin::peek,
+        admin::replay,
+        admin::purge,
         upload::legacy_upload,
         lookup::legacy_get,
         health::healthz,

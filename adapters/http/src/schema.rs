@@ -276,3 +276,127 @@ pub struct Readiness {
     #[serde(flatten)]
     pub checks: BTreeMap<String, String>,
 }
+
+/// Answer to `GET /v1/admin/queues`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueList {
+    /// The pipeline's queues, in the order a job crosses them.
+    pub queues: Vec<QueueInfo>,
+}
+
+/// One queue, as the broker counts it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueInfo {
+    /// Queue name, without the namespace.
+    pub queue: String,
+    /// Messages in the queue (what each broker counts: `docs/operations/admin.md`).
+    pub messages: u64,
+    /// Consumers attached; null where the broker does not tell (NATS).
+    pub consumers: Option<u64>,
+    /// Messages in its dead-letter queue.
+    pub dead_letters: u64,
+}
+
+impl From<pipeline_core::services::admin::QueueOverview> for QueueInfo {
+    fn from(q: pipeline_core::services::admin::QueueOverview) -> Self {
+        Self {
+            queue: q.queue,
+            messages: q.messages,
+            consumers: q.consumers,
+            dead_letters: q.dead_letters,
+        }
+    }
+}
+
+/// Answer to `GET /v1/admin/queues/{queue}/dead`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterList {
+    /// The queue whose dead letters these are.
+    pub queue: String,
+    /// Oldest first.
+    pub dead_letters: Vec<DeadLetterInfo>,
+}
+
+/// One dead letter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterInfo {
+    /// Message id.
+    pub id: Uuid,
+    /// Event (its routing key), for example `image.submitted`.
+    pub event: String,
+    /// The job it belongs to.
+    pub job_id: Uuid,
+    /// Tenant owning the job.
+    pub tenant: String,
+    /// Why it was dead-lettered.
+    pub reason: Option<String>,
+    /// `rejected`, `exhausted`, `abandoned` or `malformed`.
+    pub cause: Option<String>,
+    /// Deliveries made before it was dead-lettered.
+    pub attempts: Option<u32>,
+    /// Unix milliseconds of the decision.
+    pub dead_at_ms: Option<i64>,
+    /// Unix milliseconds when the message was created.
+    pub created_at_ms: i64,
+    /// Every header of the message.
+    pub headers: BTreeMap<String, String>,
+    /// Its parts (name, type, size), without their bytes.
+    pub parts: Vec<DeadLetterPart>,
+}
+
+/// A part of a dead letter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterPart {
+    /// Part name, for example `original`.
+    pub name: String,
+    /// Media type.
+    pub content_type: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+impl From<pipeline_core::services::admin::DeadLetter> for DeadLetterInfo {
+    fn from(d: pipeline_core::services::admin::DeadLetter) -> Self {
+        Self {
+            id: d.id,
+            event: d.event,
+            job_id: d.job_id,
+            tenant: d.tenant,
+            reason: d.reason,
+            cause: d.cause,
+            attempts: d.attempts,
+            dead_at_ms: d.dead_at_ms,
+            created_at_ms: d.created_at_ms,
+            headers: d.headers,
+            parts: d
+                .parts
+                .into_iter()
+                .map(|p| DeadLetterPart {
+                    name: p.name,
+                    content_type: p.content_type,
+                    bytes: p.bytes,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Answer to `POST /v1/admin/queues/{queue}/dead/replay`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    /// The queue whose dead letters were replayed.
+    pub queue: String,
+    /// Published again.
+    pub replayed: u64,
+    /// Left in the dead-letter queue (undecodable, or their publish failed).
+    pub kept: u64,
+}
+
+/// Answer to `DELETE /v1/admin/queues/{queue}/dead`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Purged {
+    /// The queue whose dead letters were removed.
+    pub queue: String,
+    /// How many were removed.
+    pub purged: u64,
+}

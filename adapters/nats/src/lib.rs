@@ -16,6 +16,7 @@
 //! redeliveries; what happens to a message that is not acked is decided by
 //! [`pipeline_core::broker::policy`].
 
+mod admin;
 mod blobs;
 mod consumer;
 mod results;
@@ -33,7 +34,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use pipeline_core::broker::bindings::{Bindings, unroutable};
 use pipeline_core::broker::{
-    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue,
+    Broker, Capabilities, DeliveryStream, QueueSpec, QueueStats, Subscription, dead_letter_queue,
 };
 use pipeline_core::urls::BackendUrl;
 use pipeline_core::{Envelope, Error, Result, wire};
@@ -446,5 +447,21 @@ impl Broker for NatsBroker {
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Messages: waiting plus delivered and not acked, from the queue's
+    /// consumer. Consumers: unknown (`None`), a pull consumer does not
+    /// count the processes pulling from it.
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        self.inner.queue_stats(queue).await
+    }
+
+    /// Read from the stream by subject: the messages stay, unmarked.
+    async fn peek_dead(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        self.inner.peek_dead(queue, limit).await
+    }
+
+    async fn purge_dead(&self, queue: &str) -> Result<u64> {
+        self.inner.purge_dead(queue).await
     }
 }

@@ -70,7 +70,10 @@ impl ConsumerState {
                     continue;
                 }
             };
-            if d.redelivered {
+            // A dead-letter queue's redeliveries (a peek, a replay that
+            // stopped) are handed out as they are: nothing consumes a dead
+            // letter but an operator, so no attempt is counted.
+            if d.redelivered && !self.full.ends_with(".dead") {
                 // The server redelivered it (a consumer died, a channel
                 // closed, or it was dropped unsettled): count it as an
                 // attempt, so a message that kills its consumer cannot loop.

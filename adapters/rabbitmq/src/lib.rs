@@ -9,6 +9,7 @@
 //! consumers replayed) and publishes wait for it. See `docs/backends/rabbitmq.md`.
 
 mod acker;
+mod admin;
 mod config;
 mod link;
 
@@ -24,7 +25,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 use pipeline_core::broker::{
-    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue,
+    Broker, Capabilities, DeliveryStream, QueueSpec, QueueStats, Subscription, dead_letter_queue,
 };
 use pipeline_core::{Backoff, Envelope, Error, Result, wire};
 
@@ -585,5 +586,22 @@ impl Broker for RabbitBroker {
             }
         }
         Ok(())
+    }
+
+    /// Messages: ready in the queue and in its retry queues (deliveries
+    /// not yet acked are not counted). Consumers: RabbitMQ's count.
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        self.inner.queue_stats(queue).await
+    }
+
+    /// The messages are fetched unacked and returned when the channel
+    /// closes: RabbitMQ marks them redelivered and may put them back in
+    /// another order.
+    async fn peek_dead(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        self.inner.peek_dead(queue, limit).await
+    }
+
+    async fn purge_dead(&self, queue: &str) -> Result<u64> {
+        self.inner.purge_dead(queue).await
     }
 }

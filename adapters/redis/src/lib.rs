@@ -14,6 +14,7 @@ mod results;
 
 pub use results::RedisResultStore;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -21,11 +22,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, ClientLike, Config, HashesInterface, KeysInterface, ReconnectPolicy, StreamsInterface,
+    Builder, ClientLike, Config, HashesInterface, KeysInterface, ReconnectPolicy,
+    SortedSetsInterface, StreamsInterface,
 };
+use fred::types::Value;
 use pipeline_core::broker::bindings::{Bindings, unroutable};
 use pipeline_core::broker::{
-    Broker, Capabilities, DeliveryStream, QueueSpec, Subscription, dead_letter_queue,
+    Broker, Capabilities, DeliveryStream, QueueSpec, QueueStats, Subscription, dead_letter_queue,
+    policy,
 };
 use pipeline_core::{Envelope, Error, Result, wire};
 
@@ -389,6 +393,17 @@ impl Inner {
         Ok(())
     }
 
+    /// `Ok` if `queue` is declared (by this process or another).
+    async fn known(&self, queue: &str) -> Result<()> {
+        if self.bindings.max_attempts(queue).is_none() {
+            self.load_bindings().await?;
+        }
+        match self.bindings.max_attempts(queue) {
+            Some(_) => Ok(()),
+            None => Err(Error::NotFound(format!("queue {queue:?} is not declared"))),
+        }
+    }
+
     /// Append `frame` to the stream of `queue`.
     pub(crate) async fn add(&self, queue: &str, frame: Bytes) -> Result<()> {
         let _: String = self
@@ -478,6 +493,103 @@ impl Broker for RedisBroker {
         self.inner.closed.store(true, Ordering::Release);
         Ok(())
     }
+
+    /// Messages: the stream's entries (waiting or delivered and not yet
+    /// acked: settled entries are deleted) plus delayed retries. Consumers:
+    /// those of the queue's group, as `XINFO GROUPS` lists them.
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        let inner = &self.inner;
+        inner.known(queue).await?;
+        let client = &inner.client;
+        let entries: u64 = client
+            .xlen(inner.stream(queue))
+            .await
+            .map_err(|e| redis_error("XLEN", e))?;
+        let delayed: u64 = client
+            .zcard(inner.delayed(queue))
+            .await
+            .map_err(|e| redis_error("ZCARD", e))?;
+        let dead: u64 = client
+            .xlen(inner.stream(&dead_letter_queue(queue)))
+            .await
+            .map_err(|e| redis_error("XLEN", e))?;
+        let groups: Value = client
+            .xinfo_groups(inner.stream(queue))
+            .await
+            .map_err(|e| redis_error("XINFO GROUPS", e))?;
+        Ok(QueueStats::new(
+            entries + delayed,
+            group_consumers(groups),
+            dead,
+        ))
+    }
+
+    async fn peek_dead(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        let inner = &self.inner;
+        inner.known(queue).await?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let entries: Vec<(String, HashMap<String, Bytes>)> = inner
+            .client
+            .xrange(
+                inner.stream(&dead_letter_queue(queue)),
+                "-",
+                "+",
+                Some(limit as u64),
+            )
+            .await
+            .map_err(|e| redis_error("XRANGE", e))?;
+        Ok(entries
+            .into_iter()
+            .map(|(_, mut fields)| {
+                let frame = fields.remove(FIELD).unwrap_or_default();
+                wire::decode(frame.clone()).unwrap_or_else(|e| policy::malformed(queue, frame, &e))
+            })
+            .collect())
+    }
+
+    async fn purge_dead(&self, queue: &str) -> Result<u64> {
+        let inner = &self.inner;
+        inner.known(queue).await?;
+        inner
+            .client
+            .xtrim(inner.stream(&dead_letter_queue(queue)), ("MAXLEN", 0))
+            .await
+            .map_err(|e| redis_error("XTRIM", e))
+    }
+}
+
+/// The consumer count of the pipeline's group in an `XINFO GROUPS` reply
+/// (a list of groups, each a map or a flat key/value list).
+fn group_consumers(groups: Value) -> Option<u64> {
+    let Value::Array(groups) = groups else {
+        return None;
+    };
+    groups.into_iter().find_map(|group| {
+        let pairs: Vec<(Value, Value)> = match group {
+            Value::Map(map) => map
+                .inner()
+                .into_iter()
+                .map(|(k, v)| (Value::from(k), v))
+                .collect(),
+            Value::Array(flat) => {
+                let mut it = flat.into_iter();
+                std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+            }
+            _ => return None,
+        };
+        let field = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k.as_str().as_deref() == Some(name))
+                .map(|(_, v)| v.clone())
+        };
+        if field("name")?.as_str().as_deref() != Some(GROUP) {
+            return None;
+        }
+        field("consumers")?.as_u64()
+    })
 }
 
 /// Delays shorter than this are retried at once.

@@ -93,6 +93,30 @@ impl Subscription {
     }
 }
 
+/// What a broker reports of one queue ([`Broker::queue_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Messages in the queue: waiting, delayed for a retry, or handed out
+    /// and not yet settled (what each backend counts is in its docs).
+    pub messages: u64,
+    /// Consumers attached to the queue, where the backend tells.
+    pub consumers: Option<u64>,
+    /// Messages in the queue's dead-letter queue.
+    pub dead_letters: u64,
+}
+
+impl QueueStats {
+    /// Stats with these figures.
+    pub const fn new(messages: u64, consumers: Option<u64>, dead_letters: u64) -> Self {
+        Self {
+            messages,
+            consumers,
+            dead_letters,
+        }
+    }
+}
+
 /// A stream of deliveries; it ends when the broker is closed.
 pub type DeliveryStream = BoxStream<'static, Result<Delivery>>;
 
@@ -118,6 +142,11 @@ pub type DeliveryStream = BoxStream<'static, Result<Delivery>>;
 ///   with [`crate::Error::Closed`]; deliveries already handed out can still be
 ///   settled. A non-persistent backend first waits (bounded) until its queues
 ///   are empty and settled, so that accepted work is not lost.
+/// - The operator's methods ([`queue_stats`](Self::queue_stats),
+///   [`peek_dead`](Self::peek_dead), [`purge_dead`](Self::purge_dead)) take
+///   a declared queue's name and answer [`crate::Error::NotFound`] for a
+///   queue the broker does not have; a backend without them answers
+///   [`crate::Error::Unsupported`].
 #[async_trait]
 pub trait Broker: Send + Sync + fmt::Debug {
     /// What this backend guarantees.
@@ -137,6 +166,30 @@ pub trait Broker: Send + Sync + fmt::Debug {
 
     /// Stop consuming and publishing (see the contract).
     async fn close(&self) -> Result<()>;
+
+    /// Depth and consumers of `queue`, and the depth of its dead-letter queue.
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        Err(unsupported("queue stats", queue))
+    }
+
+    /// Up to `limit` messages from the head of `queue`'s dead-letter queue,
+    /// oldest first, left where they are (headers of [`policy`] included).
+    async fn peek_dead(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        let _ = limit;
+        Err(unsupported("peeking dead letters", queue))
+    }
+
+    /// Remove every message waiting in `queue`'s dead-letter queue; returns
+    /// how many were removed.
+    async fn purge_dead(&self, queue: &str) -> Result<u64> {
+        Err(unsupported("purging dead letters", queue))
+    }
+}
+
+fn unsupported(what: &str, queue: &str) -> crate::Error {
+    crate::Error::Unsupported(format!(
+        "this broker does not support {what} (queue {queue:?})"
+    ))
 }
 
 /// Settles one delivery on the backend. Implemented by broker adapters.

@@ -10,7 +10,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::broker::policy::{self, DeadCause, Disposition};
 use crate::broker::{
-    Acker, Broker, Capabilities, Delivery, DeliveryStream, QueueSpec, Subscription,
+    Acker, Broker, Capabilities, Delivery, DeliveryStream, QueueSpec, QueueStats, Subscription,
     dead_letter_queue, topic_matches,
 };
 use crate::envelope::Envelope;
@@ -75,6 +75,8 @@ struct Queue {
     ready: VecDeque<Envelope>,
     /// Deliveries handed out and not settled, plus delayed retries.
     outstanding: usize,
+    /// Subscriptions open on the queue.
+    consumers: usize,
 }
 
 impl Queue {
@@ -84,6 +86,7 @@ impl Queue {
             max_attempts,
             ready: VecDeque::new(),
             outstanding: 0,
+            consumers: 0,
         }
     }
 }
@@ -206,7 +209,10 @@ impl Inner {
                 self.settle(&queue);
             }
             Disposition::Retry { envelope, delay } if delay.is_zero() => {
-                self.push(&queue, envelope, true);
+                // At the head, as the broker gave it; but a dead letter put
+                // back (a replay skipping it) goes behind the others.
+                let front = !queue.ends_with(".dead");
+                self.push(&queue, envelope, front);
                 self.settle(&queue);
             }
             Disposition::Retry { envelope, delay } => {
@@ -316,6 +322,9 @@ impl Broker for MemoryBroker {
                 subscription.queue
             )));
         }
+        if let Some(q) = self.inner.lock().queues.get_mut(&subscription.queue) {
+            q.consumers += 1;
+        }
         let consumer = Consumer {
             inner: Arc::clone(&self.inner),
             queue: subscription.queue,
@@ -335,6 +344,42 @@ impl Broker for MemoryBroker {
             return Err(Error::Closed("memory broker is closed".into()));
         }
         Ok(())
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        let state = self.inner.lock();
+        let q = state.queues.get(queue).ok_or_else(|| not_declared(queue))?;
+        let dead = state
+            .queues
+            .get(&dead_letter_queue(queue))
+            .map_or(0, |d| d.ready.len() + d.outstanding);
+        Ok(QueueStats::new(
+            (q.ready.len() + q.outstanding) as u64,
+            Some(q.consumers as u64),
+            dead as u64,
+        ))
+    }
+
+    async fn peek_dead(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        let state = self.inner.lock();
+        let dead = state
+            .queues
+            .get(&dead_letter_queue(queue))
+            .ok_or_else(|| not_declared(queue))?;
+        Ok(dead.ready.iter().take(limit).cloned().collect())
+    }
+
+    async fn purge_dead(&self, queue: &str) -> Result<u64> {
+        let mut state = self.inner.lock();
+        let dead = state
+            .queues
+            .get_mut(&dead_letter_queue(queue))
+            .ok_or_else(|| not_declared(queue))?;
+        let n = dead.ready.len() as u64;
+        dead.ready.clear();
+        drop(state);
+        self.inner.changed.notify_waiters();
+        Ok(n)
     }
 
     async fn close(&self) -> Result<()> {
@@ -368,10 +413,22 @@ impl Broker for MemoryBroker {
     }
 }
 
+fn not_declared(queue: &str) -> Error {
+    Error::NotFound(format!("queue {queue:?} is not declared"))
+}
+
 struct Consumer {
     inner: Arc<Inner>,
     queue: String,
     permits: Arc<Semaphore>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(q) = self.inner.lock().queues.get_mut(&self.queue) {
+            q.consumers = q.consumers.saturating_sub(1);
+        }
+    }
 }
 
 impl Consumer {

@@ -10,6 +10,7 @@
 //! ```
 
 mod activity;
+pub mod admin;
 mod consume;
 mod replay;
 mod results;
@@ -20,7 +21,7 @@ mod submit;
 mod transformer;
 
 pub use activity::ActivityRecorder;
-pub use replay::{ReplayReport, replay_dead};
+pub use replay::{ReplayReport, replay_dead, replay_dead_job};
 pub use results::{RETRIES_EXHAUSTED, ResultsConsumer};
 pub use save2db::Save2Db;
 #[cfg(feature = "image")]

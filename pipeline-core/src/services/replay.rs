@@ -6,9 +6,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::StreamExt;
+use uuid::Uuid;
 
+use crate::Envelope;
 use crate::broker::{Broker, MALFORMED_EVENT, Subscription, dead_letter_queue, policy};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// What [`replay_dead`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,20 +35,62 @@ pub async fn replay_dead(
     limit: u64,
     idle: Duration,
 ) -> Result<ReplayReport> {
+    replay_matching(broker, queue, limit, idle, |_| true).await
+}
+
+/// Like [`replay_dead`], for the dead letters of one job only; the others
+/// stay (they are put back, possibly in another order).
+pub async fn replay_dead_job(
+    broker: &dyn Broker,
+    queue: &str,
+    job_id: Uuid,
+    idle: Duration,
+) -> Result<ReplayReport> {
+    replay_matching(broker, queue, u64::MAX, idle, |e| e.job_id == job_id).await
+}
+
+async fn replay_matching(
+    broker: &dyn Broker,
+    queue: &str,
+    limit: u64,
+    idle: Duration,
+    wanted: impl Fn(&Envelope) -> bool,
+) -> Result<ReplayReport> {
+    let mut report = ReplayReport::default();
+    // How many dead letters there are, where the broker tells: nothing to
+    // wait for when there are none, and when to stop once all were seen.
+    let total = match broker.queue_stats(queue).await {
+        Ok(stats) if stats.dead_letters == 0 => return Ok(report),
+        Ok(stats) => Some(stats.dead_letters),
+        Err(Error::Unsupported(_)) => None,
+        Err(e) => return Err(e),
+    };
+    // Bounds the messages handed back, in case the queue keeps changing.
+    let mut budget = total.map_or(u64::MAX, |t| t.saturating_mul(4).saturating_add(64));
     let dead = dead_letter_queue(queue);
     let mut stream = broker.subscribe(Subscription::new(&dead, 16)).await?;
-    let mut report = ReplayReport::default();
     let mut seen = HashSet::new();
-    while report.replayed < limit {
+    while report.replayed < limit && budget > 0 {
+        budget -= 1;
         let Ok(Some(item)) = tokio::time::timeout(idle, stream.next()).await else {
             break;
         };
         let delivery = item?;
         let envelope = delivery.envelope().clone();
         if !seen.insert(envelope.id) {
-            // A message kept earlier in this run: everything was seen.
+            // One kept earlier in this run came round again: stop once
+            // every dead letter was seen (or when the count is unknown).
             delivery.nack(Duration::ZERO, "kept by a replay").await?;
-            break;
+            if total.is_none_or(|t| seen.len() as u64 >= t) {
+                break;
+            }
+            continue;
+        }
+        if !wanted(&envelope) {
+            delivery
+                .nack(Duration::ZERO, "not selected by a replay")
+                .await?;
+            continue;
         }
         if envelope.event == MALFORMED_EVENT {
             report.kept += 1;
@@ -73,7 +117,6 @@ pub async fn replay_dead(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Envelope;
     use crate::broker::QueueSpec;
     use crate::memory::MemoryBroker;
 
@@ -103,6 +146,27 @@ mod tests {
         let r = replay_dead(&broker, "q", u64::MAX, idle).await.unwrap();
         assert_eq!((r.replayed, r.kept), (0, 1));
         assert_eq!(broker.depth("q.dead"), 1);
+        // One job's dead letters only.
+        broker.purge_dead("q").await.unwrap();
+        let mut jobs = Vec::new();
+        for _ in 0..3 {
+            let e = Envelope::new("job", uuid::Uuid::now_v7(), "t");
+            jobs.push(e.job_id);
+            broker.publish(e).await.unwrap();
+        }
+        let mut s = broker.subscribe(Subscription::new("q", 4)).await.unwrap();
+        // The one replayed earlier, then the three new ones.
+        for _ in 0..4 {
+            let d = s.next().await.unwrap().unwrap();
+            d.dead_letter("boom").await.unwrap();
+        }
+        drop(s);
+        let r = replay_dead_job(&broker, "q", jobs[1], idle).await.unwrap();
+        assert_eq!((r.replayed, r.kept), (1, 0));
+        assert_eq!(broker.depth("q"), 1);
+        assert_eq!(broker.depth("q.dead"), 3, "the other jobs stayed");
+        let mut s = broker.subscribe(Subscription::new("q", 1)).await.unwrap();
+        assert_eq!(s.next().await.unwrap().unwrap().envelope().job_id, jobs[1]);
         // The limit is honoured.
         let r = replay_dead(&broker, "q", 0, idle).await.unwrap();
         assert_eq!(r, ReplayReport::default());

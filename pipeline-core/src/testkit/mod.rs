@@ -139,6 +139,7 @@ macro_rules! broker_conformance {
             concurrent_publishers,
             large_payload_20mb,
             dead_letters_can_be_replayed,
+            dead_letters_can_be_inspected_replayed_and_purged,
             declare_is_idempotent,
             a_subscription_ends_and_resumes,
             several_queues_consumed_at_once,

@@ -235,3 +235,103 @@ pub async fn dead_letters_can_be_replayed(broker: Arc<dyn Broker>) {
     let mut dead = sub(broker.as_ref(), &dead_letter_queue(&queue), 8).await;
     assert_quiet(&mut dead).await;
 }
+
+/// The operator's view: depth and consumers, dead letters peeked (left in
+/// place, reason readable), one job's dead letter replayed, the rest purged.
+pub async fn dead_letters_can_be_inspected_replayed_and_purged(broker: Arc<dyn Broker>) {
+    use crate::services::replay_dead_job;
+    let (queue, prefix) = setup(broker.as_ref(), &["job"], 5).await;
+    let sent: Vec<Envelope> = (0..4)
+        .map(|n| message(&format!("{prefix}.job"), n))
+        .collect();
+    for env in &sent {
+        broker.publish(env.clone()).await.unwrap();
+    }
+    let stats = eventually_stats(broker.as_ref(), &queue, |s| s.messages == 4).await;
+    assert_eq!(stats.dead_letters, 0);
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    for (n, want) in sent.iter().take(3).enumerate() {
+        let d = next(&mut s).await;
+        assert_eq!(d.envelope().id, want.id, "in publish order");
+        d.dead_letter(format!("reason {n}")).await.unwrap();
+    }
+    let d = next(&mut s).await;
+    let stats = broker.queue_stats(&queue).await.unwrap();
+    if let Some(c) = stats.consumers {
+        assert!(c >= 1, "a subscription is open: {stats:?}");
+    }
+    d.ack().await.unwrap();
+    drop(s);
+    let stats = eventually_stats(broker.as_ref(), &queue, |s| {
+        s.messages == 0 && s.dead_letters == 3
+    })
+    .await;
+    assert_eq!((stats.messages, stats.dead_letters), (0, 3));
+
+    // A peek shows them with their reason and leaves them there.
+    for _ in 0..2 {
+        let peeked = broker.peek_dead(&queue, 10).await.unwrap();
+        let mut ids: Vec<Uuid> = peeked.iter().map(|e| e.id).collect();
+        ids.sort();
+        let mut want: Vec<Uuid> = sent[..3].iter().map(|e| e.id).collect();
+        want.sort();
+        assert_eq!(ids, want);
+        for e in &peeked {
+            let n = sent.iter().position(|s| s.id == e.id).unwrap();
+            let reason = e.headers.get(headers::DEAD_LETTER_REASON);
+            assert_eq!(reason, Some(&format!("reason {n}")));
+            assert_eq!(e.parts, sent[n].parts, "payload intact");
+        }
+    }
+    assert_eq!(broker.peek_dead(&queue, 1).await.unwrap().len(), 1);
+    assert!(broker.peek_dead(&queue, 0).await.unwrap().is_empty());
+
+    // Replaying one job's dead letter brings back that job only.
+    let idle = Duration::from_secs(2);
+    let r = replay_dead_job(broker.as_ref(), &queue, sent[1].job_id, idle)
+        .await
+        .unwrap();
+    assert_eq!((r.replayed, r.kept), (1, 0), "{r:?}");
+    let mut s = sub(broker.as_ref(), &queue, 1).await;
+    let d = next(&mut s).await;
+    assert_eq!(d.envelope().id, sent[1].id);
+    assert_eq!(d.attempt(), 1);
+    d.ack().await.unwrap();
+    assert_quiet(&mut s).await;
+    drop(s);
+    eventually_stats(broker.as_ref(), &queue, |s| s.dead_letters == 2).await;
+
+    // Purging empties the dead-letter queue.
+    assert_eq!(broker.purge_dead(&queue).await.unwrap(), 2);
+    let stats = eventually_stats(broker.as_ref(), &queue, |s| s.dead_letters == 0).await;
+    assert_eq!(stats.dead_letters, 0);
+    assert!(broker.peek_dead(&queue, 10).await.unwrap().is_empty());
+    assert_eq!(broker.purge_dead(&queue).await.unwrap(), 0);
+
+    let missing = unique("missing");
+    assert!(
+        matches!(
+            broker.queue_stats(&missing).await,
+            Err(crate::Error::NotFound(_))
+        ),
+        "an undeclared queue is not found"
+    );
+}
+
+/// The stats of `queue` once `done` holds; fails after the wait (counts
+/// some brokers keep are updated a moment after the operation).
+async fn eventually_stats(
+    broker: &dyn Broker,
+    queue: &str,
+    done: impl Fn(&crate::broker::QueueStats) -> bool,
+) -> crate::broker::QueueStats {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = broker.queue_stats(queue).await.expect("queue stats");
+        if done(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "stats stayed at {stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
