@@ -131,7 +131,7 @@ pub(crate) async fn keys(args: KeysArgs) -> Result<(), Error> {
 }
 
 /// `ms` as `2026-12-02T11:05:31Z`.
-fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map_or_else(
         || ms.to_string(),
         |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),

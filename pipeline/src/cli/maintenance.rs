@@ -189,18 +189,12 @@ pub(crate) async fn replay_dead(args: ReplayArgs) -> Result<(), Error> {
             known.join(", ")
         )));
     }
-    if pipeline_core::urls::scheme_of(&args.broker_url).as_deref() == Some("memory") {
-        return Err(Error::Config(
-            "the in-memory broker lives inside its process: there is nothing to replay from here"
-                .into(),
-        ));
+    let broker = crate::cli::admin::BrokerArgs {
+        broker_url: Some(args.broker_url.clone()),
+        namespace: args.namespace.clone(),
     }
-    let mut options = pipeline_core::connect::ConnectOptions::new(args.namespace.clone());
-    options.client_name = format!("{}-replay-{}", args.namespace, std::process::id());
-    options.drain_timeout = Duration::from_secs(5);
-    let broker = crate::backends::compiled()
-        .connect_broker(&args.broker_url, &options)
-        .await?;
+    .connect("replay")
+    .await?;
     let report = pipeline_core::services::replay_dead(
         broker.as_ref(),
         &args.queue,

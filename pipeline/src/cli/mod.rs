@@ -10,6 +10,7 @@
 //! }
 //! ```
 
+mod admin;
 mod args;
 mod bench;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
@@ -25,6 +26,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pipeline_core::{Error, TransformRegistry};
 
+pub use admin::AdminArgs;
 pub use args::{ServeArgs, ValidateMode};
 pub use bench::BenchArgs;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
@@ -80,6 +82,9 @@ enum Command {
     ReplayDead(ReplayArgs),
     /// Make, list and revoke API keys (kept hashed in the archive database).
     Keys(KeysArgs),
+    /// Look into the broker's queues: depths, dead letters (peek, replay,
+    /// purge).
+    Admin(AdminArgs),
 }
 
 /// Parse the command line and run it with `registry`; the exit code says
@@ -123,6 +128,10 @@ pub fn run(registry: TransformRegistry) -> ExitCode {
             Command::Keys(a) => {
                 init_tracing(false, "warn");
                 keys::keys(a).await
+            }
+            Command::Admin(a) => {
+                init_tracing(false, "warn");
+                admin::admin(a).await
             }
         }
     })
