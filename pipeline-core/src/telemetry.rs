@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::broker::Broker;
 use crate::envelope::{Envelope, headers, now_ms};
 
 /// Uploads by `outcome` (`accepted`, `replayed`, or the refusal's code)
@@ -37,6 +38,47 @@ pub const ARCHIVE_BATCH_SECONDS: &str = "pipeline_archive_batch_seconds";
 pub const ARCHIVE_BATCH_RECORDS: &str = "pipeline_archive_batch_records";
 /// Jobs accepted by this API process and not finished.
 pub const IN_FLIGHT: &str = "pipeline_jobs_in_flight";
+/// Messages in each queue, by `queue`, read from the broker at each scrape.
+pub const QUEUE_MESSAGES: &str = "pipeline_queue_messages";
+/// Consumers of each queue, by `queue` (where the broker tells).
+pub const QUEUE_CONSUMERS: &str = "pipeline_queue_consumers";
+/// Messages in each queue's dead-letter queue, by `queue`.
+pub const QUEUE_DEAD_LETTERS: &str = "pipeline_queue_dead_letters";
+/// Scrapes that could not read the queue counts from the broker (the
+/// gauges keep their last value).
+pub const QUEUE_STATS_FAILURES: &str = "pipeline_queue_stats_failures_total";
+
+/// Longest a scrape waits for the broker's queue counts.
+const QUEUE_STATS_WITHIN: Duration = Duration::from_secs(2);
+
+/// Read every queue's counts from `broker` into the queue gauges (bounded
+/// in time; a broker without counts records nothing).
+pub async fn record_queue_depths(broker: &dyn Broker) {
+    let read =
+        tokio::time::timeout(QUEUE_STATS_WITHIN, crate::services::admin::overview(broker)).await;
+    match read {
+        Ok(Ok(queues)) => {
+            for q in queues {
+                let queue = q.queue;
+                metrics::gauge!(QUEUE_MESSAGES, "queue" => queue.clone()).set(q.messages as f64);
+                metrics::gauge!(QUEUE_DEAD_LETTERS, "queue" => queue.clone())
+                    .set(q.dead_letters as f64);
+                if let Some(c) = q.consumers {
+                    metrics::gauge!(QUEUE_CONSUMERS, "queue" => queue).set(c as f64);
+                }
+            }
+        }
+        Ok(Err(crate::Error::Unsupported(_))) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "reading the queue counts failed");
+            metrics::counter!(QUEUE_STATS_FAILURES).increment(1);
+        }
+        Err(_) => {
+            tracing::debug!("the broker did not give the queue counts in time");
+            metrics::counter!(QUEUE_STATS_FAILURES).increment(1);
+        }
+    }
+}
 
 /// Seconds since the upload of the job `env` belongs to, if it says.
 pub fn since_upload(env: &Envelope) -> Option<Duration> {
@@ -105,5 +147,21 @@ pub fn describe() {
     describe_gauge!(
         IN_FLIGHT,
         "Jobs accepted by this API process and not finished"
+    );
+    describe_gauge!(
+        QUEUE_MESSAGES,
+        "Messages in each queue, read from the broker"
+    );
+    describe_gauge!(
+        QUEUE_CONSUMERS,
+        "Consumers of each queue, read from the broker"
+    );
+    describe_gauge!(
+        QUEUE_DEAD_LETTERS,
+        "Messages in each queue's dead-letter queue, read from the broker"
+    );
+    describe_counter!(
+        QUEUE_STATS_FAILURES,
+        "Scrapes that could not read the queue counts from the broker"
     );
 }

@@ -121,6 +121,7 @@ pub fn health_router(
     blobs: Option<Arc<dyn BlobStore>>,
     metrics: Option<crate::MetricsRender>,
 ) -> Router {
+    let scraped = Arc::clone(&broker);
     let readyz = move || {
         let (broker, archive, blobs) = (broker.clone(), archive.clone(), blobs.clone());
         async move {
@@ -158,8 +159,11 @@ pub fn health_router(
         Some(m) => router.route(
             "/metrics",
             get(move || {
-                let m = m.clone();
-                async move { m.response() }
+                let (m, broker) = (m.clone(), Arc::clone(&scraped));
+                async move {
+                    pipeline_core::telemetry::record_queue_depths(broker.as_ref()).await;
+                    m.response()
+                }
             }),
         ),
         None => router,

@@ -138,6 +138,16 @@ async fn dead_letters_are_inspected_replayed_and_purged(env: Vec<(&'static str, 
     assert_eq!(r.status(), 200);
     let row = transform_row(&r.json().await.unwrap());
     assert_eq!(row["dead_letters"], 3, "{row}");
+    // The same counts on /metrics, read from the broker at the scrape.
+    let text = http.get(format!("{base}/metrics")).send().await.unwrap();
+    let text = text.text().await.unwrap();
+    for line in [
+        r#"pipeline_queue_dead_letters{queue="transform"} 3"#,
+        r#"pipeline_queue_messages{queue="transform"} 0"#,
+        r#"pipeline_queue_dead_letters{queue="save2db"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
 
     // Peek: the reason, the cause, the jobs; nothing moves.
     for _ in 0..2 {

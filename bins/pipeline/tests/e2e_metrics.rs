@@ -243,6 +243,29 @@ async fn metrics_count_exactly_what_was_sent() {
     }
     assert_eq!(v("pipeline_jobs_in_flight", &[]), 0.0);
     assert_eq!(v("pipeline_redeliveries_total", &[]), 0.0);
+    // Queue counts, read from the broker at the scrape: the transform and
+    // results queues are drained (the archive has every job), nothing is
+    // dead.
+    for queue in ["transform", "api.results", "save2db", "activity"] {
+        let labels = [("queue", queue)];
+        for gauge in ["pipeline_queue_messages", "pipeline_queue_dead_letters"] {
+            assert!(
+                samples.iter().any(
+                    |(n, l, _)| n == gauge && l.get("queue").map(String::as_str) == Some(queue)
+                ),
+                "{gauge} of {queue} missing"
+            );
+        }
+        assert_eq!(v("pipeline_queue_dead_letters", &labels), 0.0, "{queue}");
+        assert_eq!(v("pipeline_queue_consumers", &labels), 1.0, "{queue}");
+    }
+    for queue in ["transform", "api.results"] {
+        assert_eq!(
+            v("pipeline_queue_messages", &[("queue", queue)]),
+            0.0,
+            "{queue}"
+        );
+    }
     eprintln!(
         "{} samples; {jobs} jobs: {done} done (one by POST /image), {BAD_SPEC} failed, {CORRUPT} refused at upload",
         samples.len()
