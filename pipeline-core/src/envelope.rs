@@ -52,6 +52,9 @@ pub mod headers {
     pub const DEAD_LETTER_ATTEMPTS: &str = "dead-letter-attempts";
     /// Unix milliseconds at which it was dead-lettered.
     pub const DEAD_LETTER_AT_MS: &str = "dead-letter-at-ms";
+    /// W3C `traceparent` of the span that produced the message
+    /// ([`crate::trace`]).
+    pub const TRACEPARENT: &str = "traceparent";
     /// Unix milliseconds at which the job was submitted.
     pub const SUBMITTED_AT_MS: &str = "submitted-at-ms";
     /// Original file name given by the client, if any.

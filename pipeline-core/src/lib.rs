@@ -23,6 +23,7 @@ pub mod store;
 pub mod telemetry;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod trace;
 pub mod transform;
 pub mod urls;
 pub mod wire;

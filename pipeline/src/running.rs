@@ -204,6 +204,7 @@ impl Running {
             tenant: tenant.to_string(),
             filename: None,
             data,
+            trace: None,
         };
         submitter.submit(upload, probe, &spec).await
     }

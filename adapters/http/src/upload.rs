@@ -11,6 +11,7 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pipeline_core::services::{Accepted, Upload, keyed_job_id};
+use pipeline_core::trace::TraceContext;
 use pipeline_core::transform::Probe;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -335,6 +336,7 @@ enum Outcome {
 /// whole request, so a client never has to untangle a half-accepted batch.
 /// With an idempotency `key`, the one file is submitted under that job id,
 /// unless a job has that id already.
+#[allow(clippy::too_many_arguments)]
 async fn accept(
     state: &Arc<ApiState>,
     tenant: String,
@@ -342,6 +344,7 @@ async fn accept(
     transform: Option<String>,
     preset: Option<String>,
     key: Option<Uuid>,
+    trace: TraceContext,
 ) -> ApiResult<Outcome> {
     if files.is_empty() {
         return Err(ApiError::new(
@@ -425,6 +428,7 @@ async fn accept(
                 tenant,
                 filename: Some(f.name),
                 data: f.data,
+                trace: Some(trace),
             };
             let accepted = submitter.submit_acquired(job, upload, probe, &spec).await?;
             return Ok(Outcome::Accepted(vec![accepted]));
@@ -449,6 +453,7 @@ async fn accept(
                 tenant: tenant.clone(),
                 filename: Some(f.name),
                 data: f.data,
+                trace: Some(trace),
             };
             match submitter.submit_acquired(job, upload, probe, &spec).await {
                 Ok(a) => accepted.push(a),
@@ -633,6 +638,24 @@ pub(crate) async fn upload(
     answer.map(|(resp, _)| resp)
 }
 
+/// The request's span: a child of its valid `traceparent`, else a new
+/// trace. Every job of the request continues it.
+fn request_trace(headers: &HeaderMap) -> TraceContext {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+        .map_or_else(TraceContext::new_root, |t| t.child())
+}
+
+/// `traceresponse` (W3C Trace Context level 2): the trace the upload's
+/// jobs continue, so a client can find them in the logs.
+fn trace_response(resp: &mut Response, trace: &TraceContext) {
+    if let Ok(v) = HeaderValue::from_str(&trace.traceparent()) {
+        resp.headers_mut().insert("traceresponse", v);
+    }
+}
+
 /// A request's `Content-Length`, if it declares one.
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -686,6 +709,7 @@ async fn upload_counted(
         .in_flight()
         .check_room(&tenant, 1)
         .map_err(ApiError::busy)?;
+    let trace = request_trace(req.headers());
     let (files, transform, preset) = read_within_time(&state, req, None).await?;
     let outcome = accept(
         &state,
@@ -694,6 +718,7 @@ async fn upload_counted(
         q.transform.or(transform),
         q.preset.or(preset),
         key,
+        trace,
     )
     .await?;
     let (status, accepted) = match outcome {
@@ -716,6 +741,7 @@ async fn upload_counted(
         })
         .collect();
     let mut resp = (status, Json(UploadResponse { images })).into_response();
+    trace_response(&mut resp, &trace);
     if status == StatusCode::OK {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -771,6 +797,7 @@ async fn legacy_counted(
         .in_flight()
         .check_room(&tenant, 1)
         .map_err(ApiError::busy)?;
+    let trace = request_trace(req.headers());
     let (files, _, _) = read_within_time(&state, req, Some("image")).await?;
     if files.is_empty() {
         return Err(ApiError::new(
@@ -779,7 +806,9 @@ async fn legacy_counted(
             "the form has no field named \"image\"",
         ));
     }
-    let Outcome::Accepted(accepted) = accept(&state, tenant, files, None, None, None).await? else {
+    let Outcome::Accepted(accepted) =
+        accept(&state, tenant, files, None, None, None, trace).await?
+    else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "no_file",
@@ -789,8 +818,7 @@ async fn legacy_counted(
     let id = accepted.first().map(|a| a.id).ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, "no_file", "the form has no image")
     })?;
-    Ok((
-        (StatusCode::OK, Json(LegacyUploadResponse { id })).into_response(),
-        1,
-    ))
+    let mut resp = (StatusCode::OK, Json(LegacyUploadResponse { id })).into_response();
+    trace_response(&mut resp, &trace);
+    Ok((resp, 1))
 }

@@ -154,6 +154,7 @@ where
         match save_holding(queue, &records, &save, &ready, shutdown.clone()).await {
             Ok(()) => {
                 record_batch(queue, count, saving.elapsed());
+                log_saved(queue, &deliveries);
                 settle_all(queue, deliveries, None, settling).await
             }
             Err(e) if e.is_retryable() => {
@@ -167,6 +168,7 @@ where
                     match save(vec![record]).await {
                         Ok(()) => {
                             record_batch(queue, 1, saving.elapsed());
+                            log_saved(queue, std::slice::from_ref(&d));
                             settle_all(queue, vec![d], None, settling).await
                         }
                         Err(e) if e.is_retryable() => {
@@ -183,6 +185,23 @@ where
         }
     }
     Ok(())
+}
+
+/// One debug line per saved record, in the span of its job's trace.
+fn log_saved(queue: &str, deliveries: &[Delivery]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let role = if queue == super::queues::SAVE2DB {
+        "save2db"
+    } else {
+        "activity"
+    };
+    for d in deliveries {
+        let env = d.envelope();
+        crate::trace::reader_span(role, env)
+            .in_scope(|| tracing::debug!(queue, event = %env.event, "record saved"));
+    }
 }
 
 /// Count a saved batch: its records, its size and its time.

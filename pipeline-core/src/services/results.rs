@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use super::consume::consume_concurrently;
 use super::queues;
@@ -75,6 +76,11 @@ impl ResultsConsumer {
     }
 
     async fn handle(&self, delivery: Delivery) {
+        let span = crate::trace::reader_span("api", delivery.envelope());
+        self.handle_in_span(delivery).instrument(span).await;
+    }
+
+    async fn handle_in_span(&self, delivery: Delivery) {
         let Some(status) = status_of(delivery.envelope()) else {
             // Not an event for this queue: nothing to record.
             if let Err(e) = delivery.ack().await {
@@ -93,7 +99,8 @@ impl ResultsConsumer {
         let took = crate::telemetry::since_upload(delivery.envelope());
         let settled = match self.results.put(status, self.ttl).await {
             Ok(()) => {
-                record_end(outcome, code, took);
+                record_end(outcome, code.clone(), took);
+                tracing::debug!(outcome, code, "job result stored");
                 delivery.ack().await
             }
             Err(e) if delivery.attempt() >= self.max_attempts => {

@@ -105,6 +105,9 @@ pub struct Upload {
     pub filename: Option<String>,
     /// The bytes.
     pub data: Bytes,
+    /// The request's trace context: the job's messages continue it (a new
+    /// trace when `None`).
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// A job accepted for processing.
@@ -451,9 +454,13 @@ impl Submitter {
                 return Err(e);
             }
         };
+        let trace = upload
+            .trace
+            .map_or_else(crate::trace::TraceContext::new_root, |t| t.child());
         let mut env = Envelope::new(events::SUBMITTED, job_id, upload.tenant)
             .with_spec(spec_text.clone())
             .with_header(headers::SUBMITTED_AT_MS, now.to_string())
+            .with_header(headers::TRACEPARENT, trace.traceparent())
             .with_part(original);
         if let Some(name) = upload.filename.filter(|n| !n.is_empty()) {
             env = env.with_header(headers::FILENAME, name);
@@ -467,6 +474,10 @@ impl Submitter {
             });
         }
         metrics::histogram!(crate::telemetry::UPLOAD_PUBLISH).record(began.elapsed().as_secs_f64());
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            crate::trace::span_at("api", job_id, &trace, upload.trace.as_ref())
+                .in_scope(|| tracing::debug!(spec = %spec_text, "job submitted"));
+        }
         Ok(Accepted {
             id: job_id,
             format: codec::format_name(probe.format).to_string(),

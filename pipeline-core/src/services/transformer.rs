@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use tracing::Instrument;
 
 use super::consume::consume_concurrently;
 use super::queues;
@@ -95,9 +96,15 @@ impl Transformer {
         Ok(())
     }
 
-    /// Process one delivery and settle it.
+    /// Process one delivery and settle it, in a span continuing the
+    /// job's trace ([`crate::trace`]).
     pub async fn handle(&self, delivery: Delivery) {
         let mut env = delivery.envelope().clone();
+        let span = crate::trace::job_span("transformer", &mut env);
+        self.handle_in_span(delivery, env).instrument(span).await;
+    }
+
+    async fn handle_in_span(&self, delivery: Delivery, mut env: Envelope) {
         // Every follow-up tells which delivery of the job produced it.
         env.headers
             .insert(headers::ATTEMPT.to_string(), delivery.attempt().to_string());
@@ -108,6 +115,7 @@ impl Transformer {
         {
             metrics::histogram!(crate::telemetry::QUEUE_WAIT).record(waited.as_secs_f64());
         }
+        let delivery_attempt = delivery.attempt();
         let outcome = self.transform(&env).await;
         metrics::histogram!(crate::telemetry::TRANSFORM_SECONDS)
             .record(started.elapsed().as_secs_f64());
@@ -149,6 +157,11 @@ impl Transformer {
             }
         };
         metrics::counter!(crate::telemetry::TRANSFORMS, "outcome" => ended).increment(1);
+        tracing::debug!(
+            outcome = ended,
+            attempt = delivery_attempt,
+            "job transformed"
+        );
         if let Err(e) = settled {
             tracing::warn!(job_id = %env.job_id, error = %e, "settling failed; the job will be redelivered");
         }

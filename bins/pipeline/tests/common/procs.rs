@@ -26,13 +26,23 @@ impl Drop for Proc {
 }
 
 pub fn spawn(bin: &str, name: &'static str, env: &[(&str, String)]) -> (Proc, String) {
+    spawn_to(bin, name, env, Stdio::inherit())
+}
+
+/// [`spawn`] with the process's standard error (its log) in `stderr`.
+pub fn spawn_to(
+    bin: &str,
+    name: &'static str,
+    env: &[(&str, String)],
+    stderr: impl Into<Stdio>,
+) -> (Proc, String) {
     let mut cmd = Command::new(bin);
     cmd.env(
         "RUST_LOG",
         std::env::var("PIPELINE_E2E_LOG").unwrap_or_else(|_| "warn".into()),
     )
     .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    .stderr(stderr);
     for (k, v) in env {
         cmd.env(k, v);
     }
