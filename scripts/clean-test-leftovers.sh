@@ -62,3 +62,15 @@ async def main():
 asyncio.run(main())
 ' "$prefix")
 echo "clean-test-leftovers: nats: $streams streams"
+
+# The chaos run's hosts (network namespaces pt_*, links pt*): what a killed
+# run left; what runs in them is killed first.
+hosts=0
+for n in $(ip netns list 2>/dev/null | awk '/^pt_/ {print $1}'); do
+  ip netns pids "$n" | xargs -r kill -9
+  ip netns delete "$n" && hosts=$((hosts + 1))
+done
+for l in $(ip -o link show 2>/dev/null | awk -F': ' '$2 ~ /^pt[0-9a-f]{4}/ {sub(/@.*/, "", $2); print $2}'); do
+  ip link delete "$l" 2>/dev/null || true
+done
+echo "clean-test-leftovers: network: $hosts namespaces"

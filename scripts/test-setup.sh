@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the tests need beyond cargo, installed when missing: moto_server (the
 # S3 endpoint of the blob-store tests), Debian's Chromium and playwright-core
-# (the web app's browser tests, tests/browser). Safe to run again.
+# (the web app's browser tests, tests/browser), nginx (the chaos run's load
+# balancer). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,18 @@ if [ ! -x /usr/bin/chromium ]; then
   [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
+# nginx is the load balancer of the chaos run (tests/e2e_chaos.rs); the
+# package starts no server here (the test runs its own).
+if ! command -v nginx >/dev/null; then
+  echo "test-setup: installing Debian's nginx-light" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light >/dev/null
+  # Debian starts the packaged server on port 80: not ours to keep.
+  $sudo nginx -s stop 2>/dev/null || true
 fi
 
 # playwright-core drives the browser above; it downloads no browser.

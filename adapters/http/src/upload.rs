@@ -416,20 +416,39 @@ async fn accept(
                 release();
                 return Err(ApiError::new(StatusCode::BAD_REQUEST, "no_file", "no file"));
             };
-            if let Some(earlier) = earlier {
-                release();
-                return replayed(earlier, &tenant, job, &probe).map(Outcome::Replayed);
+            let upload = Upload {
+                tenant: tenant.clone(),
+                filename: Some(f.name),
+                data: f.data,
+                trace: Some(trace),
+            };
+            match earlier {
+                // Still pending and no request of this process submitting
+                // it: the request that recorded it may have died before
+                // publishing it. Publish it again (a repeat is harmless).
+                Some(Earlier::Job {
+                    tenant: ref owner,
+                    pending: true,
+                    ..
+                }) if owned && *owner == tenant => {
+                    return match submitter.republish(job, upload, probe, &spec).await {
+                        Ok(a) => Ok(Outcome::Replayed(a)),
+                        Err(e) => {
+                            release();
+                            Err(e.into())
+                        }
+                    };
+                }
+                Some(earlier) => {
+                    release();
+                    return replayed(earlier, &tenant, job, &probe).map(Outcome::Replayed);
+                }
+                None => {}
             }
             if !owned {
                 // The other request has not recorded its job yet.
                 return Err(key_in_use());
             }
-            let upload = Upload {
-                tenant,
-                filename: Some(f.name),
-                data: f.data,
-                trace: Some(trace),
-            };
             let accepted = submitter.submit_acquired(job, upload, probe, &spec).await?;
             return Ok(Outcome::Accepted(vec![accepted]));
         }
@@ -542,8 +561,13 @@ fn key_in_use() -> ApiError {
 
 /// A job an idempotency key named before.
 enum Earlier {
-    /// It exists: its owner and spec.
-    Job { tenant: String, spec: String },
+    /// It exists: its owner and spec, and whether it is still pending in
+    /// the result store.
+    Job {
+        tenant: String,
+        spec: String,
+        pending: bool,
+    },
     /// It was deleted: the key cannot make it again.
     Deleted,
 }
@@ -556,12 +580,14 @@ async fn earlier_job(state: &ApiState, job: Uuid, tenant: &str) -> ApiResult<Opt
         return Ok(Some(Earlier::Job {
             tenant: s.tenant,
             spec: s.spec,
+            pending: s.state == pipeline_core::store::JobState::Pending,
         }));
     }
     if let Some(r) = state.archive.get(job).await? {
         return Ok(Some(Earlier::Job {
             tenant: r.tenant,
             spec: r.spec,
+            pending: false,
         }));
     }
     let deleted = state
@@ -579,6 +605,7 @@ fn replayed(earlier: Earlier, tenant: &str, job: Uuid, probe: &Probe) -> ApiResu
         Earlier::Job {
             tenant: owner,
             spec,
+            ..
         } if owner == tenant => Ok(Accepted {
             id: job,
             format: pipeline_core::transform::codec::format_name(probe.format).to_string(),

@@ -446,44 +446,94 @@ impl Submitter {
             self.in_flight.release(job_id);
             return Err(e);
         }
-        let original = Part::new(parts::ORIGINAL, content_type(probe.format), upload.data);
-        let original = match self.check_in(original).await {
-            Ok(p) => p,
+        let env = match self
+            .job_message(job_id, upload, &probe, &spec_text, now)
+            .await
+        {
+            Ok(env) => env,
             Err(e) => {
                 self.forget(job_id).await;
                 return Err(e);
             }
         };
-        let trace = upload
-            .trace
-            .map_or_else(crate::trace::TraceContext::new_root, |t| t.child());
-        let mut env = Envelope::new(events::SUBMITTED, job_id, upload.tenant)
-            .with_spec(spec_text.clone())
-            .with_header(headers::SUBMITTED_AT_MS, now.to_string())
-            .with_header(headers::TRACEPARENT, trace.traceparent())
-            .with_part(original);
-        if let Some(name) = upload.filename.filter(|n| !n.is_empty()) {
-            env = env.with_header(headers::FILENAME, name);
-        }
-        if let Err(e) = self.broker.publish(env).await {
+        if let Err(e) = self.publish_job(env).await {
             self.forget(job_id).await;
-            return Err(match e {
-                Error::Closed(m) => Error::Unavailable(format!("shutting down: {m}")),
-                e if e.is_retryable() => e,
-                e => Error::Unavailable(format!("the broker refused the job: {e}")),
-            });
+            return Err(e);
         }
         metrics::histogram!(crate::telemetry::UPLOAD_PUBLISH).record(began.elapsed().as_secs_f64());
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            crate::trace::span_at("api", job_id, &trace, upload.trace.as_ref())
-                .in_scope(|| tracing::debug!(spec = %spec_text, "job submitted"));
-        }
         Ok(Accepted {
             id: job_id,
             format: codec::format_name(probe.format).to_string(),
             width: probe.width,
             height: probe.height,
             spec: spec_text,
+        })
+    }
+
+    /// Publish again the job `job_id`, still pending, from the same upload
+    /// sent again (an `Idempotency-Key` retry after a lost answer: the first
+    /// request may have died between recording the job and publishing it).
+    /// The status is left as it is, whatever happens; a job that was in
+    /// fact queued is then transformed twice, which every consumer takes
+    /// (results and archive rows are written by job id).
+    pub async fn republish(
+        &self,
+        job_id: Uuid,
+        upload: Upload,
+        probe: Probe,
+        spec: &TransformSpec,
+    ) -> Result<Accepted> {
+        let spec_text = spec.to_string();
+        let env = self
+            .job_message(job_id, upload, &probe, &spec_text, now_ms())
+            .await?;
+        self.publish_job(env).await?;
+        tracing::info!(%job_id, "a pending job sent again with its key was published again");
+        Ok(Accepted {
+            id: job_id,
+            format: codec::format_name(probe.format).to_string(),
+            width: probe.width,
+            height: probe.height,
+            spec: spec_text,
+        })
+    }
+
+    /// The `image.submitted` message of a job (a large original checked in
+    /// to the blob store first), in a span continuing the upload's trace.
+    async fn job_message(
+        &self,
+        job_id: Uuid,
+        upload: Upload,
+        probe: &Probe,
+        spec_text: &str,
+        now: i64,
+    ) -> Result<Envelope> {
+        let original = Part::new(parts::ORIGINAL, content_type(probe.format), upload.data);
+        let original = self.check_in(original).await?;
+        let trace = upload
+            .trace
+            .map_or_else(crate::trace::TraceContext::new_root, |t| t.child());
+        let mut env = Envelope::new(events::SUBMITTED, job_id, upload.tenant)
+            .with_spec(spec_text)
+            .with_header(headers::SUBMITTED_AT_MS, now.to_string())
+            .with_header(headers::TRACEPARENT, trace.traceparent())
+            .with_part(original);
+        if let Some(name) = upload.filename.filter(|n| !n.is_empty()) {
+            env = env.with_header(headers::FILENAME, name);
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            crate::trace::span_at("api", job_id, &trace, upload.trace.as_ref())
+                .in_scope(|| tracing::debug!(spec = %spec_text, "job submitted"));
+        }
+        Ok(env)
+    }
+
+    /// Publish a job's message; a refusal is an `Unavailable` error.
+    async fn publish_job(&self, env: Envelope) -> Result<()> {
+        self.broker.publish(env).await.map_err(|e| match e {
+            Error::Closed(m) => Error::Unavailable(format!("shutting down: {m}")),
+            e if e.is_retryable() => e,
+            e => Error::Unavailable(format!("the broker refused the job: {e}")),
         })
     }
 

@@ -102,12 +102,26 @@ fn as_postgres(program: &Path) -> Command {
     }
 }
 
+/// A new directory `name` for a private server's files: in memory
+/// (`/dev/shm`) where the machine has it, so that a server initialising its
+/// files (a database writing and syncing its logs) does not hold up the
+/// disk the shared servers sync to; else in the temporary directory.
+fn data_root(name: &str) -> PathBuf {
+    let shm = Path::new("/dev/shm").join(name);
+    if std::fs::create_dir_all(&shm).is_ok() {
+        return shm;
+    }
+    let dir = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(&dir).expect("server directory");
+    dir
+}
+
 impl Server {
     /// Start a server of `kind`; `extra` are more command-line options of
     /// the server (`--max-allowed-packet=1M` for MariaDB, say).
     pub fn start(kind: Kind, extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(super::unique(&format!("{kind:?}").to_lowercase()));
-        std::fs::create_dir_all(&dir).expect("server directory");
+        let name = super::unique(&format!("{kind:?}").to_lowercase());
+        let dir = data_root(&name);
         let mut server = Self {
             kind,
             port: free_port(),

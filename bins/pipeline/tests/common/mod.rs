@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 
+pub mod hosts;
 pub mod procs;
 pub mod proxy;
 
