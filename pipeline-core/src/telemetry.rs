@@ -48,6 +48,60 @@ pub const QUEUE_DEAD_LETTERS: &str = "pipeline_queue_dead_letters";
 /// gauges keep their last value).
 pub const QUEUE_STATS_FAILURES: &str = "pipeline_queue_stats_failures_total";
 
+/// CPU time of this process, user and system, seconds (Linux). A gauge
+/// holding a counter's value: the `metrics` crate's counters are integers.
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+/// Resident memory of this process, bytes (Linux).
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// Highest resident memory of this process so far, bytes (Linux).
+pub const PROCESS_RSS_PEAK: &str = "process_resident_memory_max_bytes";
+/// Open file descriptors of this process (Linux).
+pub const PROCESS_FDS: &str = "process_open_fds";
+/// Threads of this process (Linux).
+pub const PROCESS_THREADS: &str = "process_threads";
+
+/// Clock ticks per second of `/proc/<pid>/stat` times: `USER_HZ`, 100 in
+/// the ABI of every Linux architecture.
+const USER_HZ: f64 = 100.0;
+
+/// Read this process's CPU time, memory, descriptors and threads from
+/// `/proc/self` into the process metrics (nothing where there is no
+/// `/proc`).
+pub fn record_process() {
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // After the command name (which may hold spaces and parentheses)
+        // comes field 3; utime and stime are fields 14 and 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(user), Some(system)) = (field(14), field(15)) {
+            metrics::gauge!(PROCESS_CPU).set((user + system) as f64 / USER_HZ);
+        }
+        if let Some(threads) = field(20) {
+            metrics::gauge!(PROCESS_THREADS).set(threads as f64);
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        if let Some(rss) = kib("VmRSS:") {
+            metrics::gauge!(PROCESS_RSS).set((rss * 1024) as f64);
+        }
+        if let Some(peak) = kib("VmHWM:") {
+            metrics::gauge!(PROCESS_RSS_PEAK).set((peak * 1024) as f64);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(PROCESS_FDS).set(fds.count() as f64);
+    }
+}
+
 /// Longest a scrape waits for the broker's queue counts.
 const QUEUE_STATS_WITHIN: Duration = Duration::from_secs(2);
 
@@ -160,6 +214,19 @@ pub fn describe() {
         QUEUE_DEAD_LETTERS,
         "Messages in each queue's dead-letter queue, read from the broker"
     );
+    describe_gauge!(
+        PROCESS_CPU,
+        Unit::Seconds,
+        "CPU time of this process, user and system"
+    );
+    describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of this process");
+    describe_gauge!(
+        PROCESS_RSS_PEAK,
+        Unit::Bytes,
+        "Highest resident memory of this process so far"
+    );
+    describe_gauge!(PROCESS_FDS, "Open file descriptors of this process");
+    describe_gauge!(PROCESS_THREADS, "Threads of this process");
     describe_counter!(
         QUEUE_STATS_FAILURES,
         "Scrapes that could not read the queue counts from the broker"

@@ -22,6 +22,41 @@ pub(crate) fn blobs_in_archive(url: &str) -> bool {
     url.is_empty() || url == ARCHIVE_BLOBS
 }
 
+/// Pauses between connection attempts at start.
+const CONNECT_BACKOFF: pipeline_core::Backoff = pipeline_core::Backoff::new(
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_secs(5),
+)
+.with_jitter();
+
+/// `connect()`, tried again while it fails with a retryable error (the
+/// backend is unreachable) for up to `within`; any other error at once.
+async fn patiently<T, F, Fut>(
+    what: &str,
+    within: std::time::Duration,
+    connect: F,
+) -> Result<T, Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut backoff = CONNECT_BACKOFF.start();
+    loop {
+        match connect().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                let pause = backoff
+                    .next_delay()
+                    .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                tracing::warn!(error = %e, ?pause, "{what} is unreachable; trying again");
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
     let backends = b.backends.clone().unwrap_or_else(crate::backends::compiled);
     let options = b.connect_options();
@@ -29,7 +64,12 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
 
     let broker = match &b.broker {
         Some(broker) => broker.clone(),
-        None => backends.connect_broker(&b.urls.broker, &options).await?,
+        None => {
+            patiently("the broker", settings.connect_timeout, || {
+                backends.connect_broker(&b.urls.broker, &options)
+            })
+            .await?
+        }
     };
     broker
         .declare(&services::topology(settings.max_attempts))
@@ -43,7 +83,12 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
         roles.api || roles.save2db || roles.activity || (roles.transformer && blobs_from_archive);
     let archive = match (&b.archive, needs_archive) {
         (Some(a), _) => Some(a.clone()),
-        (None, true) => Some(backends.connect_archive(&b.urls.database, &options).await?),
+        (None, true) => Some(
+            patiently("the archive", settings.connect_timeout, || {
+                backends.connect_archive(&b.urls.database, &options)
+            })
+            .await?,
+        ),
         (None, false) => None,
     };
     let claim = if roles.api || roles.transformer {
@@ -115,7 +160,12 @@ pub(crate) async fn start(b: PipelineBuilder) -> Result<Running, Error> {
     if let (true, Some(a)) = (roles.api, &archive) {
         let results: Arc<dyn ResultStore> = match &b.results {
             Some(r) => r.clone(),
-            None => backends.connect_results(&b.urls.results, &options).await?,
+            None => {
+                patiently("the result store", settings.connect_timeout, || {
+                    backends.connect_results(&b.urls.results, &options)
+                })
+                .await?
+            }
         };
         let mut presets = default_presets();
         presets.extend(settings.presets.clone());

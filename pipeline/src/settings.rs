@@ -133,6 +133,10 @@ pub struct Settings {
     pub batch: usize,
     /// Time to finish accepted work at shutdown.
     pub drain_timeout: Duration,
+    /// How long the start waits for an unreachable backend (broker,
+    /// stores) before it gives up: a role started while its broker or
+    /// database is down, or its host cut off, comes up once they answer.
+    pub connect_timeout: Duration,
     /// How long open requests (long polls, event streams) may run on after
     /// the stop.
     pub request_grace: Duration,
@@ -182,6 +186,7 @@ impl Default for Settings {
             retry: pipeline_core::Backoff::default(),
             batch: 64,
             drain_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(60),
             request_grace: Duration::from_secs(10),
             transport: crate::Transport::default(),
             body_timeout: Duration::from_secs(60),

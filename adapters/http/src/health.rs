@@ -162,6 +162,7 @@ pub fn health_router(
                 let (m, broker) = (m.clone(), Arc::clone(&scraped));
                 async move {
                     pipeline_core::telemetry::record_queue_depths(broker.as_ref()).await;
+                    pipeline_core::telemetry::record_process();
                     m.response()
                 }
             }),

@@ -70,5 +70,6 @@ pub(crate) async fn metrics(
     metrics::gauge!(pipeline_core::telemetry::IN_FLIGHT)
         .set(state.submitter.in_flight().len() as f64);
     pipeline_core::telemetry::record_queue_depths(state.broker.as_ref()).await;
+    pipeline_core::telemetry::record_process();
     Ok(render.response())
 }

@@ -244,11 +244,9 @@ impl State {
                 .collect();
             let ids: Vec<String> = pending.into_iter().map(|(id, ..)| id).collect();
             if ids.is_empty() {
-                let _: std::result::Result<i64, _> = self
-                    .inner
-                    .client
-                    .xgroup_delconsumer(self.stream.as_str(), GROUP, consumer.as_str())
-                    .await;
+                // Its entries are younger than the grace: taken next round.
+                // (Deleting the consumer now would drop them from the
+                // group's pending list, and nobody would ever get them.)
                 continue;
             }
             let claimed: Vec<Entry> = self
@@ -270,6 +268,43 @@ impl State {
                 .map_err(|e| redis_error("XCLAIM", e))?;
             tracing::warn!(queue = %self.queue, %consumer, entries = claimed.len(), "a consumer died; taking over its entries");
             self.adopt(claimed, &delivered).await?;
+        }
+        self.forget_dead_consumers().await
+    }
+
+    /// Remove from the group the consumers that hold no entry, have no
+    /// heartbeat and did nothing for [`FORGET_AFTER`]: what dead processes
+    /// leave behind. One with entries is never removed (removing it would
+    /// drop them from the pending list).
+    async fn forget_dead_consumers(&mut self) -> Result<()> {
+        let reply: Value = self
+            .inner
+            .client
+            .xinfo_consumers(self.stream.as_str(), GROUP)
+            .await
+            .map_err(|e| redis_error("XINFO CONSUMERS", e))?;
+        for record in crate::info_records(reply) {
+            let field = |name: &str| crate::info_field(&record, name).and_then(Value::as_u64);
+            let name = crate::info_field(&record, "name").and_then(|v| v.as_string());
+            let (Some(name), Some(0), Some(idle)) = (name, field("pending"), field("idle")) else {
+                continue;
+            };
+            if name == self.consumer || idle < FORGET_AFTER.as_millis() as u64 {
+                continue;
+            }
+            let alive: i64 = self
+                .inner
+                .client
+                .exists(self.inner.alive_key(&self.queue, &name))
+                .await
+                .map_err(|e| redis_error("EXISTS", e))?;
+            if alive == 0 {
+                let _: std::result::Result<i64, _> = self
+                    .inner
+                    .client
+                    .xgroup_delconsumer(self.stream.as_str(), GROUP, name.as_str())
+                    .await;
+            }
         }
         Ok(())
     }
@@ -376,6 +411,10 @@ impl State {
 /// How long an entry must have been pending before it can be taken from a
 /// dead consumer.
 const CLAIM_GRACE: Duration = Duration::from_millis(500);
+
+/// A consumer with no entry, no heartbeat and nothing done for this long
+/// is removed from the group.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// Refresh the heartbeat `key` for the liveness period.
 async fn beat(inner: &Inner, key: &str) -> Result<()> {

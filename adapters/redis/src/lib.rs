@@ -560,35 +560,46 @@ impl Broker for RedisBroker {
     }
 }
 
-/// The consumer count of the pipeline's group in an `XINFO GROUPS` reply
-/// (a list of groups, each a map or a flat key/value list).
-fn group_consumers(groups: Value) -> Option<u64> {
-    let Value::Array(groups) = groups else {
-        return None;
+/// The entries of an `XINFO GROUPS` or `XINFO CONSUMERS` reply: a list of
+/// maps (RESP3) or flat key/value lists (RESP2), as name/value pairs.
+pub(crate) fn info_records(reply: Value) -> Vec<Vec<(String, Value)>> {
+    let Value::Array(records) = reply else {
+        return Vec::new();
     };
-    groups.into_iter().find_map(|group| {
-        let pairs: Vec<(Value, Value)> = match group {
-            Value::Map(map) => map
-                .inner()
-                .into_iter()
-                .map(|(k, v)| (Value::from(k), v))
-                .collect(),
+    records
+        .into_iter()
+        .filter_map(|record| match record {
+            Value::Map(map) => Some(
+                map.inner()
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((Value::from(k).as_string()?, v)))
+                    .collect(),
+            ),
             Value::Array(flat) => {
                 let mut it = flat.into_iter();
-                std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+                Some(
+                    std::iter::from_fn(|| Some((it.next()?, it.next()?)))
+                        .filter_map(|(k, v)| Some((k.as_string()?, v)))
+                        .collect(),
+                )
             }
-            _ => return None,
-        };
-        let field = |name: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| k.as_str().as_deref() == Some(name))
-                .map(|(_, v)| v.clone())
-        };
-        if field("name")?.as_str().as_deref() != Some(GROUP) {
+            _ => None,
+        })
+        .collect()
+}
+
+/// The value of `name` in an info record.
+pub(crate) fn info_field<'a>(record: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
+    record.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// The consumer count of the pipeline's group in an `XINFO GROUPS` reply.
+fn group_consumers(groups: Value) -> Option<u64> {
+    info_records(groups).into_iter().find_map(|group| {
+        if info_field(&group, "name")?.as_str().as_deref() != Some(GROUP) {
             return None;
         }
-        field("consumers")?.as_u64()
+        info_field(&group, "consumers")?.as_u64()
     })
 }
 

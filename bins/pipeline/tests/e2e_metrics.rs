@@ -259,6 +259,12 @@ async fn metrics_count_exactly_what_was_sent() {
         assert_eq!(v("pipeline_queue_dead_letters", &labels), 0.0, "{queue}");
         assert_eq!(v("pipeline_queue_consumers", &labels), 1.0, "{queue}");
     }
+    // The process's own figures, from /proc.
+    assert!(v("process_cpu_seconds_total", &[]) > 0.0);
+    assert!(v("process_resident_memory_bytes", &[]) > 1e6);
+    assert!(v("process_resident_memory_max_bytes", &[]) >= v("process_resident_memory_bytes", &[]));
+    assert!(v("process_open_fds", &[]) >= 3.0);
+    assert!(v("process_threads", &[]) >= 2.0);
     for queue in ["transform", "api.results"] {
         assert_eq!(
             v("pipeline_queue_messages", &[("queue", queue)]),

@@ -168,6 +168,10 @@ pub struct ServeArgs {
     /// Seconds to finish accepted work at shutdown.
     #[arg(long, env = "PIPELINE_DRAIN_TIMEOUT", default_value_t = 60)]
     pub drain_timeout: u64,
+    /// Seconds the start waits for an unreachable broker or store (retrying)
+    /// before it gives up.
+    #[arg(long, env = "PIPELINE_CONNECT_TIMEOUT", default_value_t = 60)]
+    pub connect_timeout: u64,
     /// Log as JSON lines.
     #[arg(long, env = "PIPELINE_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -272,6 +276,7 @@ impl ServeArgs {
             retry: defaults.retry,
             batch: self.batch,
             drain_timeout: Duration::from_secs(self.drain_timeout),
+            connect_timeout: Duration::from_secs(self.connect_timeout),
             request_grace: defaults.request_grace,
             transport: crate::Transport {
                 header_timeout: Duration::from_secs(self.header_timeout.max(1)),
