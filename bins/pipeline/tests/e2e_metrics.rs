@@ -277,3 +277,199 @@ async fn metrics_count_exactly_what_was_sent() {
         samples.len()
     );
 }
+
+/// `/metrics` of `addr` (host:port), parsed strictly.
+async fn scrape_at(addr: &str) -> Vec<Sample> {
+    let r = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{addr}");
+    parse(&r.text().await.unwrap())
+}
+
+/// The role processes over the real RabbitMQ, each scraped on its own
+/// port after a run: each counts exactly the jobs it handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_process_counts_its_own_jobs() {
+    use common::procs::{fetch_result, rabbit_env, spawn, spawn_api, wait_archived};
+    const DONE: usize = 8;
+    const FAILED: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = pipeline_core::testkit::unique("metrics").replace('-', "_");
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+    let env = rabbit_env(&ns, &db);
+    let health = |role: &str| {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let mut e = env.clone();
+        e.push(("PIPELINE_HEALTH_LISTEN", addr.clone()));
+        (role.to_string(), addr, e)
+    };
+    let (_api, base) = spawn_api(&env);
+    let mut workers = Vec::new();
+    let mut ports = BTreeMap::new();
+    for (role, bin) in [
+        ("transformer", env!("CARGO_BIN_EXE_pipeline-transformer")),
+        ("save2db", env!("CARGO_BIN_EXE_pipeline-save2db")),
+        ("activity", env!("CARGO_BIN_EXE_pipeline-activity")),
+    ] {
+        let (name, addr, e) = health(role);
+        let name: &'static str = Box::leak(name.into_boxed_str());
+        workers.push(spawn(bin, name, &e).0);
+        ports.insert(role, addr);
+    }
+    let http = client();
+    let mut ids = Vec::new();
+    for n in 0..DONE + FAILED {
+        let url = if n < FAILED {
+            format!("{base}/v1/images?transform=crop:500x500:0:0")
+        } else {
+            format!("{base}/v1/images?transform=grayscale")
+        };
+        let r = http
+            .post(url)
+            .header("content-type", "image/png")
+            .body(image_bytes(ImageFormat::Png, 64, 48, n as u8))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let body: serde_json::Value = r.json().await.unwrap();
+        ids.push(body["images"][0]["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids[FAILED..] {
+        fetch_result(&http, &base, id, Duration::from_secs(60)).await;
+    }
+    wait_archived(&db, &ns, (DONE + FAILED) as u64, || {}).await;
+    // The activity writer counts every event: submitted, transformed and
+    // archived for a job done; submitted and failed for a failed one.
+    let activity_events = (DONE * 3 + FAILED * 2) as f64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let activity = loop {
+        let s = scrape_at(&ports["activity"]).await;
+        if value(
+            &s,
+            "pipeline_archived_records_total",
+            &[("queue", "activity")],
+        ) >= activity_events
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the activity log lags");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The API has seen every end once the failed ones are read too.
+    for id in &ids[..FAILED] {
+        let r = http
+            .get(format!("{base}/v1/images/{id}/result?wait=30"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "job {id} failed");
+    }
+    let api = {
+        let r = http.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        parse(&r.text().await.unwrap())
+    };
+    let transformer = scrape_at(&ports["transformer"]).await;
+    let save2db = scrape_at(&ports["save2db"]).await;
+    let (done, failed, jobs) = (DONE as f64, FAILED as f64, (DONE + FAILED) as f64);
+
+    let v = |s: &[Sample], n: &str, l: &[(&str, &str)]| value(s, n, l);
+    assert_eq!(
+        v(&api, "pipeline_uploads_total", &[("outcome", "accepted")]),
+        jobs
+    );
+    assert_eq!(v(&api, "pipeline_upload_publish_seconds_count", &[]), jobs);
+    assert_eq!(v(&api, "pipeline_jobs_total", &[("outcome", "done")]), done);
+    assert_eq!(
+        v(&api, "pipeline_jobs_total", &[("outcome", "failed")]),
+        failed
+    );
+    assert_eq!(
+        v(&api, "pipeline_transformer_jobs_total", &[]),
+        0.0,
+        "not the API's"
+    );
+    assert_eq!(
+        v(
+            &transformer,
+            "pipeline_transformer_jobs_total",
+            &[("outcome", "done")]
+        ),
+        done
+    );
+    assert_eq!(
+        v(
+            &transformer,
+            "pipeline_transformer_jobs_total",
+            &[("outcome", "failed")]
+        ),
+        failed
+    );
+    assert_eq!(
+        v(&transformer, "pipeline_transform_seconds_count", &[]),
+        jobs
+    );
+    assert_eq!(
+        v(&transformer, "pipeline_queue_wait_seconds_count", &[]),
+        jobs
+    );
+    assert_eq!(
+        v(&transformer, "pipeline_uploads_total", &[]),
+        0.0,
+        "not the transformer's"
+    );
+    assert_eq!(
+        v(
+            &save2db,
+            "pipeline_archived_records_total",
+            &[("queue", "save2db")]
+        ),
+        jobs
+    );
+    assert_eq!(
+        v(
+            &activity,
+            "pipeline_archived_records_total",
+            &[("queue", "activity")]
+        ),
+        activity_events
+    );
+    // Every process reads the same queues from the broker, and its own
+    // CPU and memory.
+    for (role, s) in [
+        ("api", &api),
+        ("transformer", &transformer),
+        ("save2db", &save2db),
+        ("activity", &activity),
+    ] {
+        assert_eq!(
+            v(s, "pipeline_queue_dead_letters", &[("queue", "transform")]),
+            0.0,
+            "{role}"
+        );
+        assert!(
+            s.iter().any(|(n, l, _)| n == "pipeline_queue_messages"
+                && l.get("queue").map(String::as_str) == Some("save2db")),
+            "{role}: no queue gauge"
+        );
+        assert!(v(s, "process_cpu_seconds_total", &[]) > 0.0, "{role}");
+        assert!(
+            v(s, "process_resident_memory_max_bytes", &[]) > 1e6,
+            "{role}"
+        );
+        eprintln!(
+            "{role}: {:.2} s CPU, peak RSS {:.1} MB",
+            v(s, "process_cpu_seconds_total", &[]),
+            v(s, "process_resident_memory_max_bytes", &[]) / 1e6
+        );
+    }
+    drop(workers);
+}

@@ -125,6 +125,19 @@ pub struct Accepted {
     pub spec: String,
 }
 
+impl Accepted {
+    /// The answer for job `id`, made from `probe` with `spec`.
+    fn new(id: Uuid, probe: &Probe, spec: String) -> Self {
+        Self {
+            id,
+            format: codec::format_name(probe.format).to_string(),
+            width: probe.width,
+            height: probe.height,
+            spec,
+        }
+    }
+}
+
 /// Jobs accepted by this process and not yet finished, in all and per
 /// tenant. Released when the result store announces their completion.
 #[derive(Debug)]
@@ -461,13 +474,7 @@ impl Submitter {
             return Err(e);
         }
         metrics::histogram!(crate::telemetry::UPLOAD_PUBLISH).record(began.elapsed().as_secs_f64());
-        Ok(Accepted {
-            id: job_id,
-            format: codec::format_name(probe.format).to_string(),
-            width: probe.width,
-            height: probe.height,
-            spec: spec_text,
-        })
+        Ok(Accepted::new(job_id, &probe, spec_text))
     }
 
     /// Publish again the job `job_id`, still pending, from the same upload
@@ -489,13 +496,7 @@ impl Submitter {
             .await?;
         self.publish_job(env).await?;
         tracing::info!(%job_id, "a pending job sent again with its key was published again");
-        Ok(Accepted {
-            id: job_id,
-            format: codec::format_name(probe.format).to_string(),
-            width: probe.width,
-            height: probe.height,
-            spec: spec_text,
-        })
+        Ok(Accepted::new(job_id, &probe, spec_text))
     }
 
     /// The `image.submitted` message of a job (a large original checked in
