@@ -46,6 +46,8 @@ struct State {
     buffer: VecDeque<(String, Envelope)>,
     last_claim: tokio::time::Instant,
     last_liveness_check: tokio::time::Instant,
+    /// When dead consumers' names were last looked for.
+    last_forget: tokio::time::Instant,
     last_move: tokio::time::Instant,
     /// Keeps this consumer's heartbeat going; dropping it stops the
     /// heartbeat and removes the key.
@@ -75,6 +77,7 @@ pub(crate) async fn subscribe(inner: Arc<Inner>, sub: Subscription) -> Result<De
         consumer,
         _alive: alive,
         last_liveness_check: tokio::time::Instant::now(),
+        last_forget: tokio::time::Instant::now(),
         queue: sub.queue,
         permits: Arc::new(Semaphore::new(sub.prefetch)),
         buffer: VecDeque::new(),
@@ -269,7 +272,13 @@ impl State {
             tracing::warn!(queue = %self.queue, %consumer, entries = claimed.len(), "a consumer died; taking over its entries");
             self.adopt(claimed, &delivered).await?;
         }
-        self.forget_dead_consumers().await
+        // Names of dead consumers only matter to the counts: looked for
+        // once per FORGET_AFTER, not at every liveness check.
+        if self.last_forget.elapsed() >= FORGET_AFTER {
+            self.last_forget = tokio::time::Instant::now();
+            self.forget_dead_consumers().await?;
+        }
+        Ok(())
     }
 
     /// Remove from the group the consumers that hold no entry, have no

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::procs::{fetch_result, rabbit_env, spawn_to, wait_archived};
+use common::procs::{api_base, fetch_result, rabbit_env, spawn_to, wait_archived};
 use serde_json::Value;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -60,13 +60,7 @@ async fn a_job_is_followed_across_processes_by_its_trace() {
         &env,
         file("api"),
     );
-    let base = line
-        .strip_prefix("pipeline listening on ")
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let base = api_base(&line);
     let (transformer, _) = spawn_to(
         &bin(env!("CARGO_BIN_EXE_pipeline-transformer")),
         "transformer",

@@ -246,15 +246,18 @@ pub fn rabbit_env_at(amqp: &str, ns: &str, db: &str) -> Vec<(&'static str, Strin
 /// Start an API process; its base URL.
 pub fn spawn_api(env: &[(&str, String)]) -> (Proc, String) {
     let (api, line) = spawn(env!("CARGO_BIN_EXE_pipeline-api"), "api", env);
-    let base = line
-        .strip_prefix("pipeline listening on ")
+    (api, api_base(&line))
+}
+
+/// The base URL in an API's first line (`pipeline listening on URL (auth...)`).
+pub fn api_base(line: &str) -> String {
+    line.strip_prefix("pipeline listening on ")
         .expect("api address")
         // The address, before the auth note.
         .split(' ')
         .next()
         .unwrap_or_default()
-        .to_string();
-    (api, base)
+        .to_string()
 }
 
 /// Wait until every job of `ids` has its submitted, transformed and
