@@ -28,12 +28,20 @@ pub const TRANSFORMS: &str = "pipeline_transformer_jobs_total";
 pub const QUEUE_WAIT: &str = "pipeline_queue_wait_seconds";
 /// A transform (decode, operations, encode), seconds.
 pub const TRANSFORM_SECONDS: &str = "pipeline_transform_seconds";
+/// One operation of a transform, seconds, by `operation` (a registered
+/// transform's name).
+pub const TRANSFORM_OPERATION_SECONDS: &str = "pipeline_transform_operation_seconds";
+/// Decoding or encoding one image, seconds, by `step` (`decode`, `encode`)
+/// and `format`.
+pub const CODEC_SECONDS: &str = "pipeline_codec_seconds";
 /// Deliveries after the first, by `queue`.
 pub const REDELIVERIES: &str = "pipeline_redeliveries_total";
 /// Records saved by save2db or the activity writer, by `queue`.
 pub const ARCHIVED: &str = "pipeline_archived_records_total";
 /// One archive batch transaction, seconds, by `queue`.
 pub const ARCHIVE_BATCH_SECONDS: &str = "pipeline_archive_batch_seconds";
+/// Upload to its record committed by save2db, seconds.
+pub const ARCHIVED_SECONDS: &str = "pipeline_archived_seconds";
 /// Records in one archive batch, by `queue`.
 pub const ARCHIVE_BATCH_RECORDS: &str = "pipeline_archive_batch_records";
 /// Jobs accepted by this API process and not finished.
@@ -47,6 +55,16 @@ pub const QUEUE_DEAD_LETTERS: &str = "pipeline_queue_dead_letters";
 /// Scrapes that could not read the queue counts from the broker (the
 /// gauges keep their last value).
 pub const QUEUE_STATS_FAILURES: &str = "pipeline_queue_stats_failures_total";
+
+/// Connections to the broker made again after a loss, by `broker`.
+pub const RECONNECTS: &str = "pipeline_broker_reconnects_total";
+/// Bytes written to and read from the claim-check blob store, by `op`
+/// (`put`, `get`).
+pub const BLOB_BYTES: &str = "pipeline_blob_bytes_total";
+/// Spans sent to the OpenTelemetry collector, by `outcome` (`exported`,
+/// `rejected` by the collector, `failed` to send, `dropped` with the
+/// queue full).
+pub const OTLP_SPANS: &str = "pipeline_otlp_spans_total";
 
 /// CPU time of this process, user and system, seconds (Linux). A gauge
 /// holding a counter's value: the `metrics` crate's counters are integers.
@@ -148,6 +166,16 @@ pub fn redelivery(queue: &str, attempt: u32) {
     }
 }
 
+/// Count a connection to `broker` made again after a loss.
+pub fn reconnected(broker: &'static str) {
+    metrics::counter!(RECONNECTS, "broker" => broker).increment(1);
+}
+
+/// Count `bytes` moved to or from the blob store (`op`: `put`, `get`).
+pub fn blob_bytes(op: &'static str, bytes: usize) {
+    metrics::counter!(BLOB_BYTES, "op" => op).increment(bytes as u64);
+}
+
 /// Describe every metric, for the exposition's `# HELP` lines.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -183,6 +211,34 @@ pub fn describe() {
         TRANSFORM_SECONDS,
         Unit::Seconds,
         "One transform: decode, operations, encode"
+    );
+    describe_histogram!(
+        TRANSFORM_OPERATION_SECONDS,
+        Unit::Seconds,
+        "One operation of a transform, by operation"
+    );
+    describe_histogram!(
+        CODEC_SECONDS,
+        Unit::Seconds,
+        "Decoding or encoding one image, by step and format"
+    );
+    describe_histogram!(
+        ARCHIVED_SECONDS,
+        Unit::Seconds,
+        "Upload to its record committed by save2db"
+    );
+    describe_counter!(
+        RECONNECTS,
+        "Connections to the broker made again after a loss, by broker"
+    );
+    describe_counter!(
+        BLOB_BYTES,
+        Unit::Bytes,
+        "Bytes written to (put) and read from (get) the blob store"
+    );
+    describe_counter!(
+        OTLP_SPANS,
+        "Spans for the OpenTelemetry collector, by outcome (exported, rejected, failed, dropped)"
     );
     describe_counter!(REDELIVERIES, "Deliveries after the first, by queue");
     describe_counter!(

@@ -129,29 +129,33 @@ impl TraceContext {
 }
 
 /// Continue the trace `env` carries (a new one if it carries none) with a
-/// span of `role`; `env`'s `traceparent` becomes that span, so the messages
-/// it leads to ([`Envelope::follow_up`]) name it as their parent. The
-/// returned span carries `job_id`, `trace_id`, `span_id` and
-/// `parent_span_id`: every log line inside it shows them.
-pub fn job_span(role: &'static str, env: &mut Envelope) -> tracing::Span {
+/// span of `role` doing `stage`; `env`'s `traceparent` becomes that span,
+/// so the messages it leads to ([`Envelope::follow_up`]) name it as their
+/// parent. The returned span carries `role`, `stage`, `job_id`,
+/// `trace_id`, `span_id` and `parent_span_id`: every log line inside it
+/// shows them, and an OpenTelemetry exporter reads them.
+pub fn job_span(role: &'static str, stage: &'static str, env: &mut Envelope) -> tracing::Span {
     let parent = TraceContext::of(env);
     let ctx = parent.map_or_else(TraceContext::new_root, |p| p.child());
     env.headers
         .insert(headers::TRACEPARENT.to_string(), ctx.traceparent());
-    span_at(role, env.job_id, &ctx, parent.as_ref())
+    span_at(role, stage, env.job_id, &ctx, parent.as_ref())
 }
 
-/// The span of `role` for `env` without changing it (for readers that
-/// publish nothing: save2db, the activity log, the results consumer).
-pub fn reader_span(role: &'static str, env: &Envelope) -> tracing::Span {
+/// The span of `role` doing `stage` for `env`, without changing it (for
+/// readers that publish nothing: save2db, the activity log, the results
+/// consumer).
+pub fn reader_span(role: &'static str, stage: &'static str, env: &Envelope) -> tracing::Span {
     let parent = TraceContext::of(env);
     let ctx = parent.map_or_else(TraceContext::new_root, |p| p.child());
-    span_at(role, env.job_id, &ctx, parent.as_ref())
+    span_at(role, stage, env.job_id, &ctx, parent.as_ref())
 }
 
-/// The span of `role` for job `job_id` at `ctx` (child of `parent`).
+/// The span of `role` doing `stage` for job `job_id` at `ctx` (child of
+/// `parent`).
 pub fn span_at(
     role: &'static str,
+    stage: &'static str,
     job_id: uuid::Uuid,
     ctx: &TraceContext,
     parent: Option<&TraceContext>,
@@ -159,7 +163,25 @@ pub fn span_at(
     tracing::info_span!(
         "job",
         role,
+        stage,
         job_id = %job_id,
+        trace_id = %ctx.trace_id(),
+        span_id = %ctx.span_id(),
+        parent_span_id = parent.map(|p| p.span_id()).unwrap_or_default(),
+    )
+}
+
+/// The span of an HTTP request at `ctx` (child of the caller's `parent`),
+/// for `stage` (`upload`): the parent of the spans of the jobs it submits.
+pub fn request_span(
+    stage: &'static str,
+    ctx: &TraceContext,
+    parent: Option<&TraceContext>,
+) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        role = "api",
+        stage,
         trace_id = %ctx.trace_id(),
         span_id = %ctx.span_id(),
         parent_span_id = parent.map(|p| p.span_id()).unwrap_or_default(),
@@ -211,7 +233,7 @@ mod tests {
         let root = TraceContext::new_root();
         let mut env = Envelope::new("e", uuid::Uuid::now_v7(), "t")
             .with_header(headers::TRACEPARENT, root.traceparent());
-        let _span = job_span("transformer", &mut env);
+        let _span = job_span("transformer", "transform", &mut env);
         let now = TraceContext::of(&env).unwrap();
         assert_eq!(now.trace_id(), root.trace_id());
         assert_ne!(now.span_id(), root.span_id());
@@ -220,7 +242,7 @@ mod tests {
         assert_eq!(TraceContext::of(&next), Some(now));
         // No context: a new trace.
         let mut bare = Envelope::new("e", uuid::Uuid::now_v7(), "t");
-        let _span = job_span("transformer", &mut bare);
+        let _span = job_span("transformer", "transform", &mut bare);
         assert!(TraceContext::of(&bare).is_some());
     }
 }

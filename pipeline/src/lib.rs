@@ -7,6 +7,8 @@ mod builder;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod http_server;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 mod running;
 mod settings;
 

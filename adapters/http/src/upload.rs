@@ -14,6 +14,7 @@ use pipeline_core::services::{Accepted, Upload, keyed_job_id};
 use pipeline_core::trace::TraceContext;
 use pipeline_core::transform::Probe;
 use serde::Deserialize;
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -665,14 +666,16 @@ pub(crate) async fn upload(
     answer.map(|(resp, _)| resp)
 }
 
-/// The request's span: a child of its valid `traceparent`, else a new
-/// trace. Every job of the request continues it.
-fn request_trace(headers: &HeaderMap) -> TraceContext {
-    headers
+/// The request's place in its trace, and its span: a child of its valid
+/// `traceparent`, else a new trace. Every job of the request continues it.
+fn request_trace(headers: &HeaderMap) -> (TraceContext, tracing::Span) {
+    let parent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .map_or_else(TraceContext::new_root, |t| t.child())
+        .and_then(TraceContext::parse);
+    let trace = parent.map_or_else(TraceContext::new_root, |t| t.child());
+    let span = pipeline_core::trace::request_span("upload", &trace, parent.as_ref());
+    (trace, span)
 }
 
 /// `traceresponse` (W3C Trace Context level 2): the trace the upload's
@@ -736,8 +739,10 @@ async fn upload_counted(
         .in_flight()
         .check_room(&tenant, 1)
         .map_err(ApiError::busy)?;
-    let trace = request_trace(req.headers());
-    let (files, transform, preset) = read_within_time(&state, req, None).await?;
+    let (trace, span) = request_trace(req.headers());
+    let (files, transform, preset) = read_within_time(&state, req, None)
+        .instrument(span.clone())
+        .await?;
     let outcome = accept(
         &state,
         tenant.clone(),
@@ -747,6 +752,7 @@ async fn upload_counted(
         key,
         trace,
     )
+    .instrument(span)
     .await?;
     let (status, accepted) = match outcome {
         Outcome::Accepted(a) => (StatusCode::ACCEPTED, a),
@@ -824,8 +830,10 @@ async fn legacy_counted(
         .in_flight()
         .check_room(&tenant, 1)
         .map_err(ApiError::busy)?;
-    let trace = request_trace(req.headers());
-    let (files, _, _) = read_within_time(&state, req, Some("image")).await?;
+    let (trace, span) = request_trace(req.headers());
+    let (files, _, _) = read_within_time(&state, req, Some("image"))
+        .instrument(span.clone())
+        .await?;
     if files.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -833,8 +841,9 @@ async fn legacy_counted(
             "the form has no field named \"image\"",
         ));
     }
-    let Outcome::Accepted(accepted) =
-        accept(&state, tenant, files, None, None, None, trace).await?
+    let Outcome::Accepted(accepted) = accept(&state, tenant, files, None, None, None, trace)
+        .instrument(span)
+        .await?
     else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -179,17 +179,26 @@ pub(crate) async fn connect_client(
     client_name: &str,
 ) -> Result<async_nats::Client> {
     let redacted = u.to_string();
+    // Set by a loss, so the connection after it counts as a reconnect.
+    let lost = Arc::new(AtomicBool::new(false));
     async_nats::ConnectOptions::new()
         .name(client_name)
         .max_reconnects(None)
         .event_callback(move |event| {
             let url = redacted.clone();
+            let lost = Arc::clone(&lost);
             async move {
                 match event {
                     async_nats::Event::Disconnected => {
+                        lost.store(true, Ordering::Relaxed);
                         tracing::warn!(%url, "NATS connection lost; reconnecting")
                     }
-                    async_nats::Event::Connected => tracing::info!(%url, "NATS connected"),
+                    async_nats::Event::Connected => {
+                        if lost.swap(false, Ordering::Relaxed) {
+                            pipeline_core::telemetry::reconnected("nats");
+                        }
+                        tracing::info!(%url, "NATS connected")
+                    }
                     other => tracing::debug!(%url, event = %other, "NATS event"),
                 }
             }

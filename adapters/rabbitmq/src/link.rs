@@ -88,17 +88,12 @@ impl Inner {
             .map_err(|_| {
                 Error::Timeout("setting up the RabbitMQ connection took over 30 s".into())
             })??;
-        *self
-            .links
-            .current
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&link));
-        if link.generation > 1 {
-            tracing::info!(connection = %self.connection_name, generation = link.generation, "reconnected to RabbitMQ; topology declared again");
-        }
         Ok(link)
     }
 
+    /// Connect, open the publishing channels, declare the topology, and
+    /// make the result the current link (counting a reconnect after the
+    /// first).
     async fn build_link(&self) -> Result<Arc<Link>> {
         let conn = self.open_connection().await?;
         let mut publishers = Vec::with_capacity(self.config.publish_channels);
@@ -128,6 +123,7 @@ impl Inner {
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&link));
         if generation > 1 {
+            pipeline_core::telemetry::reconnected("rabbitmq");
             tracing::info!(connection = %self.connection_name, generation, "reconnected to RabbitMQ; topology declared again");
         }
         Ok(link)

@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, ClientLike, Config, HashesInterface, KeysInterface, ReconnectPolicy,
+    Builder, ClientLike, Config, EventInterface, HashesInterface, KeysInterface, ReconnectPolicy,
     SortedSetsInterface, StreamsInterface,
 };
 use fred::types::Value;
@@ -294,12 +294,24 @@ pub(crate) async fn bounded_ping(client: &fred::clients::Client) -> Result<()> {
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client that reconnects by itself (exponential backoff, no limit).
+/// Its connections after the first count in the reconnect metric.
 pub(crate) fn new_client(config: &Config) -> Result<fred::clients::Client> {
-    Builder::from_config(config.clone())
+    let client = Builder::from_config(config.clone())
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
         .build()
-        .map_err(|e| Error::Config(format!("Redis client: {e}")))
+        .map_err(|e| Error::Config(format!("Redis client: {e}")))?;
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // fred announces every connection, the first one included.
+        let first = AtomicBool::new(true);
+        let _listener = client.on_reconnect(move |_server| {
+            if !first.swap(false, Ordering::Relaxed) {
+                pipeline_core::telemetry::reconnected("redis");
+            }
+            std::future::ready(Ok(()))
+        });
+    }
+    Ok(client)
 }
 
 impl Inner {

@@ -2,6 +2,9 @@
 //! parses as Prometheus exposition format, and the counters equal what the
 //! test sent (uploads by outcome on both upload routes, bytes, jobs by outcome and code, the
 //! transformer's outcomes, archived records, histogram counts, in-flight).
+//! Then each role as its own process, on RabbitMQ and on Redis, scraped on
+//! its own port (per-operation and codec times, upload to archived, blob
+//! store bytes); and a cut broker connection counted as a reconnect.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -292,14 +295,64 @@ async fn scrape_at(addr: &str) -> Vec<Sample> {
 /// The role processes over the real RabbitMQ, each scraped on its own
 /// port after a run: each counts exactly the jobs it handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_role_process_counts_its_own_jobs() {
-    use common::procs::{fetch_result, rabbit_env, spawn, spawn_api, wait_archived};
-    const DONE: usize = 8;
-    const FAILED: usize = 2;
+async fn every_role_process_counts_its_own_jobs_on_rabbitmq() {
     let dir = tempfile::tempdir().unwrap();
     let ns = pipeline_core::testkit::unique("metrics").replace('-', "_");
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-    let env = rabbit_env(&ns, &db);
+    let env = common::procs::rabbit_env(&ns, &db);
+    every_role_process_counts_its_own_jobs(env, dir.path(), &db, &ns).await;
+}
+
+/// The same over the real Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_process_counts_its_own_jobs_on_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = pipeline_core::testkit::unique("metrics").replace('-', "_");
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+    let redis = std::env::var("PIPELINE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let sep = if redis.contains('?') { '&' } else { '?' };
+    let env = vec![
+        ("PIPELINE_BROKER_URL", format!("{redis}{sep}key_ttl_s=900")),
+        ("PIPELINE_DATABASE_URL", db.clone()),
+        ("PIPELINE_NAMESPACE", ns.clone()),
+        ("PIPELINE_LISTEN", "127.0.0.1:0".to_string()),
+        ("PIPELINE_CONCURRENCY", "1".to_string()),
+    ];
+    every_role_process_counts_its_own_jobs(env, dir.path(), &db, &ns).await;
+}
+
+/// A PNG of random pixels (it does not compress).
+fn noise_png(w: u32, h: u32, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let img = image::RgbImage::from_fn(w, h, |_, _| {
+        image::Rgb([rng.u8(..), rng.u8(..), rng.u8(..)])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
+}
+
+/// Originals over this many bytes go through the blob store in the
+/// per-role runs.
+const INLINE_MAX: usize = 1024;
+
+async fn every_role_process_counts_its_own_jobs(
+    mut env: Vec<(&'static str, String)>,
+    dir: &std::path::Path,
+    db: &str,
+    ns: &str,
+) {
+    use common::procs::{fetch_result, spawn, spawn_api, wait_archived};
+    const DONE: usize = 8;
+    const FAILED: usize = 2;
+    env.push((
+        "PIPELINE_BLOB_URL",
+        format!("file://{}", dir.join("blobs").display()),
+    ));
+    env.push(("PIPELINE_INLINE_MAX", INLINE_MAX.to_string()));
     let health = |role: &str| {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -325,16 +378,26 @@ async fn every_role_process_counts_its_own_jobs() {
     }
     let http = client();
     let mut ids = Vec::new();
+    let mut large_bytes = 0;
     for n in 0..DONE + FAILED {
         let url = if n < FAILED {
             format!("{base}/v1/images?transform=crop:500x500:0:0")
         } else {
             format!("{base}/v1/images?transform=grayscale")
         };
+        // Every other original is over the inline limit.
+        let png = if n % 2 == 0 {
+            noise_png(64, 48, n as u64)
+        } else {
+            image_bytes(ImageFormat::Png, 8, 6, n as u8)
+        };
+        if png.len() > INLINE_MAX {
+            large_bytes += png.len();
+        }
         let r = http
             .post(url)
             .header("content-type", "image/png")
-            .body(image_bytes(ImageFormat::Png, 64, 48, n as u8))
+            .body(png)
             .send()
             .await
             .unwrap();
@@ -345,7 +408,7 @@ async fn every_role_process_counts_its_own_jobs() {
     for id in &ids[FAILED..] {
         fetch_result(&http, &base, id, Duration::from_secs(60)).await;
     }
-    wait_archived(&db, &ns, (DONE + FAILED) as u64, || {}).await;
+    wait_archived(db, ns, (DONE + FAILED) as u64, || {}).await;
     // The activity writer counts every event: submitted, transformed and
     // archived for a job done; submitted and failed for a failed one.
     let activity_events = (DONE * 3 + FAILED * 2) as f64;
@@ -442,8 +505,55 @@ async fn every_role_process_counts_its_own_jobs() {
         ),
         activity_events
     );
+    // Per operation and codec step: the crops fail in the operation, the
+    // grayscale ones are encoded.
+    assert_eq!(
+        v(
+            &transformer,
+            "pipeline_transform_operation_seconds_count",
+            &[("operation", "grayscale")]
+        ),
+        done
+    );
+    assert_eq!(
+        v(
+            &transformer,
+            "pipeline_transform_operation_seconds_count",
+            &[("operation", "crop")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        v(
+            &transformer,
+            "pipeline_codec_seconds_count",
+            &[("step", "decode"), ("format", "png")]
+        ),
+        jobs
+    );
+    assert_eq!(
+        v(
+            &transformer,
+            "pipeline_codec_seconds_count",
+            &[("step", "encode"), ("format", "png")]
+        ),
+        done
+    );
+    // Upload to archived, once per job.
+    assert_eq!(v(&save2db, "pipeline_archived_seconds_count", &[]), jobs);
+    // The large originals: stored once by the API, fetched once by the
+    // transformer.
+    assert!(large_bytes > 0);
+    assert_eq!(
+        v(&api, "pipeline_blob_bytes_total", &[("op", "put")]),
+        large_bytes as f64
+    );
+    assert_eq!(
+        v(&transformer, "pipeline_blob_bytes_total", &[("op", "get")]),
+        large_bytes as f64
+    );
     // Every process reads the same queues from the broker, and its own
-    // CPU and memory.
+    // CPU and memory; none lost its broker connection.
     for (role, s) in [
         ("api", &api),
         ("transformer", &transformer),
@@ -461,6 +571,7 @@ async fn every_role_process_counts_its_own_jobs() {
             "{role}: no queue gauge"
         );
         assert!(v(s, "process_cpu_seconds_total", &[]) > 0.0, "{role}");
+        assert_eq!(v(s, "pipeline_broker_reconnects_total", &[]), 0.0, "{role}");
         assert!(
             v(s, "process_resident_memory_max_bytes", &[]) > 1e6,
             "{role}"
@@ -472,4 +583,86 @@ async fn every_role_process_counts_its_own_jobs() {
         );
     }
     drop(workers);
+}
+
+/// The API's broker connection cut (a proxy between them) and given back:
+/// the new connection counts in `pipeline_broker_reconnects_total`, and
+/// uploads are accepted again.
+async fn a_lost_broker_connection_counts_as_a_reconnect(
+    broker: &str,
+    upstream: &str,
+    url_at: impl Fn(u16) -> String,
+) {
+    use common::procs::{http_status, spawn_api};
+    let proxy = common::proxy::Proxy::start(upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = pipeline_core::testkit::unique("reconnect").replace('-', "_");
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+    let env = vec![
+        ("PIPELINE_BROKER_URL", url_at(proxy.port)),
+        ("PIPELINE_DATABASE_URL", db),
+        ("PIPELINE_NAMESPACE", ns),
+        ("PIPELINE_LISTEN", "127.0.0.1:0".to_string()),
+    ];
+    let (_api, base) = spawn_api(&env);
+    let http = client();
+    let upload = || async {
+        http.post(format!("{base}/v1/images"))
+            .header("content-type", "image/png")
+            .body(image_bytes(ImageFormat::Png, 8, 6, 1))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(upload().await, 202);
+    let reconnects = || async {
+        let r = http.get(format!("{base}/metrics")).send().await.unwrap();
+        let samples = parse(&r.text().await.unwrap());
+        value(
+            &samples,
+            "pipeline_broker_reconnects_total",
+            &[("broker", broker)],
+        )
+    };
+    assert_eq!(reconnects().await, 0.0);
+    proxy.cut();
+    let addr = base.trim_start_matches("http://").to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_status(&addr, "/readyz") != 503 {
+        assert!(Instant::now() < deadline, "the API did not see the cut");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = reconnects().await;
+        if n >= 1.0 {
+            eprintln!("{broker}: {n} reconnects counted after one cut");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reconnect counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while upload().await != 202 {
+        assert!(Instant::now() < deadline, "uploads are not accepted again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_rabbitmq_connection_counts_as_a_reconnect() {
+    a_lost_broker_connection_counts_as_a_reconnect("rabbitmq", "127.0.0.1:5672", |port| {
+        format!("amqp://guest:guest@127.0.0.1:{port}/%2f?expires_ms=600000")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_redis_connection_counts_as_a_reconnect() {
+    a_lost_broker_connection_counts_as_a_reconnect("redis", "127.0.0.1:6379", |port| {
+        format!("redis://127.0.0.1:{port}?key_ttl_s=900")
+    })
+    .await;
 }

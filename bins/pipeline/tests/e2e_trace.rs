@@ -2,11 +2,14 @@
 //! `traceparent` goes through separate API, transformer, save2db and
 //! activity processes on the real RabbitMQ; the JSON log of each holds a
 //! line for the job with the same `trace_id`, and the spans chain (each
-//! role's parent is the span that published what it read).
+//! role's parent is the span that published what it read). The same
+//! spans reach an OpenTelemetry collector (one in this test, taking OTLP
+//! over HTTP) from each process, with the ids the logs show.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::procs::{api_base, fetch_result, rabbit_env, spawn_to, wait_archived};
@@ -43,6 +46,52 @@ fn span_of(lines: &[(String, Value)], message: &str, what: &str) -> Value {
         .unwrap_or_else(|| panic!("no {message:?} line in the {what} log: {lines:?}"))
 }
 
+/// An OTLP/HTTP collector on a free port: its base URL, and every span it
+/// got with the service that sent it.
+async fn collector() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let keep = Arc::clone(&got);
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: String| {
+            let keep = Arc::clone(&keep);
+            async move {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                for rs in v["resourceSpans"].as_array().unwrap() {
+                    let service = rs["resource"]["attributes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|a| a["key"] == "service.name")
+                        .map(|a| a["value"]["stringValue"].as_str().unwrap().to_string())
+                        .unwrap();
+                    for ss in rs["scopeSpans"].as_array().unwrap() {
+                        for span in ss["spans"].as_array().unwrap() {
+                            keep.lock().unwrap().push((service.clone(), span.clone()));
+                        }
+                    }
+                }
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), got)
+}
+
+/// The one span named `name` sent by `service` in `trace`.
+fn exported(spans: &[(String, Value)], service: &str, name: &str) -> Value {
+    let found: Vec<&Value> = spans
+        .iter()
+        .filter(|(s, v)| s == service && v["name"] == name && v["traceId"] == TRACE)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(found.len(), 1, "{service} {name}: {spans:#?}");
+    found[0].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_is_followed_across_processes_by_its_trace() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,6 +100,9 @@ async fn a_job_is_followed_across_processes_by_its_trace() {
     let mut env = rabbit_env(&ns, &db);
     env.push(("PIPELINE_LOG_JSON", "true".into()));
     env.push(("RUST_LOG", "warn,pipeline_core=debug".into()));
+    let (otlp, spans) = collector().await;
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp));
+    env.push(("OTEL_BSP_SCHEDULE_DELAY", "200".into()));
     let log = |name: &str| dir.path().join(format!("{name}.log"));
     let file = |name: &str| std::fs::File::create(log(name)).unwrap();
     let bin = |b: &str| b.to_string();
@@ -158,5 +210,55 @@ async fn a_job_is_followed_across_processes_by_its_trace() {
     eprintln!(
         "trace {TRACE}: request {request_span} -> api {} -> transformer {} -> save2db {}",
         submitted["span_id"], transformed["span_id"], saved["span_id"]
+    );
+
+    // The collector got the same spans, each from its process (the last
+    // ones flushed as the processes stopped).
+    let spans = spans.lock().unwrap().clone();
+    let upload = exported(&spans, "pipeline-api", "upload");
+    assert_eq!(upload["spanId"], request_span.as_str());
+    assert_eq!(upload["parentSpanId"], CALLER_SPAN);
+    assert_eq!(upload["kind"], 2, "server");
+    let submit = exported(&spans, "pipeline-api", "submit");
+    assert_eq!(submit["spanId"], submitted["span_id"]);
+    assert_eq!(submit["parentSpanId"], request_span.as_str());
+    let transform = exported(&spans, "pipeline-transformer", "transform");
+    assert_eq!(transform["spanId"], transformed["span_id"]);
+    assert_eq!(transform["parentSpanId"], submitted["span_id"]);
+    let archive = exported(&spans, "pipeline-save2db", "archive");
+    assert_eq!(archive["spanId"], saved["span_id"]);
+    assert_eq!(archive["parentSpanId"], transformed["span_id"]);
+    let result = exported(&spans, "pipeline-api", "result");
+    assert_eq!(result["parentSpanId"], transformed["span_id"]);
+    let activity: Vec<&Value> = spans
+        .iter()
+        .filter(|(s, v)| s == "pipeline-activity" && v["traceId"] == TRACE)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(activity.len(), 3, "{activity:#?}");
+    let nanos = |v: &Value, k: &str| v[k].as_str().unwrap().parse::<u128>().unwrap();
+    for (a, b) in [
+        (&upload, &submit),
+        (&submit, &transform),
+        (&transform, &archive),
+    ] {
+        assert!(
+            nanos(a, "startTimeUnixNano") <= nanos(b, "startTimeUnixNano"),
+            "{a} starts after {b}"
+        );
+    }
+    for s in [&upload, &submit, &transform, &archive] {
+        let job = s["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == "pipeline.job_id");
+        if s != &upload {
+            assert_eq!(job.unwrap()["value"]["stringValue"], id.as_str());
+        }
+    }
+    eprintln!(
+        "collector: {} spans of the trace from 4 processes",
+        spans.iter().filter(|(_, v)| v["traceId"] == TRACE).count()
     );
 }

@@ -101,7 +101,9 @@ impl ClaimCheck {
             content_type: part.content_type.clone(),
             size: part.data.len() as u64,
         };
+        let len = part.data.len();
         self.store.put(&r.key, &r.content_type, part.data).await?;
+        crate::telemetry::blob_bytes("put", len);
         let blob = r.to_blob();
         Ok(Part::new(part.name, blob.content_type, blob.data))
     }
@@ -142,6 +144,7 @@ impl ClaimCheck {
                 false,
             ));
         }
+        crate::telemetry::blob_bytes("get", blob.data.len());
         Ok(Blob {
             content_type: r.content_type.clone(),
             data: blob.data,

@@ -151,10 +151,11 @@ where
             crate::telemetry::redelivery(queue, d.attempt());
         }
         let (count, saving) = (records.len(), tokio::time::Instant::now());
+        let spans = record_spans(queue, &deliveries);
         match save_holding(queue, &records, &save, &ready, shutdown.clone()).await {
             Ok(()) => {
                 record_batch(queue, count, saving.elapsed());
-                log_saved(queue, &deliveries);
+                saved(queue, &deliveries, &spans);
                 settle_all(queue, deliveries, None, settling).await
             }
             Err(e) if e.is_retryable() => {
@@ -163,12 +164,12 @@ where
             }
             Err(e) => {
                 tracing::warn!(queue, error = %e, "batch refused; saving one by one");
-                for (record, d) in records.into_iter().zip(deliveries) {
+                for ((record, d), span) in records.into_iter().zip(deliveries).zip(spans) {
                     let saving = tokio::time::Instant::now();
                     match save(vec![record]).await {
                         Ok(()) => {
                             record_batch(queue, 1, saving.elapsed());
-                            log_saved(queue, std::slice::from_ref(&d));
+                            saved(queue, std::slice::from_ref(&d), std::slice::from_ref(&span));
                             settle_all(queue, vec![d], None, settling).await
                         }
                         Err(e) if e.is_retryable() => {
@@ -187,20 +188,36 @@ where
     Ok(())
 }
 
-/// One debug line per saved record, in the span of its job's trace.
-fn log_saved(queue: &str, deliveries: &[Delivery]) {
+/// One span per record of a batch being saved, continuing its job's trace
+/// (they end when the batch is settled).
+fn record_spans(queue: &str, deliveries: &[Delivery]) -> Vec<tracing::Span> {
+    let (role, stage) = if queue == super::queues::SAVE2DB {
+        ("save2db", "archive")
+    } else {
+        ("activity", "activity")
+    };
+    deliveries
+        .iter()
+        .map(|d| crate::trace::reader_span(role, stage, d.envelope()))
+        .collect()
+}
+
+/// After a batch is committed: the upload-to-archive time of each job
+/// (save2db), and one debug line per record in its job's span.
+fn saved(queue: &str, deliveries: &[Delivery], spans: &[tracing::Span]) {
+    if queue == super::queues::SAVE2DB {
+        for d in deliveries {
+            if let Some(t) = crate::telemetry::since_upload(d.envelope()) {
+                metrics::histogram!(crate::telemetry::ARCHIVED_SECONDS).record(t.as_secs_f64());
+            }
+        }
+    }
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    let role = if queue == super::queues::SAVE2DB {
-        "save2db"
-    } else {
-        "activity"
-    };
-    for d in deliveries {
+    for (d, span) in deliveries.iter().zip(spans) {
         let env = d.envelope();
-        crate::trace::reader_span(role, env)
-            .in_scope(|| tracing::debug!(queue, event = %env.event, "record saved"));
+        span.in_scope(|| tracing::debug!(queue, event = %env.event, "record saved"));
     }
 }
 

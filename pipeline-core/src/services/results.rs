@@ -76,7 +76,7 @@ impl ResultsConsumer {
     }
 
     async fn handle(&self, delivery: Delivery) {
-        let span = crate::trace::reader_span("api", delivery.envelope());
+        let span = crate::trace::reader_span("api", "result", delivery.envelope());
         self.handle_in_span(delivery).instrument(span).await;
     }
 

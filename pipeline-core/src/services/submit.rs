@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::blob::ClaimCheck;
@@ -447,6 +448,22 @@ impl Submitter {
         probe: Probe,
         spec: &TransformSpec,
     ) -> Result<Accepted> {
+        let parent = upload.trace;
+        let trace = parent.map_or_else(crate::trace::TraceContext::new_root, |t| t.child());
+        let span = crate::trace::span_at("api", "submit", job_id, &trace, parent.as_ref());
+        self.submit_traced(job_id, upload, probe, spec, trace)
+            .instrument(span)
+            .await
+    }
+
+    async fn submit_traced(
+        &self,
+        job_id: Uuid,
+        upload: Upload,
+        probe: Probe,
+        spec: &TransformSpec,
+        trace: crate::trace::TraceContext,
+    ) -> Result<Accepted> {
         let began = Instant::now();
         let spec_text = spec.to_string();
         let now = now_ms();
@@ -460,7 +477,7 @@ impl Submitter {
             return Err(e);
         }
         let env = match self
-            .job_message(job_id, upload, &probe, &spec_text, now)
+            .job_message(job_id, upload, &probe, &spec_text, now, &trace)
             .await
         {
             Ok(env) => env,
@@ -490,17 +507,24 @@ impl Submitter {
         probe: Probe,
         spec: &TransformSpec,
     ) -> Result<Accepted> {
-        let spec_text = spec.to_string();
-        let env = self
-            .job_message(job_id, upload, &probe, &spec_text, now_ms())
-            .await?;
-        self.publish_job(env).await?;
-        tracing::info!(%job_id, "a pending job sent again with its key was published again");
-        Ok(Accepted::new(job_id, &probe, spec_text))
+        let parent = upload.trace;
+        let trace = parent.map_or_else(crate::trace::TraceContext::new_root, |t| t.child());
+        let span = crate::trace::span_at("api", "submit", job_id, &trace, parent.as_ref());
+        async move {
+            let spec_text = spec.to_string();
+            let env = self
+                .job_message(job_id, upload, &probe, &spec_text, now_ms(), &trace)
+                .await?;
+            self.publish_job(env).await?;
+            tracing::info!(%job_id, "a pending job sent again with its key was published again");
+            Ok(Accepted::new(job_id, &probe, spec_text))
+        }
+        .instrument(span)
+        .await
     }
 
     /// The `image.submitted` message of a job (a large original checked in
-    /// to the blob store first), in a span continuing the upload's trace.
+    /// to the blob store first), carrying the trace context `trace`.
     async fn job_message(
         &self,
         job_id: Uuid,
@@ -508,12 +532,10 @@ impl Submitter {
         probe: &Probe,
         spec_text: &str,
         now: i64,
+        trace: &crate::trace::TraceContext,
     ) -> Result<Envelope> {
         let original = Part::new(parts::ORIGINAL, content_type(probe.format), upload.data);
         let original = self.check_in(original).await?;
-        let trace = upload
-            .trace
-            .map_or_else(crate::trace::TraceContext::new_root, |t| t.child());
         let mut env = Envelope::new(events::SUBMITTED, job_id, upload.tenant)
             .with_spec(spec_text)
             .with_header(headers::SUBMITTED_AT_MS, now.to_string())
@@ -522,10 +544,7 @@ impl Submitter {
         if let Some(name) = upload.filename.filter(|n| !n.is_empty()) {
             env = env.with_header(headers::FILENAME, name);
         }
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            crate::trace::span_at("api", job_id, &trace, upload.trace.as_ref())
-                .in_scope(|| tracing::debug!(spec = %spec_text, "job submitted"));
-        }
+        tracing::debug!(spec = %spec_text, "job submitted");
         Ok(env)
     }
 

@@ -100,7 +100,7 @@ impl Transformer {
     /// job's trace ([`crate::trace`]).
     pub async fn handle(&self, delivery: Delivery) {
         let mut env = delivery.envelope().clone();
-        let span = crate::trace::job_span("transformer", &mut env);
+        let span = crate::trace::job_span("transformer", "transform", &mut env);
         self.handle_in_span(delivery, env).instrument(span).await;
     }
 

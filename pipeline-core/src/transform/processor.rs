@@ -76,6 +76,9 @@ impl Processor {
         };
         let decoded = codec::decode(data, &self.limits)?;
         let t1 = Instant::now();
+        let source_format = codec::format_name(decoded.probe.format);
+        metrics::histogram!(crate::telemetry::CODEC_SECONDS, "step" => "decode", "format" => source_format)
+            .record((t1 - t0).as_secs_f64());
         in_time("after decoding")?;
         let mut ctx = TransformContext {
             source_format: decoded.probe.format,
@@ -92,7 +95,10 @@ impl Processor {
             if let Some((w, h)) = t.output_size(&op.args, image.width(), image.height()) {
                 self.limits.check_output(&op.name, w, h)?;
             }
+            let began = Instant::now();
             image = t.apply(image, &op.args, &mut ctx)?;
+            metrics::histogram!(crate::telemetry::TRANSFORM_OPERATION_SECONDS, "operation" => op.name.clone())
+                .record(began.elapsed().as_secs_f64());
             self.limits
                 .check_output(&op.name, image.width(), image.height())?;
             in_time(&format!(
@@ -107,6 +113,8 @@ impl Processor {
         self.limits
             .check_result_size(encoded.len() as u64, ctx.output.format)?;
         let t3 = Instant::now();
+        metrics::histogram!(crate::telemetry::CODEC_SECONDS, "step" => "encode", "format" => codec::format_name(ctx.output.format))
+            .record((t3 - t2).as_secs_f64());
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
         Ok(Processed {
             data: Bytes::from(encoded),

@@ -156,7 +156,41 @@ pub fn run_role(roles: Roles, registry: TransformRegistry) -> ExitCode {
 
 /// Run `roles` until Ctrl-C or SIGTERM, then stop without losing accepted work.
 async fn serve(args: ServeArgs, roles: Roles, registry: TransformRegistry) -> Result<(), Error> {
+    #[cfg(feature = "otlp")]
+    let otlp = {
+        let service = match roles.name() {
+            "all" | "mixed" => "pipeline".to_string(),
+            one => format!("pipeline-{one}"),
+        };
+        match crate::otlp::OtlpConfig::from_env(&service)? {
+            Some(config) => {
+                let endpoint = config.endpoint().to_string();
+                let (layer, exporter) = crate::otlp::start(config)?;
+                install_tracing(args.log_json, SERVE_LOG, Some(Box::new(layer)));
+                tracing::info!(%endpoint, "exporting spans to an OpenTelemetry collector");
+                Some(exporter)
+            }
+            None => {
+                install_tracing(args.log_json, SERVE_LOG, None);
+                None
+            }
+        }
+    };
+    #[cfg(not(feature = "otlp"))]
     init_tracing(args.log_json, SERVE_LOG);
+    let ran = serve_traced(args, roles, registry).await;
+    #[cfg(feature = "otlp")]
+    if let Some(exporter) = otlp {
+        exporter.shutdown(std::time::Duration::from_secs(5)).await;
+    }
+    ran
+}
+
+async fn serve_traced(
+    args: ServeArgs,
+    roles: Roles,
+    registry: TransformRegistry,
+) -> Result<(), Error> {
     let render = prometheus::install()?;
     let running = args
         .builder(roles, registry)?
@@ -179,19 +213,33 @@ async fn serve(args: ServeArgs, roles: Roles, registry: TransformRegistry) -> Re
 /// Install the log subscriber: `RUST_LOG` or `default` as the filter, JSON
 /// lines if asked, colours only on a terminal.
 pub fn init_tracing(json: bool, default: &str) {
+    install_tracing(json, default, None);
+}
+
+/// A layer beside the log lines, with filters of its own.
+type ExtraLayer =
+    Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static>;
+
+/// [`init_tracing`], with `extra` (the OpenTelemetry exporter) beside the
+/// log lines: the filter applies to the log lines only.
+fn install_tracing(json: bool, default: &str, extra: Option<ExtraLayer>) {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    // A second call (a program that installed its own) keeps the first.
-    let _ = if json {
-        builder.json().try_init()
+    let lines: ExtraLayer = if json {
+        lines.json().with_filter(filter).boxed()
     } else {
-        builder.try_init()
+        lines.with_filter(filter).boxed()
     };
+    let mut layers = vec![lines];
+    layers.extend(extra);
+    // A second call (a program that installed its own) keeps the first.
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
 /// A multi-threaded runtime, or the exit code of a program that could not
