@@ -168,7 +168,15 @@ pub fn span_at(
         trace_id = %ctx.trace_id(),
         span_id = %ctx.span_id(),
         parent_span_id = parent.map(|p| p.span_id()).unwrap_or_default(),
+        error = tracing::field::Empty,
     )
+}
+
+/// Mark `span` (one of [`span_at`]'s or [`request_span`]'s) failed, with
+/// `message`: its `error` field, which an OpenTelemetry exporter turns
+/// into an error status.
+pub fn failed(span: &tracing::Span, message: &dyn fmt::Display) {
+    span.record("error", tracing::field::display(message));
 }
 
 /// The span of an HTTP request at `ctx` (child of the caller's `parent`),
@@ -185,6 +193,7 @@ pub fn request_span(
         trace_id = %ctx.trace_id(),
         span_id = %ctx.span_id(),
         parent_span_id = parent.map(|p| p.span_id()).unwrap_or_default(),
+        error = tracing::field::Empty,
     )
 }
 

@@ -58,7 +58,7 @@ impl fmt::Debug for OtlpConfig {
         // Header values are often credentials: names only.
         let headers: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("OtlpConfig")
-            .field("endpoint", &self.endpoint.as_str())
+            .field("endpoint", &self.endpoint_redacted())
             .field("headers", &headers)
             .field("resource", &self.resource)
             .field("timeout", &self.timeout)
@@ -69,6 +69,8 @@ impl fmt::Debug for OtlpConfig {
     }
 }
 
+/// The resource attribute holding the process id (an integer).
+const PID: &str = "process.pid";
 /// Default of `OTEL_EXPORTER_OTLP_TIMEOUT`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of `OTEL_BSP_SCHEDULE_DELAY`.
@@ -94,7 +96,7 @@ impl OtlpConfig {
             "service.instance.id".to_string(),
             uuid::Uuid::now_v7().to_string(),
         );
-        resource.insert("process.pid".to_string(), std::process::id().to_string());
+        resource.insert(PID.to_string(), std::process::id().to_string());
         Ok(Self {
             endpoint,
             headers: Vec::new(),
@@ -196,7 +198,7 @@ impl OtlpConfig {
             config.timeout = t;
         }
         if let Some(d) = millis("OTEL_BSP_SCHEDULE_DELAY")? {
-            config.schedule_delay = d;
+            config = config.schedule_delay(d);
         }
         let count = |name: &str| -> Result<Option<usize>> {
             var(name)
@@ -239,6 +241,16 @@ impl OtlpConfig {
     /// The URL the spans are sent to.
     pub fn endpoint(&self) -> &str {
         self.endpoint.as_str()
+    }
+
+    /// [`OtlpConfig::endpoint`] without a user name or password, for logs.
+    pub fn endpoint_redacted(&self) -> String {
+        let mut url = self.endpoint.clone();
+        if !url.username().is_empty() || url.password().is_some() {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
+        url.to_string()
     }
 
     /// The resource attributes every span is sent with.
@@ -447,10 +459,20 @@ impl Visit for Fields {
         self.put(field, json!({ "intValue": value.to_string() }));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, json!({ "intValue": value.to_string() }));
+        // OTLP integers are signed 64-bit: larger ones go as text.
+        if i64::try_from(value).is_ok() {
+            self.put(field, json!({ "intValue": value.to_string() }));
+        } else {
+            self.put(field, json!({ "stringValue": value.to_string() }));
+        }
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, json!({ "doubleValue": value }));
+        // JSON has no NaN or infinities.
+        if value.is_finite() {
+            self.put(field, json!({ "doubleValue": value }));
+        } else {
+            self.put(field, json!({ "stringValue": value.to_string() }));
+        }
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.put(field, json!({ "stringValue": value.to_string() }));
@@ -458,6 +480,15 @@ impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.put(field, json!({ "stringValue": format!("{value:?}") }));
     }
+}
+
+/// The message of a span's `error` field, once recorded: the span failed.
+fn error_of(fields: &[(String, Value)]) -> Option<String> {
+    fields
+        .iter()
+        .find(|(k, _)| k == "error")
+        .and_then(|(_, v)| v["stringValue"].as_str())
+        .map(str::to_string)
 }
 
 fn take_string(fields: &mut Vec<(String, Value)>, name: &str) -> String {
@@ -548,6 +579,7 @@ where
             return;
         }
         if let Some(span) = ctx.span(id) {
+            let error = error_of(&fields);
             span.extensions_mut().insert(Open {
                 trace_id,
                 span_id,
@@ -556,18 +588,30 @@ where
                 start: unix_nanos(),
                 fields,
                 events: Vec::new(),
-                error: None,
+                error,
             });
         }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id)
-            && let Some(open) = span.extensions_mut().get_mut::<Open>()
-        {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        // Formatting a value may log: not while holding the span's lock.
+        let mut recorded = Fields::default();
+        values.record(&mut recorded);
+        if let Some(open) = span.extensions_mut().get_mut::<Open>() {
             let mut fields = Fields(std::mem::take(&mut open.fields));
-            values.record(&mut fields);
+            for (k, v) in recorded.0 {
+                match fields.0.iter_mut().find(|(name, _)| *name == k) {
+                    Some(slot) => slot.1 = v,
+                    None => fields.0.push((k, v)),
+                }
+            }
             open.fields = fields.0;
+            if let Some(message) = error_of(&open.fields) {
+                open.error = Some(message);
+            }
         }
     }
 
@@ -575,29 +619,30 @@ where
         let Some(scope) = ctx.event_scope(event) else {
             return;
         };
-        for span in scope {
-            let mut ext = span.extensions_mut();
-            let Some(open) = ext.get_mut::<Open>() else {
-                continue;
-            };
-            let mut fields = Fields::default();
-            event.record(&mut fields);
-            let mut fields = fields.0;
-            let message = take_string(&mut fields, "message");
-            let level = *event.metadata().level();
-            fields.push((
-                "level".to_string(),
-                json!({ "stringValue": level.as_str() }),
-            ));
-            if level == Level::ERROR {
-                open.error = Some(message.clone());
-            }
-            open.events.push(json!({
-                "timeUnixNano": unix_nanos().to_string(),
-                "name": message,
-                "attributes": attributes(fields),
-            }));
+        let mut spans = scope.filter(|span| span.extensions().get::<Open>().is_some());
+        let Some(span) = spans.next() else {
             return;
+        };
+        // Formatting a value may log: not while holding the span's lock.
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let mut fields = fields.0;
+        let message = take_string(&mut fields, "message");
+        let level = *event.metadata().level();
+        fields.push((
+            "level".to_string(),
+            json!({ "stringValue": level.as_str() }),
+        ));
+        let record = json!({
+            "timeUnixNano": unix_nanos().to_string(),
+            "name": message,
+            "attributes": attributes(fields),
+        });
+        if let Some(open) = span.extensions_mut().get_mut::<Open>() {
+            if level == Level::ERROR {
+                open.error = Some(message);
+            }
+            open.events.push(record);
         }
     }
 
@@ -624,7 +669,10 @@ impl Body {
     fn new(resource: &BTreeMap<String, String>) -> Self {
         let attributes: Vec<Value> = resource
             .iter()
-            .map(|(k, v)| json!({ "key": k, "value": { "stringValue": v } }))
+            .map(|(k, v)| match v.parse::<i64>() {
+                Ok(n) if k == PID => json!({ "key": k, "value": { "intValue": n.to_string() } }),
+                _ => json!({ "key": k, "value": { "stringValue": v } }),
+            })
             .collect();
         Self {
             resource: json!({ "attributes": attributes }),
@@ -756,7 +804,8 @@ impl Sender {
         self.unreported += count;
         let message = format!(
             "{} spans not sent to the OpenTelemetry collector at {}: {why}",
-            self.unreported, self.config.endpoint
+            self.unreported,
+            self.config.endpoint_redacted()
         );
         if self.warn(&message) {
             self.unreported = 0;

@@ -678,6 +678,14 @@ fn request_trace(headers: &HeaderMap) -> (TraceContext, tracing::Span) {
     (trace, span)
 }
 
+/// Mark the request's span failed with the answer's code and message.
+fn request_failed(span: &tracing::Span, e: &ApiError) {
+    pipeline_core::trace::failed(
+        span,
+        &format!("{} {}: {}", e.status.as_u16(), e.code, e.message),
+    );
+}
+
 /// `traceresponse` (W3C Trace Context level 2): the trace the upload's
 /// jobs continue, so a client can find them in the logs.
 fn trace_response(resp: &mut Response, trace: &TraceContext) {
@@ -742,7 +750,8 @@ async fn upload_counted(
     let (trace, span) = request_trace(req.headers());
     let (files, transform, preset) = read_within_time(&state, req, None)
         .instrument(span.clone())
-        .await?;
+        .await
+        .inspect_err(|e| request_failed(&span, e))?;
     let outcome = accept(
         &state,
         tenant.clone(),
@@ -752,8 +761,9 @@ async fn upload_counted(
         key,
         trace,
     )
-    .instrument(span)
-    .await?;
+    .instrument(span.clone())
+    .await
+    .inspect_err(|e| request_failed(&span, e))?;
     let (status, accepted) = match outcome {
         Outcome::Accepted(a) => (StatusCode::ACCEPTED, a),
         Outcome::Replayed(a) => (StatusCode::OK, vec![a]),
@@ -833,7 +843,8 @@ async fn legacy_counted(
     let (trace, span) = request_trace(req.headers());
     let (files, _, _) = read_within_time(&state, req, Some("image"))
         .instrument(span.clone())
-        .await?;
+        .await
+        .inspect_err(|e| request_failed(&span, e))?;
     if files.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -842,8 +853,9 @@ async fn legacy_counted(
         ));
     }
     let Outcome::Accepted(accepted) = accept(&state, tenant, files, None, None, None, trace)
-        .instrument(span)
-        .await?
+        .instrument(span.clone())
+        .await
+        .inspect_err(|e| request_failed(&span, e))?
     else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -302,10 +302,15 @@ pub(crate) fn new_client(config: &Config) -> Result<fred::clients::Client> {
         .build()
         .map_err(|e| Error::Config(format!("Redis client: {e}")))?;
     if tokio::runtime::Handle::try_current().is_ok() {
-        // fred announces every connection, the first one included.
-        let first = AtomicBool::new(true);
-        let _listener = client.on_reconnect(move |_server| {
-            if !first.swap(false, Ordering::Relaxed) {
+        // fred announces every connection, the first to each server (each
+        // node of a cluster) included: count the servers seen before.
+        let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+        let _listener = client.on_reconnect(move |server| {
+            let again = !seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(server.to_string());
+            if again {
                 pipeline_core::telemetry::reconnected("redis");
             }
             std::future::ready(Ok(()))

@@ -160,6 +160,9 @@ where
             }
             Err(e) if e.is_retryable() => {
                 tracing::warn!(queue, error = %e, count = deliveries.len(), "batch not saved; handing it back to the broker");
+                for span in &spans {
+                    crate::trace::failed(span, &format!("not saved: {e}"));
+                }
                 settle_all(queue, deliveries, Some(e), settling).await;
             }
             Err(e) => {
@@ -173,9 +176,11 @@ where
                             settle_all(queue, vec![d], None, settling).await
                         }
                         Err(e) if e.is_retryable() => {
+                            crate::trace::failed(&span, &format!("not saved: {e}"));
                             settle_all(queue, vec![d], Some(e), settling).await
                         }
                         Err(e) => {
+                            crate::trace::failed(&span, &format!("refused by the store: {e}"));
                             settling
                                 .give_up(queue, d, format!("refused by the store: {e}"))
                                 .await

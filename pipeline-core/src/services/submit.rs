@@ -451,9 +451,14 @@ impl Submitter {
         let parent = upload.trace;
         let trace = parent.map_or_else(crate::trace::TraceContext::new_root, |t| t.child());
         let span = crate::trace::span_at("api", "submit", job_id, &trace, parent.as_ref());
-        self.submit_traced(job_id, upload, probe, spec, trace)
-            .instrument(span)
-            .await
+        let submitted = self
+            .submit_traced(job_id, upload, probe, spec, trace)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &submitted {
+            crate::trace::failed(&span, e);
+        }
+        submitted
     }
 
     async fn submit_traced(
@@ -510,7 +515,7 @@ impl Submitter {
         let parent = upload.trace;
         let trace = parent.map_or_else(crate::trace::TraceContext::new_root, |t| t.child());
         let span = crate::trace::span_at("api", "submit", job_id, &trace, parent.as_ref());
-        async move {
+        let republished = async move {
             let spec_text = spec.to_string();
             let env = self
                 .job_message(job_id, upload, &probe, &spec_text, now_ms(), &trace)
@@ -519,8 +524,12 @@ impl Submitter {
             tracing::info!(%job_id, "a pending job sent again with its key was published again");
             Ok(Accepted::new(job_id, &probe, spec_text))
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        if let Err(e) = &republished {
+            crate::trace::failed(&span, e);
+        }
+        republished
     }
 
     /// The `image.submitted` message of a job (a large original checked in

@@ -138,6 +138,7 @@ impl Transformer {
             Err(e) if e.is_retryable() => Err(e),
             Err(e) => {
                 tracing::info!(job_id = %env.job_id, code = e.code(), error = %e, "job failed");
+                crate::trace::failed(&tracing::Span::current(), &format!("{}: {e}", e.code()));
                 self.broker
                     .publish(self.failure_event(&env, e.code(), &e.public_message(), started))
                     .await
@@ -151,6 +152,7 @@ impl Transformer {
             }
             Err(e) => {
                 ended = "retried";
+                crate::trace::failed(&tracing::Span::current(), &e);
                 let delay = self.config.retry.delay(delivery.attempt());
                 tracing::warn!(job_id = %env.job_id, error = %e, ?delay, "job not finished; retrying");
                 delivery.nack(delay, e.to_string()).await
@@ -183,6 +185,7 @@ impl Transformer {
             error.public_message()
         );
         tracing::warn!(job_id = %env.job_id, attempts, error = %error, "job failed: retries exhausted");
+        crate::trace::failed(&tracing::Span::current(), &message);
         let failed = self
             .failure_event(env, RETRIES_EXHAUSTED, &message, started)
             .with_header(headers::ATTEMPTS, attempts.to_string());

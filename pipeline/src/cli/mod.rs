@@ -164,7 +164,7 @@ async fn serve(args: ServeArgs, roles: Roles, registry: TransformRegistry) -> Re
         };
         match crate::otlp::OtlpConfig::from_env(&service)? {
             Some(config) => {
-                let endpoint = config.endpoint().to_string();
+                let endpoint = config.endpoint_redacted();
                 let (layer, exporter) = crate::otlp::start(config)?;
                 install_tracing(args.log_json, SERVE_LOG, Some(Box::new(layer)));
                 tracing::info!(%endpoint, "exporting spans to an OpenTelemetry collector");
@@ -236,10 +236,20 @@ fn install_tracing(json: bool, default: &str, extra: Option<ExtraLayer>) {
     } else {
         lines.with_filter(filter).boxed()
     };
+    let exporting = extra.is_some();
     let mut layers = vec![lines];
     layers.extend(extra);
     // A second call (a program that installed its own) keeps the first.
-    let _ = tracing_subscriber::registry().with(layers).try_init();
+    if tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .is_err()
+        && exporting
+    {
+        eprintln!(
+            "warning: a tracing subscriber was installed already: spans are not exported (add pipeline::otlp's layer to it)"
+        );
+    }
 }
 
 /// A multi-threaded runtime, or the exit code of a program that could not

@@ -140,10 +140,43 @@ async fn spans_reach_the_collector_with_their_ids_and_events() {
         "pipeline-test"
     );
     assert_eq!(
-        attr(resource, "process.pid")["stringValue"],
+        attr(resource, "process.pid")["intValue"],
         std::process::id().to_string()
     );
     exporter.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_span_marked_failed_has_an_error_status() {
+    let c = Collector::default();
+    let url = collector(c.clone()).await;
+    let config = OtlpConfig::new(&url, "t")
+        .unwrap()
+        .schedule_delay(Duration::from_secs(3600));
+    let (layer, exporter) = start(config).unwrap();
+    let ctx = TraceContext::new_root();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        let span = span_at("transformer", "transform", uuid::Uuid::now_v7(), &ctx, None);
+        span.in_scope(|| {
+            // Values JSON cannot carry as numbers go as text.
+            tracing::warn!(big = u64::MAX, odd = f64::NAN, "odd values");
+        });
+        pipeline_core::trace::failed(&span, &"corrupt_image: the data is truncated");
+    });
+    assert!(exporter.flush(Duration::from_secs(10)).await);
+    let spans = c.spans();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0]["status"]["code"], 2);
+    assert_eq!(
+        spans[0]["status"]["message"],
+        "corrupt_image: the data is truncated"
+    );
+    let event = &spans[0]["events"][0];
+    assert_eq!(
+        attr(event, "pipeline.big")["stringValue"],
+        u64::MAX.to_string()
+    );
+    assert_eq!(attr(event, "pipeline.odd")["stringValue"], "NaN");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -247,6 +280,7 @@ fn the_standard_variables_configure_the_export() {
     assert_eq!(c.resource()["deployment.environment"], "prod");
     assert_eq!(c.timeout, Duration::from_millis(2500));
     assert_eq!(c.schedule_delay, Duration::from_millis(200));
+    assert_eq!(c.endpoint_redacted(), "http://collector:4318/v1/traces");
     assert_eq!((c.max_queue, c.max_batch), (100, 100));
     // The traces endpoint is taken as it is; the default service name.
     let c = OtlpConfig::from_vars(
@@ -264,6 +298,20 @@ fn the_standard_variables_configure_the_export() {
     .unwrap();
     assert_eq!(c.endpoint(), "https://c.example/otlp/traces");
     assert_eq!(c.resource()["service.name"], "pipeline-api");
+    // No delay at all is the shortest one there is; credentials stay out
+    // of what is printed.
+    let c = OtlpConfig::from_vars(
+        vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://user:pw@c.example"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+        ]),
+        "svc",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(c.schedule_delay, Duration::from_millis(1));
+    assert_eq!(c.endpoint_redacted(), "https://c.example/v1/traces");
+    assert!(!format!("{c:?}").contains("pw"));
     // Turned off.
     for off in [
         ("OTEL_SDK_DISABLED", "true"),
