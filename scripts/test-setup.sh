@@ -2,7 +2,7 @@
 # What the tests need beyond cargo, installed when missing: moto_server (the
 # S3 endpoint of the blob-store tests), Debian's Chromium and playwright-core
 # (the web app's browser tests, tests/browser), nginx (the chaos run's load
-# balancer). Safe to run again.
+# balancer), cmake and nasm (libjpeg-turbo). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,16 @@ if ! command -v nginx >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light >/dev/null
   # Debian starts the packaged server on port 80: not ours to keep.
   $sudo nginx -s stop 2>/dev/null || true
+fi
+
+# cmake and nasm build libjpeg-turbo for the `turbojpeg` feature (the test
+# command builds every feature).
+if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
+  echo "test-setup: installing Debian's cmake and nasm" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq cmake nasm >/dev/null
 fi
 
 # playwright-core drives the browser above; it downloads no browser.

@@ -344,8 +344,72 @@ fn to_8bit(image: &DynamicImage) -> DynamicImage {
     }
 }
 
+/// JPEG through libjpeg-turbo (feature `turbojpeg`): 4:2:0 (grey images
+/// as grey), about 3x faster than `jpeg-encoder` at the same quality
+/// setting. One compressor per thread, kept between images.
+#[cfg(feature = "turbojpeg")]
+fn encode_jpeg(
+    image: &DynamicImage,
+    quality: u8,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    use std::borrow::Cow;
+    use std::cell::RefCell;
+    use turbojpeg::{Compressor, PixelFormat, Subsamp};
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<Compressor>> = const { RefCell::new(None) };
+    }
+    let (pixels, format, subsamp): (Cow<'_, [u8]>, _, _) = match image {
+        DynamicImage::ImageRgb8(buf) => (
+            Cow::Borrowed(buf.as_raw()),
+            PixelFormat::RGB,
+            Subsamp::Sub2x2,
+        ),
+        DynamicImage::ImageLuma8(buf) => (
+            Cow::Borrowed(buf.as_raw()),
+            PixelFormat::GRAY,
+            Subsamp::Gray,
+        ),
+        i if i.color().has_color() => (
+            Cow::Owned(i.to_rgb8().into_raw()),
+            PixelFormat::RGB,
+            Subsamp::Sub2x2,
+        ),
+        i => (
+            Cow::Owned(i.to_luma8().into_raw()),
+            PixelFormat::GRAY,
+            Subsamp::Gray,
+        ),
+    };
+    let (width, height) = (image.width() as usize, image.height() as usize);
+    let view = turbojpeg::Image {
+        pixels: &pixels[..],
+        width,
+        pitch: width * format.size(),
+        height,
+        format,
+    };
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match slot.as_mut() {
+            Some(c) => c,
+            None => slot.insert(Compressor::new().map_err(|e| e.to_string())?),
+        };
+        compressor
+            .set_quality(i32::from(quality.clamp(1, 100)))
+            .map_err(|e| e.to_string())?;
+        compressor.set_subsamp(subsamp).map_err(|e| e.to_string())?;
+        let jpeg = compressor
+            .compress_to_owned(view)
+            .map_err(|e| e.to_string())?;
+        out.extend_from_slice(&jpeg);
+        Ok(())
+    })
+}
+
 /// JPEG through `jpeg-encoder`: 4:2:0 like libjpeg's default, and about 2.5x
 /// faster than the `image` crate's 4:4:4 encoder (see docs/benchmarks.md).
+#[cfg(not(feature = "turbojpeg"))]
 fn encode_jpeg(
     image: &DynamicImage,
     quality: u8,
@@ -396,6 +460,55 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    /// Mean absolute difference of two images' RGB samples.
+    fn difference(a: &DynamicImage, b: &DynamicImage) -> f64 {
+        let (a, b) = (a.to_rgb8(), b.to_rgb8());
+        let total: u64 = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| u64::from(x.abs_diff(*y)))
+            .sum();
+        total as f64 / a.as_raw().len() as f64
+    }
+
+    #[test]
+    fn jpeg_keeps_size_colour_and_likeness() {
+        let smooth = |x: u32, y: u32| [(x * 2) as u8, (y * 3) as u8, ((x + y) / 2) as u8];
+        let rgb = DynamicImage::ImageRgb8(image::RgbImage::from_fn(120, 80, |x, y| {
+            image::Rgb(smooth(x, y))
+        }));
+        let grey = DynamicImage::ImageLuma8(image::GrayImage::from_fn(120, 80, |x, y| {
+            image::Luma([(x + y) as u8])
+        }));
+        // Other pixel types are converted first.
+        let rgba = DynamicImage::ImageRgba8(rgb.to_rgba8());
+        for (name, img, colour) in [
+            ("rgb", &rgb, true),
+            ("grey", &grey, false),
+            ("rgba", &rgba, true),
+        ] {
+            let mut sizes = Vec::new();
+            for quality in [50, 90] {
+                let out = OutputFormat {
+                    format: ImageFormat::Jpeg,
+                    quality,
+                };
+                let jpeg = encode(img, out).unwrap();
+                let back = image::load_from_memory_with_format(&jpeg, ImageFormat::Jpeg).unwrap();
+                assert_eq!((back.width(), back.height()), (120, 80), "{name}");
+                assert_eq!(back.color().has_color(), colour, "{name}");
+                let d = difference(img, &back);
+                assert!(d < 4.0, "{name} q{quality}: mean difference {d}");
+                sizes.push(jpeg.len());
+            }
+            assert!(
+                sizes[0] < sizes[1],
+                "{name}: quality changes nothing: {sizes:?}"
+            );
+        }
     }
 
     #[test]
