@@ -94,6 +94,11 @@ impl TraceContext {
         env.header(headers::TRACEPARENT).and_then(Self::parse)
     }
 
+    /// The span after `parent`: its child, or the root of a new trace.
+    pub fn following(parent: Option<&Self>) -> Self {
+        parent.map_or_else(Self::new_root, Self::child)
+    }
+
     /// A new span of the same trace, child of this one.
     pub fn child(&self) -> Self {
         Self {
@@ -136,7 +141,7 @@ impl TraceContext {
 /// shows them, and an OpenTelemetry exporter reads them.
 pub fn job_span(role: &'static str, stage: &'static str, env: &mut Envelope) -> tracing::Span {
     let parent = TraceContext::of(env);
-    let ctx = parent.map_or_else(TraceContext::new_root, |p| p.child());
+    let ctx = TraceContext::following(parent.as_ref());
     env.headers
         .insert(headers::TRACEPARENT.to_string(), ctx.traceparent());
     span_at(role, stage, env.job_id, &ctx, parent.as_ref())
@@ -147,7 +152,7 @@ pub fn job_span(role: &'static str, stage: &'static str, env: &mut Envelope) -> 
 /// consumer).
 pub fn reader_span(role: &'static str, stage: &'static str, env: &Envelope) -> tracing::Span {
     let parent = TraceContext::of(env);
-    let ctx = parent.map_or_else(TraceContext::new_root, |p| p.child());
+    let ctx = TraceContext::following(parent.as_ref());
     span_at(role, stage, env.job_id, &ctx, parent.as_ref())
 }
 

@@ -673,7 +673,7 @@ fn request_trace(headers: &HeaderMap) -> (TraceContext, tracing::Span) {
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse);
-    let trace = parent.map_or_else(TraceContext::new_root, |t| t.child());
+    let trace = TraceContext::following(parent.as_ref());
     let span = pipeline_core::trace::request_span("upload", &trace, parent.as_ref());
     (trace, span)
 }

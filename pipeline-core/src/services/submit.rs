@@ -449,16 +449,10 @@ impl Submitter {
         spec: &TransformSpec,
     ) -> Result<Accepted> {
         let parent = upload.trace;
-        let trace = parent.map_or_else(crate::trace::TraceContext::new_root, |t| t.child());
-        let span = crate::trace::span_at("api", "submit", job_id, &trace, parent.as_ref());
-        let submitted = self
-            .submit_traced(job_id, upload, probe, spec, trace)
-            .instrument(span.clone())
-            .await;
-        if let Err(e) = &submitted {
-            crate::trace::failed(&span, e);
-        }
-        submitted
+        in_submit_span(job_id, parent, |trace| {
+            self.submit_traced(job_id, upload, probe, spec, trace)
+        })
+        .await
     }
 
     async fn submit_traced(
@@ -513,9 +507,7 @@ impl Submitter {
         spec: &TransformSpec,
     ) -> Result<Accepted> {
         let parent = upload.trace;
-        let trace = parent.map_or_else(crate::trace::TraceContext::new_root, |t| t.child());
-        let span = crate::trace::span_at("api", "submit", job_id, &trace, parent.as_ref());
-        let republished = async move {
+        in_submit_span(job_id, parent, |trace| async move {
             let spec_text = spec.to_string();
             let env = self
                 .job_message(job_id, upload, &probe, &spec_text, now_ms(), &trace)
@@ -523,13 +515,8 @@ impl Submitter {
             self.publish_job(env).await?;
             tracing::info!(%job_id, "a pending job sent again with its key was published again");
             Ok(Accepted::new(job_id, &probe, spec_text))
-        }
-        .instrument(span.clone())
-        .await;
-        if let Err(e) = &republished {
-            crate::trace::failed(&span, e);
-        }
-        republished
+        })
+        .await
     }
 
     /// The `image.submitted` message of a job (a large original checked in
@@ -576,6 +563,27 @@ impl Submitter {
             tracing::warn!(job = %job_id, error = %e, "could not remove the status of a job that was not queued");
         }
     }
+}
+
+/// Run `submission` of job `job_id` in its `submit` span, the child of the
+/// upload's `parent` (given the span's trace context); a failure marks the
+/// span failed.
+async fn in_submit_span<F, Fut>(
+    job_id: Uuid,
+    parent: Option<crate::trace::TraceContext>,
+    submission: F,
+) -> Result<Accepted>
+where
+    F: FnOnce(crate::trace::TraceContext) -> Fut,
+    Fut: std::future::Future<Output = Result<Accepted>>,
+{
+    let trace = crate::trace::TraceContext::following(parent.as_ref());
+    let span = crate::trace::span_at("api", "submit", job_id, &trace, parent.as_ref());
+    let submitted = submission(trace).instrument(span.clone()).await;
+    if let Err(e) = &submitted {
+        crate::trace::failed(&span, e);
+    }
+    submitted
 }
 
 #[cfg(test)]
