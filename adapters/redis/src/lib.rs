@@ -294,7 +294,8 @@ pub(crate) async fn bounded_ping(client: &fred::clients::Client) -> Result<()> {
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client that reconnects by itself (exponential backoff, no limit).
-/// Its connections after the first count in the reconnect metric.
+/// A connection to a server it had reached before counts in the reconnect
+/// metric.
 pub(crate) fn new_client(config: &Config) -> Result<fred::clients::Client> {
     let client = Builder::from_config(config.clone())
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))

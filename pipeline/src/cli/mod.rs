@@ -216,7 +216,8 @@ pub fn init_tracing(json: bool, default: &str) {
     install_tracing(json, default, None);
 }
 
-/// A layer beside the log lines, with filters of its own.
+/// A layer of the subscriber, with its own filter: the log lines, the
+/// OpenTelemetry exporter.
 type ExtraLayer =
     Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static>;
 
