@@ -216,9 +216,36 @@ pub struct Decoded {
     pub orientation: Orientation,
 }
 
+/// Which library decodes JPEG images.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JpegDecoder {
+    /// zune-jpeg through `image`: pure Rust, the default.
+    #[default]
+    Rust,
+    /// libjpeg-turbo (feature `turbojpeg`): about twice as fast, but C code
+    /// reads the untrusted bytes. Colour spaces other than YCbCr, RGB and
+    /// grey (CMYK) still go through the Rust decoder.
+    #[cfg(feature = "turbojpeg")]
+    LibjpegTurbo,
+}
+
 /// Decode `data` after checking its header against `limits`.
 pub fn decode(data: &[u8], limits: &ImageLimits) -> Result<Decoded> {
+    decode_with(data, limits, JpegDecoder::Rust)
+}
+
+/// [`decode`], with JPEG images decoded by `jpeg`.
+pub fn decode_with(data: &[u8], limits: &ImageLimits, jpeg: JpegDecoder) -> Result<Decoded> {
     let probe = probe(data, limits)?;
+    #[cfg(feature = "turbojpeg")]
+    if jpeg == JpegDecoder::LibjpegTurbo && probe.format == ImageFormat::Jpeg {
+        check_complete(data, probe.format)?;
+        if let Some(decoded) = turbo::decode(data, probe)? {
+            return Ok(decoded);
+        }
+    }
+    let _ = jpeg;
     let mut reader = ImageReader::with_format(Cursor::new(data), probe.format);
     let mut decode_limits = image::Limits::default();
     decode_limits.max_image_width = Some(limits.max_width);
@@ -242,6 +269,85 @@ pub fn decode(data: &[u8], limits: &ImageLimits) -> Result<Decoded> {
         probe,
         orientation,
     })
+}
+
+#[cfg(feature = "turbojpeg")]
+mod turbo {
+    use std::cell::RefCell;
+    use std::io::Cursor;
+
+    use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, metadata::Orientation};
+    use turbojpeg::{Colorspace, Decompressor, PixelFormat};
+
+    use super::{Decoded, Probe, image_error};
+    use crate::error::{Error, ImageErrorKind, Result};
+
+    thread_local! {
+        static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
+    }
+
+    fn corrupt(e: impl std::fmt::Display) -> Error {
+        Error::image(
+            ImageErrorKind::CorruptImage,
+            format!("the JPEG data is corrupt: {e}"),
+        )
+    }
+
+    /// The pixels of a JPEG whose header `probe` checked; `None` for a
+    /// colour space libjpeg-turbo does not turn into RGB (CMYK, YCCK).
+    pub(super) fn decode(data: &[u8], probe: Probe) -> Result<Option<Decoded>> {
+        // The orientation, from the EXIF block (headers only).
+        let orientation = ImageReader::with_format(Cursor::new(data), ImageFormat::Jpeg)
+            .into_decoder()
+            .map_err(|e| image_error(e, ImageFormat::Jpeg))?
+            .orientation()
+            .unwrap_or(Orientation::NoTransforms);
+        DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let d = match slot.as_mut() {
+                Some(d) => d,
+                None => slot.insert(Decompressor::new().map_err(corrupt)?),
+            };
+            let header = d.read_header(data).map_err(corrupt)?;
+            if (header.width, header.height) != (probe.width as usize, probe.height as usize) {
+                return Err(corrupt(format!(
+                    "libjpeg-turbo reads {}x{}, the header check {}x{}",
+                    header.width, header.height, probe.width, probe.height
+                )));
+            }
+            let format = match header.colorspace {
+                Colorspace::Gray => PixelFormat::GRAY,
+                Colorspace::YCbCr | Colorspace::RGB => PixelFormat::RGB,
+                _ => return Ok(None),
+            };
+            let (w, h) = (header.width, header.height);
+            let mut pixels = vec![0u8; w * h * format.size()];
+            d.decompress(
+                data,
+                turbojpeg::Image {
+                    pixels: &mut pixels[..],
+                    width: w,
+                    pitch: w * format.size(),
+                    height: h,
+                    format,
+                },
+            )
+            .map_err(corrupt)?;
+            let image = if format == PixelFormat::GRAY {
+                image::GrayImage::from_raw(probe.width, probe.height, pixels)
+                    .map(DynamicImage::ImageLuma8)
+            } else {
+                image::RgbImage::from_raw(probe.width, probe.height, pixels)
+                    .map(DynamicImage::ImageRgb8)
+            };
+            let image = image.ok_or_else(|| corrupt("pixel buffer of the wrong size"))?;
+            Ok(Some(Decoded {
+                image,
+                probe,
+                orientation,
+            }))
+        })
+    }
 }
 
 /// Lenient decoders fill a truncated image with grey; refuse files that
@@ -472,6 +578,35 @@ mod tests {
             .map(|(x, y)| u64::from(x.abs_diff(*y)))
             .sum();
         total as f64 / a.as_raw().len() as f64
+    }
+
+    #[cfg(feature = "turbojpeg")]
+    #[test]
+    fn libjpeg_turbo_decodes_like_the_rust_decoder() {
+        let rgb = DynamicImage::ImageRgb8(image::RgbImage::from_fn(120, 80, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) / 2) as u8])
+        }));
+        let grey = DynamicImage::ImageLuma8(image::GrayImage::from_fn(120, 80, |x, y| {
+            image::Luma([(x + y) as u8])
+        }));
+        let limits = ImageLimits::default();
+        for (name, img) in [("rgb", &rgb), ("grey", &grey)] {
+            let out = OutputFormat {
+                format: ImageFormat::Jpeg,
+                quality: 90,
+            };
+            let jpeg = encode(img, out).unwrap();
+            let ours = decode(&jpeg, &limits).unwrap();
+            let turbo = decode_with(&jpeg, &limits, JpegDecoder::LibjpegTurbo).unwrap();
+            assert_eq!(turbo.probe, ours.probe, "{name}");
+            assert_eq!(turbo.image.color(), ours.image.color(), "{name}");
+            let d = difference(&ours.image, &turbo.image);
+            assert!(d < 1.5, "{name}: the decoders differ by {d} on average");
+            // A truncated file is refused, as by the Rust decoder.
+            let cut = &jpeg[..jpeg.len() / 2];
+            let err = decode_with(cut, &limits, JpegDecoder::LibjpegTurbo).unwrap_err();
+            assert!(err.to_string().contains("truncated"), "{name}: {err}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod stamp;
 mod structure;
 
 #[cfg(feature = "image")]
-pub use codec::{ImageLimits, OutputFormat, Probe};
+pub use codec::{ImageLimits, JpegDecoder, OutputFormat, Probe};
 pub use pool::BlockingPool;
 #[cfg(feature = "image")]
 pub use processor::{Processed, Processor, check_spec};

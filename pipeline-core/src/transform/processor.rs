@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use image::ImageFormat;
 
-use super::codec::{self, ImageLimits, OutputFormat, Probe};
+use super::codec::{self, ImageLimits, JpegDecoder, OutputFormat, Probe};
 use super::registry::{TransformContext, TransformRegistry};
 use super::spec::TransformSpec;
 use crate::error::{Error, ImageErrorKind, Result};
@@ -37,12 +37,23 @@ pub struct Processed {
 pub struct Processor {
     registry: Arc<TransformRegistry>,
     limits: ImageLimits,
+    jpeg_decoder: JpegDecoder,
 }
 
 impl Processor {
     /// A processor using `registry` and `limits`.
     pub fn new(registry: Arc<TransformRegistry>, limits: ImageLimits) -> Self {
-        Self { registry, limits }
+        Self {
+            registry,
+            limits,
+            jpeg_decoder: JpegDecoder::default(),
+        }
+    }
+
+    /// This processor, decoding JPEG images with `decoder`.
+    pub fn with_jpeg_decoder(mut self, decoder: JpegDecoder) -> Self {
+        self.jpeg_decoder = decoder;
+        self
     }
 
     /// The registry.
@@ -74,7 +85,7 @@ impl Processor {
                 _ => Ok(()),
             }
         };
-        let decoded = codec::decode(data, &self.limits)?;
+        let decoded = codec::decode_with(data, &self.limits, self.jpeg_decoder)?;
         let t1 = Instant::now();
         let source_format = codec::format_name(decoded.probe.format);
         metrics::histogram!(crate::telemetry::CODEC_SECONDS, "step" => "decode", "format" => source_format)

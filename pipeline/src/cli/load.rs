@@ -29,6 +29,11 @@ pub struct LoadArgs {
     /// Transform spec (default: the server's).
     #[arg(long)]
     pub transform: Option<String>,
+    /// Start at most this many uploads per second in all (paced evenly),
+    /// to measure latency below the server's limit; default: as fast as
+    /// the clients go.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// API key, when the server runs with PIPELINE_AUTH=keys.
     #[arg(long, env = "PIPELINE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -86,7 +91,8 @@ fn mime_of(data: &[u8]) -> &'static str {
 /// Upload `requests` copies of `data` with `concurrency` clients; each waits
 /// for its result (through the result link of the upload's answer, signed
 /// when the server authenticates). Latency runs from the start of the
-/// upload to the result. `api_key` goes in an `Authorization` header.
+/// upload to the result. `api_key` goes in an `Authorization` header;
+/// with `rate`, upload `i` starts no earlier than `i / rate` seconds in.
 pub async fn drive(
     url: &str,
     data: Bytes,
@@ -94,7 +100,13 @@ pub async fn drive(
     concurrency: usize,
     transform: Option<&str>,
     api_key: Option<&str>,
+    rate: Option<f64>,
 ) -> Result<LoadReport, Error> {
+    if let Some(r) = rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err(Error::Config(format!(
+            "the rate must be a positive number of uploads per second, not {r}"
+        )));
+    }
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(key) = api_key {
         let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
@@ -130,7 +142,15 @@ pub async fn drive(
             let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
                 .map_err(|e| Error::Config(e.to_string()))?;
             let (mut ok, mut failed, mut rejected) = (0usize, 0usize, 0usize);
-            while next.fetch_add(1, Ordering::Relaxed) < requests {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                if let Some(rate) = rate {
+                    let at = started + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(at.into()).await;
+                }
                 let t0 = Instant::now();
                 let resp = client
                     .post(&post_url)
@@ -223,6 +243,7 @@ pub(crate) async fn load(args: LoadArgs) -> Result<(), Error> {
         args.concurrency,
         args.transform.as_deref(),
         args.api_key.as_deref(),
+        args.rate,
     )
     .await?;
     report.print(&format!("{} via {}", args.file.display(), args.url));
