@@ -31,6 +31,9 @@ pub mod headers {
     pub const WORKER: &str = "worker";
     /// Processing time in milliseconds.
     pub const DURATION_MS: &str = "duration-ms";
+    /// Total size of the parts a message had, on a copy delivered without
+    /// them (a queue declared with [`QueueSpec::without_parts`](crate::broker::QueueSpec::without_parts)).
+    pub const PAYLOAD_BYTES: &str = "payload-bytes";
     /// Stable error code of a failed job.
     pub const ERROR_CODE: &str = "error-code";
     /// Human-readable error of a failed job.
@@ -163,6 +166,39 @@ impl Envelope {
     /// Total size of all parts in bytes.
     pub fn payload_len(&self) -> usize {
         self.parts.iter().map(|p| p.data.len()).sum()
+    }
+
+    /// Size of the parts this message was published with: its own, or on
+    /// a copy without parts, the size its [`headers::PAYLOAD_BYTES`] says.
+    pub fn payload_size(&self) -> u64 {
+        match self.header(headers::PAYLOAD_BYTES) {
+            Some(v) if self.parts.is_empty() => v.parse().unwrap_or(0),
+            _ => self.payload_len() as u64,
+        }
+    }
+
+    /// This message without its parts, for a queue whose consumers do not
+    /// read them: same id, metadata and headers, plus
+    /// [`headers::PAYLOAD_BYTES`] (when it had parts).
+    pub fn without_parts(&self) -> Self {
+        let mut copy = Self {
+            id: self.id,
+            event: self.event.clone(),
+            job_id: self.job_id,
+            tenant: self.tenant.clone(),
+            attempt: self.attempt,
+            created_at_ms: self.created_at_ms,
+            spec: self.spec.clone(),
+            headers: self.headers.clone(),
+            parts: Vec::new(),
+        };
+        if !self.parts.is_empty() {
+            copy.headers.insert(
+                headers::PAYLOAD_BYTES.into(),
+                self.payload_len().to_string(),
+            );
+        }
+        copy
     }
 
     /// A copy of this message as a new event of the same job: fresh id and

@@ -32,7 +32,7 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use pipeline_core::broker::bindings::{Bindings, unroutable};
+use pipeline_core::broker::bindings::{Bindings, Frames, unroutable};
 use pipeline_core::broker::{
     Broker, Capabilities, DeliveryStream, QueueSpec, QueueStats, Subscription, dead_letter_queue,
 };
@@ -86,6 +86,25 @@ impl std::fmt::Debug for NatsBroker {
 struct Binding {
     patterns: Vec<String>,
     max_attempts: u32,
+    /// Whether the queue takes the messages' parts (absent before: yes).
+    #[serde(default = "takes_parts")]
+    parts: bool,
+}
+
+fn takes_parts() -> bool {
+    true
+}
+
+impl Binding {
+    fn spec(&self, queue: &str) -> QueueSpec {
+        let patterns: Vec<&str> = self.patterns.iter().map(String::as_str).collect();
+        let spec = QueueSpec::new(queue, &patterns, self.max_attempts);
+        if self.parts {
+            spec
+        } else {
+            spec.without_parts()
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -319,8 +338,7 @@ impl Inner {
                 .as_deref()
                 .and_then(|d| serde_json::from_str::<Binding>(d).ok());
             if let (Some(queue), Some(binding)) = (queue, binding) {
-                self.bindings
-                    .set(&queue, &binding.patterns, binding.max_attempts);
+                self.bindings.set(&binding.spec(&queue));
             }
         }
         Ok(())
@@ -398,21 +416,19 @@ impl Broker for NatsBroker {
             let binding = Binding {
                 patterns: spec.patterns.clone(),
                 max_attempts: spec.max_attempts,
+                parts: spec.parts,
             };
             inner.declare_queue(&spec.name, &binding).await?;
             let dead = Binding {
                 patterns: Vec::new(),
                 // A dead letter is never dead-lettered again.
                 max_attempts: u32::MAX,
+                parts: true,
             };
             let dead_queue = dead_letter_queue(&spec.name);
             inner.declare_queue(&dead_queue, &dead).await?;
-            inner
-                .bindings
-                .set(&spec.name, &binding.patterns, binding.max_attempts);
-            inner
-                .bindings
-                .set(&dead_queue, &dead.patterns, dead.max_attempts);
+            inner.bindings.set(spec);
+            inner.bindings.set(&dead.spec(&dead_queue));
         }
         Ok(())
     }
@@ -430,11 +446,11 @@ impl Broker for NatsBroker {
         if targets.is_empty() {
             return Err(unroutable(&envelope.event));
         }
-        let frame = wire::encode(&envelope)?;
+        let mut frames = Frames::new(&envelope);
         // One publish per bound queue: a failure part-way is an error; the
         // caller retries and consumers are idempotent.
-        for queue in targets {
-            inner.publish_frame(&queue, frame.clone()).await?;
+        for (queue, parts) in targets {
+            inner.publish_frame(&queue, frames.get(parts)?).await?;
         }
         Ok(())
     }

@@ -22,6 +22,10 @@ pub(crate) struct ConsumerState {
     pub consumer: Consumer,
     /// The link the consumer lives on.
     pub generation: u64,
+    /// Whether the queue takes the messages' parts: RabbitMQ's exchange
+    /// routes whole messages, so a queue declared without them has them
+    /// dropped here.
+    pub parts: bool,
 }
 
 impl ConsumerState {
@@ -61,6 +65,7 @@ impl ConsumerState {
             };
             let frame = Bytes::from(std::mem::take(&mut d.data));
             let envelope = match wire::decode(frame.clone()) {
+                Ok(env) if !self.parts && !env.parts.is_empty() => env.without_parts(),
                 Ok(env) => env,
                 Err(e) => {
                     let env = policy::malformed(self.inner.short(&self.full), frame, &e);

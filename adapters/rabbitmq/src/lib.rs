@@ -214,6 +214,17 @@ impl Inner {
             .map_or(u32::MAX, |q| q.max_attempts)
     }
 
+    /// Whether the queue `full` takes the messages' parts: yes, unless this
+    /// process declared it without.
+    fn takes_parts(&self, full: &str) -> bool {
+        self.declared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|q| self.full(&q.name) == full)
+            .is_none_or(|q| q.parts)
+    }
+
     fn declared_specs(&self) -> Vec<QueueSpec> {
         self.declared
             .lock()
@@ -535,6 +546,7 @@ impl Broker for RabbitBroker {
         let prefetch = u16::try_from(subscription.prefetch).unwrap_or(u16::MAX);
         let (channel, consumer, generation) = inner.open_consumer(&full, prefetch).await?;
         let state = acker::ConsumerState {
+            parts: inner.takes_parts(&full),
             inner,
             full,
             prefetch,

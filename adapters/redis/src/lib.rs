@@ -26,7 +26,7 @@ use fred::prelude::{
     SortedSetsInterface, StreamsInterface,
 };
 use fred::types::Value;
-use pipeline_core::broker::bindings::{Bindings, unroutable};
+use pipeline_core::broker::bindings::{Bindings, Frames, unroutable};
 use pipeline_core::broker::{
     Broker, Capabilities, DeliveryStream, QueueSpec, QueueStats, Subscription, dead_letter_queue,
     policy,
@@ -183,12 +183,7 @@ impl RedisBroker {
     pub async fn delete_all(&self) -> Result<u64> {
         let inner = &self.inner;
         inner.load_bindings().await?;
-        let queues: Vec<String> = inner
-            .bindings
-            .all()
-            .into_iter()
-            .map(|(q, _, _)| q)
-            .collect();
+        let queues: Vec<String> = inner.bindings.all().into_iter().map(|q| q.name).collect();
         let mut keys = vec![inner.bindings_key()];
         for q in &queues {
             let dead = dead_letter_queue(q);
@@ -347,7 +342,7 @@ impl Inner {
         self.bindings.max_attempts(queue).unwrap_or(u32::MAX)
     }
 
-    fn targets(&self, key: &str) -> Vec<String> {
+    fn targets(&self, key: &str) -> Vec<(String, bool)> {
         self.bindings.targets(key)
     }
 
@@ -359,14 +354,7 @@ impl Inner {
             .await
             .map_err(|e| redis_error("read bindings", e))?;
         for (queue, value) in all {
-            let (max, patterns) = value.split_once(' ').unwrap_or(("5", ""));
-            let patterns: Vec<String> = patterns
-                .split(' ')
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-                .collect();
-            self.bindings
-                .set(&queue, &patterns, max.parse().unwrap_or(5));
+            self.bindings.set(&parse_binding(&queue, &value));
         }
         Ok(())
     }
@@ -388,11 +376,13 @@ impl Inner {
         Ok(())
     }
 
-    async fn store_binding(&self, queue: &str, patterns: &[String], max: u32) -> Result<()> {
-        let value = format!("{max} {}", patterns.join(" "));
+    async fn store_binding(&self, spec: &QueueSpec) -> Result<()> {
         let _: i64 = self
             .client
-            .hset(self.bindings_key(), (queue.to_string(), value))
+            .hset(
+                self.bindings_key(),
+                (spec.name.clone(), binding_value(spec)),
+            )
             .await
             .map_err(|e| redis_error("store bindings", e))?;
         Ok(())
@@ -404,9 +394,8 @@ impl Inner {
     /// publishers carry on.
     pub(crate) async fn restore(&self, queue: &str) -> Result<()> {
         self.create_groups(queue).await?;
-        let known = self.bindings.all();
-        for (q, patterns, max) in known {
-            self.store_binding(&q, &patterns, max).await?;
+        for spec in self.bindings.all() {
+            self.store_binding(&spec).await?;
         }
         Ok(())
     }
@@ -450,9 +439,7 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         for spec in queues {
             inner.create_groups(&spec.name).await?;
-            inner
-                .store_binding(&spec.name, &spec.patterns, spec.max_attempts)
-                .await?;
+            inner.store_binding(spec).await?;
             if let Some(ttl) = inner.key_ttl {
                 for key in [
                     inner.stream(&spec.name),
@@ -466,9 +453,7 @@ impl Broker for RedisBroker {
                         .map_err(|e| redis_error("EXPIRE", e))?;
                 }
             }
-            inner
-                .bindings
-                .set(&spec.name, &spec.patterns, spec.max_attempts);
+            inner.bindings.set(spec);
         }
         Ok(())
     }
@@ -486,12 +471,12 @@ impl Broker for RedisBroker {
         if targets.is_empty() {
             return Err(unroutable(&envelope.event));
         }
-        let frame = wire::encode(&envelope)?;
+        let mut frames = Frames::new(&envelope);
         // One XADD per bound stream: not atomic across streams (they may
         // live in different cluster slots). A failure part-way is an error;
         // the caller retries and consumers are idempotent.
-        for queue in targets {
-            inner.add(&queue, frame.clone()).await?;
+        for (queue, parts) in targets {
+            inner.add(&queue, frames.get(parts)?).await?;
         }
         Ok(())
     }
@@ -623,3 +608,50 @@ fn group_consumers(groups: Value) -> Option<u64> {
 
 /// Delays shorter than this are retried at once.
 pub(crate) const MIN_DELAY: Duration = Duration::from_millis(1);
+
+/// A binding as stored in the bindings hash: `max_attempts`, then the
+/// patterns, space-separated, then `~noparts` for a queue that takes no
+/// parts (a token older readers take for a pattern no key matches).
+fn binding_value(spec: &QueueSpec) -> String {
+    let mut value = format!("{} {}", spec.max_attempts, spec.patterns.join(" "));
+    if !spec.parts {
+        value.push(' ');
+        value.push_str(NO_PARTS);
+    }
+    value
+}
+
+/// The token of [`binding_value`] for a queue without parts.
+const NO_PARTS: &str = "~noparts";
+
+/// The binding of `queue` from its stored value (see [`binding_value`]).
+fn parse_binding(queue: &str, value: &str) -> QueueSpec {
+    let (max, patterns) = value.split_once(' ').unwrap_or(("5", ""));
+    let words: Vec<&str> = patterns.split(' ').filter(|p| !p.is_empty()).collect();
+    let patterns: Vec<&str> = words.iter().copied().filter(|p| *p != NO_PARTS).collect();
+    let spec = QueueSpec::new(queue, &patterns, max.parse().unwrap_or(5));
+    if words.contains(&NO_PARTS) {
+        spec.without_parts()
+    } else {
+        spec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bindings_round_trip_through_their_stored_value() {
+        for spec in [
+            QueueSpec::new("a", &["image.*", "x.#"], 7),
+            QueueSpec::new("b", &["#"], 3).without_parts(),
+            QueueSpec::new("c", &[], 9),
+        ] {
+            assert_eq!(parse_binding(&spec.name, &binding_value(&spec)), spec);
+        }
+        // What an earlier version stored still reads, with parts.
+        let old = parse_binding("d", "4 image.done");
+        assert_eq!(old, QueueSpec::new("d", &["image.done"], 4));
+    }
+}

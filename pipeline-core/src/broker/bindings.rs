@@ -5,16 +5,18 @@
 
 use std::sync::RwLock;
 
-use super::topic_matches;
-use crate::error::Error;
+use bytes::Bytes;
 
-/// One queue's binding: its name, topic patterns and `max_attempts`.
-pub type Binding = (String, Vec<String>, u32);
+use super::{QueueSpec, topic_matches};
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::wire;
 
-/// The bindings a publisher knows, shared by its tasks.
+/// The bindings a publisher knows, shared by its tasks: one [`QueueSpec`]
+/// per queue.
 #[derive(Debug, Default)]
 pub struct Bindings {
-    queues: RwLock<Vec<Binding>>,
+    queues: RwLock<Vec<QueueSpec>>,
 }
 
 impl Bindings {
@@ -23,24 +25,24 @@ impl Bindings {
         Self::default()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Binding>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<QueueSpec>> {
         self.queues.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remember `queue` bound to `patterns`, dead-lettering after
-    /// `max_attempts` (replacing what was known of it).
-    pub fn set(&self, queue: &str, patterns: &[String], max_attempts: u32) {
+    /// Remember `spec` (replacing what was known of its queue).
+    pub fn set(&self, spec: &QueueSpec) {
         let mut b = self.queues.write().unwrap_or_else(|e| e.into_inner());
-        b.retain(|(q, _, _)| q != queue);
-        b.push((queue.to_string(), patterns.to_vec(), max_attempts));
+        b.retain(|q| q.name != spec.name);
+        b.push(spec.clone());
     }
 
-    /// The queues bound to routing key `key`.
-    pub fn targets(&self, key: &str) -> Vec<String> {
+    /// The queues bound to routing key `key`, each with whether it takes
+    /// the messages' parts ([`QueueSpec::parts`]).
+    pub fn targets(&self, key: &str) -> Vec<(String, bool)> {
         self.read()
             .iter()
-            .filter(|(_, patterns, _)| patterns.iter().any(|p| topic_matches(p, key)))
-            .map(|(q, _, _)| q.clone())
+            .filter(|q| q.patterns.iter().any(|p| topic_matches(p, key)))
+            .map(|q| (q.name.clone(), q.parts))
             .collect()
     }
 
@@ -48,13 +50,49 @@ impl Bindings {
     pub fn max_attempts(&self, queue: &str) -> Option<u32> {
         self.read()
             .iter()
-            .find(|(q, _, _)| q == queue)
-            .map(|(_, _, m)| *m)
+            .find(|q| q.name == queue)
+            .map(|q| q.max_attempts)
     }
 
     /// Every binding known.
-    pub fn all(&self) -> Vec<Binding> {
+    pub fn all(&self) -> Vec<QueueSpec> {
         self.read().clone()
+    }
+}
+
+/// Frames of one message for the queues it is routed to: the whole message
+/// for those that read parts, a copy without parts for the others; each
+/// encoded once, when first asked for.
+#[derive(Debug)]
+pub struct Frames<'a> {
+    envelope: &'a Envelope,
+    whole: Option<Bytes>,
+    bare: Option<Bytes>,
+}
+
+impl<'a> Frames<'a> {
+    /// Frames of `envelope`.
+    pub fn new(envelope: &'a Envelope) -> Self {
+        Self {
+            envelope,
+            whole: None,
+            bare: None,
+        }
+    }
+
+    /// The frame for a queue that takes parts (`parts`) or not.
+    pub fn get(&mut self, parts: bool) -> Result<Bytes> {
+        let (slot, envelope) = if parts || self.envelope.parts.is_empty() {
+            (&mut self.whole, None)
+        } else {
+            (&mut self.bare, Some(self.envelope.without_parts()))
+        };
+        if let Some(frame) = slot {
+            return Ok(frame.clone());
+        }
+        let frame = wire::encode(envelope.as_ref().unwrap_or(self.envelope))?;
+        *slot = Some(frame.clone());
+        Ok(frame)
     }
 }
 
@@ -70,14 +108,36 @@ mod tests {
     #[test]
     fn routes_by_pattern_and_replaces_a_queue() {
         let b = Bindings::new();
-        b.set("a", &["image.*".into()], 3);
-        b.set("b", &["#".into()], 5);
-        assert_eq!(b.targets("image.done"), vec!["a", "b"]);
-        assert_eq!(b.targets("other"), vec!["b"]);
-        b.set("a", &["x".into()], 7);
-        assert_eq!(b.targets("image.done"), vec!["b"]);
+        b.set(&QueueSpec::new("a", &["image.*"], 3));
+        b.set(&QueueSpec::new("b", &["#"], 5).without_parts());
+        let names = |key: &str| -> Vec<(String, bool)> { b.targets(key) };
+        assert_eq!(
+            names("image.done"),
+            vec![("a".to_string(), true), ("b".to_string(), false)]
+        );
+        assert_eq!(names("other"), vec![("b".to_string(), false)]);
+        b.set(&QueueSpec::new("a", &["x"], 7));
+        assert_eq!(names("image.done"), vec![("b".to_string(), false)]);
         assert_eq!(b.max_attempts("a"), Some(7));
         assert_eq!(b.max_attempts("c"), None);
         assert_eq!(b.all().len(), 2);
+    }
+
+    #[test]
+    fn frames_are_whole_or_without_parts_and_encoded_once() {
+        let env = Envelope::new("image.done", uuid::Uuid::now_v7(), "t").with_part(
+            crate::envelope::Part::new("original", "image/png", Bytes::from(vec![7u8; 100])),
+        );
+        let mut frames = Frames::new(&env);
+        let whole = frames.get(true).unwrap();
+        let bare = frames.get(false).unwrap();
+        assert_eq!(wire::decode(whole.clone()).unwrap(), env);
+        let back = wire::decode(bare.clone()).unwrap();
+        assert!(back.parts.is_empty());
+        assert_eq!(back.payload_size(), 100);
+        assert_eq!(back.id, env.id);
+        // The same bytes the second time (no second encoding).
+        assert_eq!(frames.get(true).unwrap().as_ptr(), whole.as_ptr());
+        assert_eq!(frames.get(false).unwrap().as_ptr(), bare.as_ptr());
     }
 }

@@ -56,6 +56,12 @@ pub struct QueueSpec {
     pub patterns: Vec<String>,
     /// Deliveries after which a message is dead-lettered instead of retried.
     pub max_attempts: u32,
+    /// Whether the queue's consumers read the messages' parts. A queue
+    /// without ([`without_parts`](Self::without_parts)) gets each message's
+    /// metadata and headers only, with the parts' total size in header
+    /// [`payload-bytes`](crate::envelope::headers::PAYLOAD_BYTES): the
+    /// activity log, which would otherwise receive every image again.
+    pub parts: bool,
 }
 
 impl QueueSpec {
@@ -65,7 +71,15 @@ impl QueueSpec {
             name: name.into(),
             patterns: patterns.iter().map(|p| p.to_string()).collect(),
             max_attempts: max_attempts.max(1),
+            parts: true,
         }
+    }
+
+    /// This queue, receiving messages without their parts (see
+    /// [`parts`](Self::parts)).
+    pub fn without_parts(mut self) -> Self {
+        self.parts = false;
+        self
     }
 }
 
@@ -129,7 +143,10 @@ pub type DeliveryStream = BoxStream<'static, Result<Delivery>>;
 ///   the message (for example a publisher confirm); the routing key is
 ///   `envelope.event`. A message no queue is bound to is an error, never a
 ///   silent drop.
-/// - Payload (parts), metadata and headers arrive intact.
+/// - Payload (parts), metadata and headers arrive intact; on a queue
+///   declared [without parts](QueueSpec::without_parts), metadata and
+///   headers arrive intact with no parts and the parts' total size in
+///   header [`payload-bytes`](crate::envelope::headers::PAYLOAD_BYTES).
 /// - Each message of a queue goes to one consumer of that queue; queues are
 ///   isolated from each other.
 /// - A subscription never holds more than `prefetch` unsettled deliveries.

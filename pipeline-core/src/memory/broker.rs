@@ -72,6 +72,8 @@ struct State {
 struct Queue {
     patterns: Vec<String>,
     max_attempts: u32,
+    /// Whether the queue takes the messages' parts (`QueueSpec::parts`).
+    parts: bool,
     ready: VecDeque<Envelope>,
     /// Deliveries handed out and not settled, plus delayed retries.
     outstanding: usize,
@@ -84,6 +86,7 @@ impl Queue {
         Self {
             patterns,
             max_attempts,
+            parts: true,
             ready: VecDeque::new(),
             outstanding: 0,
             consumers: 0,
@@ -247,6 +250,7 @@ impl Broker for MemoryBroker {
                 .entry(spec.name.clone())
                 .or_insert_with(|| Queue::new(Vec::new(), spec.max_attempts));
             q.max_attempts = spec.max_attempts;
+            q.parts = spec.parts;
             for p in &spec.patterns {
                 if !q.patterns.contains(p) {
                     q.patterns.push(p.clone());
@@ -295,7 +299,11 @@ impl Broker for MemoryBroker {
                     None => {
                         for name in &targets {
                             if let Some(q) = state.queues.get_mut(name) {
-                                let mut copy = envelope.clone();
+                                let mut copy = if q.parts {
+                                    envelope.clone()
+                                } else {
+                                    envelope.without_parts()
+                                };
                                 copy.attempt = 1;
                                 q.ready.push_back(copy);
                             }

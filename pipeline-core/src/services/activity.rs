@@ -83,7 +83,7 @@ pub(crate) fn entry_of(d: &Delivery) -> Parsed<ActivityEntry> {
         job_id: env.job_id,
         tenant: env.tenant.clone(),
         worker: env.header(headers::WORKER).map(str::to_string),
-        size: env.payload_len() as u64,
+        size: env.payload_size(),
         duration_ms: env
             .header(headers::DURATION_MS)
             .and_then(|v| v.parse().ok()),

@@ -93,7 +93,8 @@ pub fn topology(max_attempts: u32) -> Vec<QueueSpec> {
             &[events::ARCHIVED, events::FAILED],
             max_attempts,
         ),
-        QueueSpec::new(queues::ACTIVITY, &["#"], max_attempts),
+        // The log records sizes, not images: no parts.
+        QueueSpec::new(queues::ACTIVITY, &["#"], max_attempts).without_parts(),
     ]
 }
 

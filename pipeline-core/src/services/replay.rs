@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::Envelope;
 use crate::broker::{Broker, MALFORMED_EVENT, Subscription, dead_letter_queue, policy};
+use crate::envelope::headers;
 use crate::error::{Error, Result};
 
 /// What [`replay_dead`] did.
@@ -18,7 +19,8 @@ pub struct ReplayReport {
     /// Messages published again (attempt 1, dead-letter headers removed).
     pub replayed: u64,
     /// Messages left in the dead-letter queue: undecodable frames kept for
-    /// inspection, or ones whose publish failed.
+    /// inspection, copies delivered without their parts (from a queue
+    /// declared without parts), or ones whose publish failed.
     pub kept: u64,
 }
 
@@ -96,6 +98,18 @@ async fn replay_matching(
             report.kept += 1;
             delivery
                 .nack(Duration::ZERO, "an undecodable frame is not replayed")
+                .await?;
+            continue;
+        }
+        if envelope.parts.is_empty() && envelope.header(headers::PAYLOAD_BYTES).is_some() {
+            // A copy without its parts (the activity log's): published
+            // again, it would reach the queues that need the parts.
+            report.kept += 1;
+            delivery
+                .nack(
+                    Duration::ZERO,
+                    "a copy without its parts is not published again",
+                )
                 .await?;
             continue;
         }

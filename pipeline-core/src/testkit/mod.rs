@@ -126,6 +126,7 @@ macro_rules! broker_conformance {
         $crate::broker_conformance!(@cases $make; $cleanup;
             publish_receive_intact,
             routing_patterns_and_isolation,
+            queue_without_parts_gets_metadata_and_size,
             unroutable_publish_is_an_error,
             competing_consumers_share_without_duplicates,
             nack_redelivers_with_higher_attempt,

@@ -33,6 +33,78 @@ pub async fn publish_receive_intact(broker: Arc<dyn Broker>) {
     assert_quiet(&mut s).await;
 }
 
+/// A queue declared without parts gets each message's metadata and headers,
+/// no parts, and their size; a queue bound to the same key gets them whole.
+pub async fn queue_without_parts_gets_metadata_and_size(broker: Arc<dyn Broker>) {
+    let prefix = unique("t").replace('-', "");
+    let (whole, bare) = (unique("whole"), unique("bare"));
+    let key = format!("{prefix}.image.archived");
+    broker
+        .declare(&[
+            QueueSpec::new(whole.clone(), &[&key], 3),
+            QueueSpec::new(bare.clone(), &[&format!("{prefix}.#")], 3).without_parts(),
+        ])
+        .await
+        .expect("declare");
+    let sent = message(&key, 300)
+        .with_part(Part::new(
+            "result",
+            "image/jpeg",
+            Bytes::from(vec![9u8; 1000]),
+        ))
+        .with_header("filename", "a.png");
+    let size = sent.payload_len() as u64;
+    broker.publish(sent.clone()).await.expect("publish");
+    let mut s = sub(broker.as_ref(), &whole, 4).await;
+    let d = next(&mut s).await;
+    assert_eq!(
+        d.envelope(),
+        &sent,
+        "the queue with parts gets the message whole"
+    );
+    d.ack().await.expect("ack");
+    let mut s = sub(broker.as_ref(), &bare, 4).await;
+    let d = next(&mut s).await;
+    let got = d.envelope().clone();
+    assert!(
+        got.parts.is_empty(),
+        "parts delivered: {:?}",
+        got.parts.len()
+    );
+    assert_eq!(got.payload_size(), size);
+    assert_eq!(
+        (
+            got.id,
+            got.job_id,
+            &got.tenant,
+            &got.spec,
+            &got.event,
+            got.created_at_ms
+        ),
+        (
+            sent.id,
+            sent.job_id,
+            &sent.tenant,
+            &sent.spec,
+            &sent.event,
+            sent.created_at_ms
+        )
+    );
+    for (k, v) in &sent.headers {
+        assert_eq!(got.headers.get(k), Some(v), "header {k}");
+    }
+    // Retried, it comes back the same.
+    d.nack(std::time::Duration::ZERO, "again")
+        .await
+        .expect("nack");
+    let d = next(&mut s).await;
+    assert_eq!(d.attempt(), 2);
+    assert!(d.envelope().parts.is_empty());
+    assert_eq!(d.envelope().payload_size(), size);
+    d.ack().await.expect("ack");
+    assert_quiet(&mut s).await;
+}
+
 /// `*` and `#` route as in AMQP; a queue never sees another queue's messages.
 pub async fn routing_patterns_and_isolation(broker: Arc<dyn Broker>) {
     let prefix = unique("t").replace('-', "");
