@@ -447,11 +447,15 @@ impl Broker for NatsBroker {
             return Err(unroutable(&envelope.event));
         }
         let mut frames = Frames::new(&envelope);
-        // One publish per bound queue: a failure part-way is an error; the
-        // caller retries and consumers are idempotent.
+        let mut publishes = Vec::with_capacity(targets.len());
         for (queue, parts) in targets {
-            inner.publish_frame(&queue, frames.get(parts)?).await?;
+            let frame = frames.get(parts)?;
+            publishes.push(async move { inner.publish_frame(&queue, frame).await });
         }
+        // One publish per bound queue, waiting for their acks together: a
+        // failure part-way is an error; the caller retries and consumers
+        // are idempotent.
+        futures::future::try_join_all(publishes).await?;
         Ok(())
     }
 

@@ -472,12 +472,16 @@ impl Broker for RedisBroker {
             return Err(unroutable(&envelope.event));
         }
         let mut frames = Frames::new(&envelope);
-        // One XADD per bound stream: not atomic across streams (they may
-        // live in different cluster slots). A failure part-way is an error;
-        // the caller retries and consumers are idempotent.
+        let mut adds = Vec::with_capacity(targets.len());
         for (queue, parts) in targets {
-            inner.add(&queue, frames.get(parts)?).await?;
+            let frame = frames.get(parts)?;
+            adds.push(async move { inner.add(&queue, frame).await });
         }
+        // One XADD per bound stream, sent together (one round trip): not
+        // atomic across streams (they may live in different cluster
+        // slots). A failure part-way is an error; the caller retries and
+        // consumers are idempotent.
+        futures::future::try_join_all(adds).await?;
         Ok(())
     }
 
