@@ -27,6 +27,9 @@ pub struct RabbitConfig {
     pub publish_timeout: Duration,
     /// Channels publishes are spread over (`?publish_channels=`).
     pub publish_channels: usize,
+    /// Storage version of classic queues (`?queue_version=1|2`; RabbitMQ
+    /// 3.10 and later; the server's default when absent).
+    pub queue_version: Option<u8>,
 }
 
 impl std::fmt::Debug for RabbitConfig {
@@ -40,6 +43,7 @@ impl std::fmt::Debug for RabbitConfig {
             .field("queue_expiry", &self.queue_expiry)
             .field("publish_timeout", &self.publish_timeout)
             .field("publish_channels", &self.publish_channels)
+            .field("queue_version", &self.queue_version)
             .finish()
     }
 }
@@ -50,8 +54,9 @@ pub use pipeline_core::urls::redact;
 impl RabbitConfig {
     /// Parse `amqp[s]://user:pass@host1[:port][,host2[:port]...]/vhost?options`.
     ///
-    /// Adapter options: `queue_type=classic|quorum`, `expires_ms=N`,
-    /// `publish_timeout_ms=N`, `publish_channels=N`; every other query
+    /// Adapter options: `queue_type=classic|quorum`, `queue_version=1|2`
+    /// (classic queues), `expires_ms=N`, `publish_timeout_ms=N`,
+    /// `publish_channels=N`; every other query
     /// parameter (`heartbeat`, `connection_timeout`, `frame_max`...) goes
     /// to the AMQP client. A heartbeat of 10 s is set unless given.
     pub fn parse(url: &str) -> Result<Self> {
@@ -76,6 +81,20 @@ impl RabbitConfig {
                 ));
             }
         };
+        let queue_version = match u.take("queue_version").as_deref() {
+            None => None,
+            Some("1") => Some(1),
+            Some("2") => Some(2),
+            Some(other) => {
+                return Err(bad(&u, format!("queue_version {other:?} is not 1 or 2")));
+            }
+        };
+        if queue_version.is_some() && queue_type == QueueType::Quorum {
+            return Err(bad(
+                &u,
+                "queue_version applies to classic queues, not quorum ones".into(),
+            ));
+        }
         let expires: Option<u64> = u.take_parsed("expires_ms")?;
         let publish_timeout: Option<u64> = u.take_parsed("publish_timeout_ms")?;
         let channels: Option<u64> = u.take_parsed("publish_channels")?;
@@ -86,6 +105,7 @@ impl RabbitConfig {
             queue_expiry: expires.map(|ms| Duration::from_millis(ms.max(1000))),
             publish_timeout: Duration::from_millis(publish_timeout.unwrap_or(30_000)),
             publish_channels: channels.unwrap_or(4).clamp(1, 64) as usize,
+            queue_version,
         })
     }
 }
@@ -118,6 +138,19 @@ mod tests {
         let c = RabbitConfig::parse("amqp://u:pa%2Fss@h/%2f").unwrap();
         assert_eq!(c.uris, vec!["amqp://u:pa%2Fss@h/%2f?heartbeat=10"]);
         assert_eq!(d.queue_type, QueueType::Classic);
+        assert_eq!(d.queue_version, None);
+        let v = RabbitConfig::parse("amqp://h?queue_version=2").unwrap();
+        assert_eq!(
+            (v.queue_version, v.uris[0].contains("queue_version")),
+            (Some(2), false)
+        );
+        for bad in [
+            "amqp://h?queue_version=3",
+            "amqp://h?queue_type=quorum&queue_version=2",
+        ] {
+            let e = RabbitConfig::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("queue_version"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -237,6 +237,9 @@ impl Inner {
         if self.config.queue_type == QueueType::Quorum {
             pairs.push(("x-queue-type", AMQPValue::LongString("quorum".into())));
         }
+        if let Some(v) = self.config.queue_version {
+            pairs.push(("x-queue-version", AMQPValue::LongInt(i32::from(v))));
+        }
         if let Some(exp) = self.config.queue_expiry {
             pairs.push(("x-expires", AMQPValue::LongLongInt(exp.as_millis() as i64)));
         }

@@ -35,3 +35,45 @@ pipeline_core::broker_conformance!(
         let _ = b.delete_all().await;
     }
 );
+
+/// `queue_version=2` declares classic queues with version 2 storage: they
+/// carry messages, and a broker that declares the same queues without the
+/// option is refused by the server for that very argument.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_version_2_is_declared_on_the_server() {
+    use pipeline_core::broker::{Broker, QueueSpec, Subscription};
+    use pipeline_core::envelope::Envelope;
+    let ns = pipeline_core::testkit::unique("qv");
+    let spec = QueueSpec::new("work", &["job.done"], 3);
+    let v2 = RabbitBroker::connect(&format!("{}&queue_version=2", url()), &ns, "qv-test")
+        .await
+        .expect("connect");
+    v2.declare(std::slice::from_ref(&spec))
+        .await
+        .expect("declare v2");
+    let sent = Envelope::new("job.done", uuid::Uuid::now_v7(), "t");
+    v2.publish(sent.clone()).await.expect("publish");
+    let mut s = v2
+        .subscribe(Subscription::new("work", 1))
+        .await
+        .expect("subscribe");
+    let d = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        futures::StreamExt::next(&mut s),
+    )
+    .await
+    .expect("no delivery")
+    .expect("stream ended")
+    .expect("delivery");
+    assert_eq!(d.envelope().id, sent.id);
+    d.ack().await.expect("ack");
+    let default = RabbitBroker::connect(&url(), &ns, "qv-test-2")
+        .await
+        .expect("connect");
+    let err = default
+        .declare(std::slice::from_ref(&spec))
+        .await
+        .expect_err("the server must refuse another queue version");
+    assert!(err.to_string().contains("x-queue-version"), "{err}");
+    let _ = v2.delete_all().await;
+}
