@@ -84,6 +84,9 @@ pub(crate) struct Inner {
     config: RabbitConfig,
     /// What `declare` was asked for, declared again on every new connection.
     declared: Mutex<Vec<QueueSpec>>,
+    /// Whether a queue without parts was declared: publishes then also
+    /// send a copy without parts to the exchange such queues are bound to.
+    partless: AtomicBool,
     consumers: Mutex<Vec<(Channel, ShortString)>>,
     closed: AtomicBool,
 }
@@ -132,6 +135,7 @@ impl RabbitBroker {
             connection_name: connection_name.to_string(),
             config,
             declared: Mutex::new(Vec::new()),
+            partless: AtomicBool::new(false),
             consumers: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
@@ -181,13 +185,16 @@ impl RabbitBroker {
                 .await?
                 .map_err(|e| unavailable(&format!("delete queue {name:?}"), &e))?;
         }
-        let exchange = ch.exchange_delete(
-            self.inner.namespace.clone().into(),
-            lapin::options::ExchangeDeleteOptions::default(),
-        );
-        bounded("delete the exchange", exchange)
-            .await?
-            .map_err(|e| unavailable("delete the exchange", &e))?;
+        // Deleting an exchange that does not exist is not an error.
+        for name in [self.inner.namespace.clone(), self.inner.partless_exchange()] {
+            let exchange = ch.exchange_delete(
+                name.clone().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            );
+            bounded("delete an exchange", exchange)
+                .await?
+                .map_err(|e| unavailable(&format!("delete the exchange {name:?}"), &e))?;
+        }
         let _ = bounded("close a channel", ch.close(200, "deleted".into())).await;
         Ok(names.len())
     }
@@ -223,6 +230,11 @@ impl Inner {
             .iter()
             .find(|q| self.full(&q.name) == full)
             .is_none_or(|q| q.parts)
+    }
+
+    /// The exchange queues declared without parts are bound to.
+    fn partless_exchange(&self) -> String {
+        format!("{}.noparts", self.namespace)
     }
 
     fn declared_specs(&self) -> Vec<QueueSpec> {
@@ -361,18 +373,25 @@ impl Inner {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        ch.exchange_declare(
-            inner.namespace.clone().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                auto_delete: inner.config.queue_expiry.is_some(),
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| unavailable("declare the exchange", &e))?;
+        let partless = inner.partless_exchange();
+        let mut exchanges = vec![inner.namespace.clone()];
+        if queues.iter().any(|q| !q.parts) {
+            exchanges.push(partless.clone());
+        }
+        for exchange in exchanges {
+            ch.exchange_declare(
+                exchange.clone().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    auto_delete: inner.config.queue_expiry.is_some(),
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable(&format!("declare the exchange {exchange:?}"), &e))?;
+        }
         for spec in queues {
             let full = inner.full(&spec.name);
             let dead = inner.full(&dead_letter_queue(&spec.name));
@@ -398,16 +417,37 @@ impl Inner {
             ch.queue_declare(full.clone().into(), durable, inner.queue_args(main_args))
                 .await
                 .map_err(|e| unavailable(&what, &e))?;
+            // A queue without parts is bound to the exchange of the copies
+            // without parts (and unbound from the other, where an earlier
+            // version bound it).
+            let (exchange, other) = if spec.parts {
+                (&inner.namespace, None)
+            } else {
+                (&partless, Some(&inner.namespace))
+            };
             for pattern in &spec.patterns {
                 ch.queue_bind(
                     full.clone().into(),
-                    inner.namespace.clone().into(),
+                    exchange.clone().into(),
                     pattern.clone().into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
                 .await
                 .map_err(|e| unavailable(&format!("bind {full:?} to {pattern:?}"), &e))?;
+                if let Some(other) = other {
+                    ch.queue_unbind(
+                        full.clone().into(),
+                        other.clone().into(),
+                        pattern.clone().into(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| unavailable(&format!("unbind {full:?} from {other:?}"), &e))?;
+                }
+            }
+            if !spec.parts {
+                inner.partless.store(true, Ordering::Release);
             }
             ch.queue_declare(dead.clone().into(), durable, inner.queue_args(Vec::new()))
                 .await
@@ -531,16 +571,23 @@ impl Broker for RabbitBroker {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("RabbitMQ broker is closed".into()));
         }
-        let frame = wire::encode(&envelope)?;
-        self.inner
-            .send(
-                &self.inner.namespace,
-                &envelope.event,
-                &frame,
-                &envelope.id.to_string(),
-                None,
-            )
-            .await
+        let inner = &self.inner;
+        let (frame, id) = (wire::encode(&envelope)?, envelope.id.to_string());
+        let whole = inner.send(&inner.namespace, &envelope.event, &frame, &id, None);
+        if !inner.partless.load(Ordering::Acquire) {
+            return whole.await;
+        }
+        // The copy without parts goes to the exchange the queues without
+        // parts are bound to; each copy may find no queue, not both.
+        let bare = wire::encode(&envelope.without_parts())?;
+        let exchange = inner.partless_exchange();
+        let copy = inner.send(&exchange, &envelope.event, &bare, &id, None);
+        match futures::future::join(whole, copy).await {
+            (Ok(()), Ok(()) | Err(Error::NotFound(_))) | (Err(Error::NotFound(_)), Ok(())) => {
+                Ok(())
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {

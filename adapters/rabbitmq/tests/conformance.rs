@@ -77,3 +77,87 @@ async fn queue_version_2_is_declared_on_the_server() {
     assert!(err.to_string().contains("x-queue-version"), "{err}");
     let _ = v2.delete_all().await;
 }
+
+/// A queue declared without parts gets, from the server itself, small
+/// copies without the parts: it is bound to the exchange of those copies,
+/// and unbound from the main exchange where an earlier version bound it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_without_parts_is_sent_copies_without_them() {
+    use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use pipeline_core::broker::{Broker, QueueSpec};
+    use pipeline_core::envelope::{Envelope, Part};
+    let ns = pipeline_core::testkit::unique("noparts");
+    let b = RabbitBroker::connect(&url(), &ns, "noparts-test")
+        .await
+        .expect("connect");
+    // As an earlier version left it: the queue bound to the main exchange.
+    let base = std::env::var("PIPELINE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let conn = lapin::Connection::connect(&base, lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let ch = conn.create_channel().await.expect("channel");
+    b.declare(&[QueueSpec::new("whole", &["job.#"], 3)])
+        .await
+        .expect("declare");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-expires".into(),
+        lapin::types::AMQPValue::LongLongInt(60_000),
+    );
+    let log = format!("{ns}.log");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(log.clone().into(), durable, args)
+        .await
+        .expect("declare the old queue");
+    ch.queue_bind(
+        log.clone().into(),
+        ns.clone().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("old binding");
+    b.declare(&[QueueSpec::new("log", &["#"], 3).without_parts()])
+        .await
+        .expect("declare without parts");
+    let sent = Envelope::new("job.done", uuid::Uuid::now_v7(), "t").with_part(Part::new(
+        "original",
+        "image/png",
+        bytes::Bytes::from(vec![1u8; 100_000]),
+    ));
+    b.publish(sent.clone()).await.expect("publish");
+    // Routed only to the queue without parts: still accepted.
+    b.publish(Envelope::new("other.event", uuid::Uuid::now_v7(), "t"))
+        .await
+        .expect("a key only the queue without parts is bound to");
+    let mut bodies = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while bodies.len() < 2 && std::time::Instant::now() < deadline {
+        match ch
+            .basic_get(log.clone().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+        {
+            Some(m) => bodies.push(m.delivery.data.len()),
+            None => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(bodies.len(), 2, "copies in the queue without parts");
+    assert!(bodies[0] < 2_000, "the server sent {} bytes", bodies[0]);
+    // One copy each: nothing more comes through the old binding.
+    let extra = ch
+        .basic_get(log.clone().into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get");
+    assert!(extra.is_none(), "a second copy arrived");
+    let _ = b.delete_all().await;
+    let _ = ch
+        .queue_delete(log.into(), lapin::options::QueueDeleteOptions::default())
+        .await;
+}
