@@ -32,7 +32,7 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use pipeline_core::broker::bindings::{Bindings, Frames, unroutable};
+use pipeline_core::broker::bindings::{Bindings, fan_out, unroutable};
 use pipeline_core::broker::{
     Broker, Capabilities, DeliveryStream, QueueSpec, QueueStats, Subscription, dead_letter_queue,
 };
@@ -446,17 +446,11 @@ impl Broker for NatsBroker {
         if targets.is_empty() {
             return Err(unroutable(&envelope.event));
         }
-        let mut frames = Frames::new(&envelope);
-        let mut publishes = Vec::with_capacity(targets.len());
-        for (queue, parts) in targets {
-            let frame = frames.get(parts)?;
-            publishes.push(async move { inner.publish_frame(&queue, frame).await });
-        }
-        // One publish per bound queue, waiting for their acks together: a
-        // failure part-way is an error; the caller retries and consumers
-        // are idempotent.
-        futures::future::try_join_all(publishes).await?;
-        Ok(())
+        // One publish per bound queue, waiting for their acks together.
+        fan_out(&envelope, targets, |queue, frame| async move {
+            inner.publish_frame(&queue, frame).await
+        })
+        .await
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {

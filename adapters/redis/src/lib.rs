@@ -26,7 +26,7 @@ use fred::prelude::{
     SortedSetsInterface, StreamsInterface,
 };
 use fred::types::Value;
-use pipeline_core::broker::bindings::{Bindings, Frames, unroutable};
+use pipeline_core::broker::bindings::{Bindings, fan_out, unroutable};
 use pipeline_core::broker::{
     Broker, Capabilities, DeliveryStream, QueueSpec, QueueStats, Subscription, dead_letter_queue,
     policy,
@@ -471,18 +471,12 @@ impl Broker for RedisBroker {
         if targets.is_empty() {
             return Err(unroutable(&envelope.event));
         }
-        let mut frames = Frames::new(&envelope);
-        let mut adds = Vec::with_capacity(targets.len());
-        for (queue, parts) in targets {
-            let frame = frames.get(parts)?;
-            adds.push(async move { inner.add(&queue, frame).await });
-        }
-        // One XADD per bound stream, sent together (one round trip): not
-        // atomic across streams (they may live in different cluster
-        // slots). A failure part-way is an error; the caller retries and
-        // consumers are idempotent.
-        futures::future::try_join_all(adds).await?;
-        Ok(())
+        // One XADD per bound stream, sent together (one round trip); the
+        // streams may live in different cluster slots.
+        fan_out(&envelope, targets, |queue, frame| async move {
+            inner.add(&queue, frame).await
+        })
+        .await
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {

@@ -5,6 +5,8 @@
 
 use std::sync::RwLock;
 
+use std::future::Future;
+
 use bytes::Bytes;
 
 use super::{QueueSpec, topic_matches};
@@ -94,6 +96,28 @@ impl<'a> Frames<'a> {
         *slot = Some(frame.clone());
         Ok(frame)
     }
+}
+
+/// Send `envelope` to every queue of `targets` at once with `send` (the
+/// whole frame to queues that take parts, the one without to the others);
+/// an error if any send fails. Not atomic: the caller retries, and
+/// consumers are idempotent.
+pub async fn fan_out<F, Fut>(
+    envelope: &Envelope,
+    targets: Vec<(String, bool)>,
+    send: F,
+) -> Result<()>
+where
+    F: Fn(String, Bytes) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut frames = Frames::new(envelope);
+    let mut sends = Vec::with_capacity(targets.len());
+    for (queue, parts) in targets {
+        sends.push(send(queue, frames.get(parts)?));
+    }
+    futures::future::try_join_all(sends).await?;
+    Ok(())
 }
 
 /// The error of a publish whose routing key no queue is bound to.
