@@ -102,22 +102,32 @@ pub fn record_process() {
         }
     }
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        let kib = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        };
-        if let Some(rss) = kib("VmRSS:") {
-            metrics::gauge!(PROCESS_RSS).set((rss * 1024) as f64);
+        if let Some(rss) = status_bytes(&status, "VmRSS:") {
+            metrics::gauge!(PROCESS_RSS).set(rss as f64);
         }
-        if let Some(peak) = kib("VmHWM:") {
-            metrics::gauge!(PROCESS_RSS_PEAK).set((peak * 1024) as f64);
+        if let Some(peak) = status_bytes(&status, "VmHWM:") {
+            metrics::gauge!(PROCESS_RSS_PEAK).set(peak as f64);
         }
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!(PROCESS_FDS).set(fds.count() as f64);
     }
+}
+
+/// A `kB` field of `/proc/<pid>/status` text (`VmRSS:`, `VmHWM:`...), in bytes.
+fn status_bytes(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
+/// This process's peak resident memory so far, in bytes (Linux; `None`
+/// where there is no `/proc`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_bytes(&status, "VmHWM:")
 }
 
 /// Longest a scrape waits for the broker's queue counts.

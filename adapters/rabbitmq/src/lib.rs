@@ -24,6 +24,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
+use pipeline_core::broker::bindings::Frames;
 use pipeline_core::broker::{
     Broker, Capabilities, DeliveryStream, QueueSpec, QueueStats, Subscription, dead_letter_queue,
 };
@@ -213,23 +214,23 @@ impl Inner {
     }
 
     fn max_attempts_of(&self, full: &str) -> u32 {
-        self.declared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|q| self.full(&q.name) == full)
-            .map_or(u32::MAX, |q| q.max_attempts)
+        self.declared_as(full).map_or(u32::MAX, |q| q.max_attempts)
     }
 
     /// Whether the queue `full` takes the messages' parts: yes, unless this
     /// process declared it without.
     fn takes_parts(&self, full: &str) -> bool {
+        self.declared_as(full).is_none_or(|q| q.parts)
+    }
+
+    /// How this process declared the queue `full`, if it did.
+    fn declared_as(&self, full: &str) -> Option<QueueSpec> {
         self.declared
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .find(|q| self.full(&q.name) == full)
-            .is_none_or(|q| q.parts)
+            .cloned()
     }
 
     /// The exchange queues declared without parts are bound to.
@@ -572,14 +573,15 @@ impl Broker for RabbitBroker {
             return Err(Error::Closed("RabbitMQ broker is closed".into()));
         }
         let inner = &self.inner;
-        let (frame, id) = (wire::encode(&envelope)?, envelope.id.to_string());
+        let mut frames = Frames::new(&envelope);
+        let (frame, id) = (frames.get(true)?, envelope.id.to_string());
         let whole = inner.send(&inner.namespace, &envelope.event, &frame, &id, None);
         if !inner.partless.load(Ordering::Acquire) {
             return whole.await;
         }
         // The copy without parts goes to the exchange the queues without
         // parts are bound to; each copy may find no queue, not both.
-        let bare = wire::encode(&envelope.without_parts())?;
+        let bare = frames.get(false)?;
         let exchange = inner.partless_exchange();
         let copy = inner.send(&exchange, &envelope.event, &bare, &id, None);
         match futures::future::join(whole, copy).await {

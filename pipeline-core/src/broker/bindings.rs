@@ -3,9 +3,8 @@
 //! to, from the bindings this process declared or read back from the
 //! server.
 
-use std::sync::RwLock;
-
 use std::future::Future;
+use std::sync::RwLock;
 
 use bytes::Bytes;
 
@@ -84,15 +83,20 @@ impl<'a> Frames<'a> {
 
     /// The frame for a queue that takes parts (`parts`) or not.
     pub fn get(&mut self, parts: bool) -> Result<Bytes> {
-        let (slot, envelope) = if parts || self.envelope.parts.is_empty() {
-            (&mut self.whole, None)
+        let whole = parts || self.envelope.parts.is_empty();
+        let slot = if whole {
+            &mut self.whole
         } else {
-            (&mut self.bare, Some(self.envelope.without_parts()))
+            &mut self.bare
         };
         if let Some(frame) = slot {
             return Ok(frame.clone());
         }
-        let frame = wire::encode(envelope.as_ref().unwrap_or(self.envelope))?;
+        let frame = if whole {
+            wire::encode(self.envelope)?
+        } else {
+            wire::encode(&self.envelope.without_parts())?
+        };
         *slot = Some(frame.clone());
         Ok(frame)
     }

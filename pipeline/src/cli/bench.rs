@@ -122,14 +122,6 @@ async fn measure(
         .map_err(|e| Error::Config(format!("bench task: {e}")))?
 }
 
-/// Peak resident memory of this process so far, in MiB (Linux).
-pub(crate) fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// `pipeline bench`, with the transforms of `registry`.
 pub async fn bench(args: BenchArgs, registry: TransformRegistry) -> Result<(), Error> {
     let registry = Arc::new(registry);
@@ -216,7 +208,8 @@ pub async fn bench(args: BenchArgs, registry: TransformRegistry) -> Result<(), E
             "{name}: pipeline / bare transform = {:.0}%, pipeline / reference = {:.0}%, peak RSS {}",
             100.0 * report.rate() / rate,
             100.0 * report.rate() / reference,
-            peak_rss_mib().map_or("unknown".to_string(), |m| format!("{m:.0} MiB"))
+            pipeline_core::telemetry::peak_rss_bytes()
+                .map_or("unknown".to_string(), |b| format!("{} MiB", b >> 20))
         );
     }
     Ok(())
