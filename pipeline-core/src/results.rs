@@ -98,6 +98,7 @@ pub struct JobSummary {
 ///
 /// # Contract
 /// - `put` keeps the status for `ttl`; after that `get` returns `None`.
+/// - `summary` is `get` without the bytes: the same status, or `None`.
 /// - A terminal status (done, failed) is never replaced: neither by
 ///   `pending` nor by a second terminal status (the first result wins).
 /// - `wait` returns as soon as the job is terminal, or its current status
@@ -112,6 +113,12 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
     async fn put(&self, status: JobStatus, ttl: Duration) -> Result<()>;
     /// The current status.
     async fn get(&self, job_id: Uuid) -> Result<Option<JobStatus>>;
+    /// The current status without the result bytes, for callers that only
+    /// need where a job stands. The default takes [`ResultStore::get`]
+    /// apart; a store that keeps the bytes apart leaves them where they are.
+    async fn summary(&self, job_id: Uuid) -> Result<Option<JobSummary>> {
+        Ok(self.get(job_id).await?.map(|s| s.summary()))
+    }
     /// Wait until the job is terminal or `timeout` passes.
     async fn wait(&self, job_id: Uuid, timeout: Duration) -> Result<Option<JobStatus>>;
     /// Terminal statuses as they arrive (results without bytes).

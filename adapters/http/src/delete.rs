@@ -45,8 +45,12 @@ pub(crate) async fn delete(
         .tenant;
     let id = job_id(&raw)?;
     let started_ms = now_ms();
-    let live = state.results.get(id).await?.filter(|s| s.tenant == tenant);
-    if live.as_ref().is_some_and(|s| !s.state.is_terminal()) {
+    let live = state
+        .results
+        .summary(id)
+        .await?
+        .filter(|s| s.tenant == tenant);
+    if live.as_ref().is_some_and(|s| !s.status.is_terminal()) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "job_in_progress",

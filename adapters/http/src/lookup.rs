@@ -11,7 +11,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::Uri;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pipeline_core::results::JobStatus;
+use pipeline_core::results::{JobStatus, JobSummary};
 use pipeline_core::store::{Blob, ImageRecord, JobFailure, JobState};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -30,10 +30,22 @@ use crate::waits::Waits;
 use crate::{ApiState, timeline};
 use pipeline_core::auth::Scope;
 
-/// Where a job stands, from the result store or else the archive.
-enum Found {
-    Live(JobStatus),
+/// Where a job stands, from the result store (`L`: its status with or
+/// without the bytes) or else the archive.
+#[allow(clippy::large_enum_variant)] // `L` (a status) is about as large as the record
+enum Found<L = JobStatus> {
+    Live(L),
     Archived(ImageRecord),
+}
+
+/// The archived job `id` of `tenant`, if any.
+async fn archived<L>(state: &ApiState, id: Uuid, tenant: &str) -> ApiResult<Option<Found<L>>> {
+    Ok(state
+        .archive
+        .get(id)
+        .await?
+        .filter(|r| r.tenant == tenant)
+        .map(Found::Archived))
 }
 
 /// The job `id` of `tenant`, waiting up to `wait` (counted in `waits`)
@@ -45,16 +57,6 @@ async fn find(
     tenant: &str,
     wait: Option<(Duration, &Arc<Waits>)>,
 ) -> ApiResult<Option<Found>> {
-    let archived = || async {
-        Ok::<_, ApiError>(
-            state
-                .archive
-                .get(id)
-                .await?
-                .filter(|r| r.tenant == tenant)
-                .map(Found::Archived),
-        )
-    };
     let live = match (state.results.get(id).await?, wait) {
         (Some(s), _) if s.tenant != tenant => return Ok(None),
         (Some(s), Some((wait, waits))) if s.state == JobState::Pending && !wait.is_zero() => {
@@ -62,9 +64,22 @@ async fn find(
             state.results.wait(id, wait).await?.unwrap_or(s)
         }
         (Some(s), _) => s,
-        (None, _) => return archived().await,
+        (None, _) => return archived(state, id, tenant).await,
     };
     Ok((live.tenant == tenant).then_some(Found::Live(live)))
+}
+
+/// [`find`] without the result bytes and without waiting (the status
+/// route: a result store that keeps the bytes apart does not read them).
+async fn find_summary(
+    state: &ApiState,
+    id: Uuid,
+    tenant: &str,
+) -> ApiResult<Option<Found<JobSummary>>> {
+    match state.results.summary(id).await? {
+        Some(s) => Ok((s.tenant == tenant).then_some(Found::Live(s))),
+        None => archived(state, id, tenant).await,
+    }
 }
 
 /// The bytes of `blob`, fetched from the blob store when it holds a
@@ -174,15 +189,15 @@ pub(crate) async fn status(
     let caller = state.auth.caller(&headers, &uri, Scope::Read).await?;
     let tenant = caller.tenant.clone();
     let id = job_id(&raw)?;
-    match find(&state, id, &tenant, None).await? {
+    match find_summary(&state, id, &tenant).await? {
         Some(Found::Live(s)) => {
             // A finished job not in the archive: did save2db give it up?
-            let archive_error = if s.state.is_terminal() && state.archive.get(id).await?.is_none() {
+            let archive_error = if s.status.is_terminal() && state.archive.get(id).await?.is_none()
+            {
                 timeline::archive_failure(&timeline::entries(&state, id, &tenant).await?)
             } else {
                 None
             };
-            let s = s.summary();
             Ok(linked(
                 &state,
                 &caller,
@@ -313,7 +328,7 @@ pub(crate) async fn original(
             )),
         };
     }
-    match state.results.get(id).await? {
+    match state.results.summary(id).await? {
         // Known but not archived yet.
         Some(s) if s.tenant == tenant => Ok(pending(id)),
         _ => Err(ApiError::not_found(&raw)),

@@ -106,7 +106,11 @@ pub(crate) async fn job_events(
     let entries = entries(&state, id, &tenant).await?;
     if entries.is_empty() {
         // Known but not logged yet (the activity role lags), or unknown.
-        let live = state.results.get(id).await?.filter(|s| s.tenant == tenant);
+        let live = state
+            .results
+            .summary(id)
+            .await?
+            .filter(|s| s.tenant == tenant);
         let archived = match live {
             Some(_) => true,
             None => state

@@ -577,11 +577,11 @@ enum Earlier {
 /// archive, or deleted by `tenant` (its timeline ends with
 /// `image.deleted`).
 async fn earlier_job(state: &ApiState, job: Uuid, tenant: &str) -> ApiResult<Option<Earlier>> {
-    if let Some(s) = state.results.get(job).await? {
+    if let Some(s) = state.results.summary(job).await? {
         return Ok(Some(Earlier::Job {
             tenant: s.tenant,
             spec: s.spec,
-            pending: s.state == pipeline_core::store::JobState::Pending,
+            pending: s.status == pipeline_core::store::JobState::Pending,
         }));
     }
     if let Some(r) = state.archive.get(job).await? {

@@ -169,6 +169,11 @@ impl RedisResultStore {
         format!("{{{}}}:job:{job}", self.namespace)
     }
 
+    fn decode_meta(job: Uuid, meta: &[u8]) -> Result<Meta> {
+        serde_json::from_slice(meta)
+            .map_err(|e| Error::backend("redis", format!("bad result record of {job}: {e}"), false))
+    }
+
     async fn current(&self, job: Uuid) -> Result<Option<JobStatus>> {
         let fields: HashMap<String, Bytes> = self
             .client
@@ -178,9 +183,7 @@ impl RedisResultStore {
         let Some(meta) = fields.get("meta") else {
             return Ok(None);
         };
-        let meta: Meta = serde_json::from_slice(meta).map_err(|e| {
-            Error::backend("redis", format!("bad result record of {job}: {e}"), false)
-        })?;
+        let meta = Self::decode_meta(job, meta)?;
         let result = match (&meta.result_type, fields.get("data")) {
             (Some(t), Some(data)) => Some(Blob {
                 content_type: t.clone(),
@@ -226,6 +229,17 @@ impl ResultStore for RedisResultStore {
 
     async fn get(&self, job_id: Uuid) -> Result<Option<JobStatus>> {
         self.current(job_id).await
+    }
+
+    /// Reads the `meta` field only: the bytes stay in Redis.
+    async fn summary(&self, job_id: Uuid) -> Result<Option<JobSummary>> {
+        let meta: Option<Bytes> = self
+            .client
+            .hget(self.key(job_id), "meta")
+            .await
+            .map_err(|e| redis_error("HGET", e))?;
+        meta.map(|m| Ok(Self::decode_meta(job_id, &m)?.into_status(None).summary()))
+            .transpose()
     }
 
     async fn wait(&self, job_id: Uuid, timeout: Duration) -> Result<Option<JobStatus>> {

@@ -229,6 +229,7 @@ macro_rules! results_conformance {
     ($make:expr, cleanup = $cleanup:expr) => {
         $crate::results_conformance!(@cases $make; $cleanup;
             put_and_get,
+            summary_leaves_the_bytes_out,
             terminal_states_are_final,
             statuses_expire,
             wait_is_woken_by_the_result,

@@ -40,6 +40,35 @@ pub async fn put_and_get(store: Arc<dyn ResultStore>) {
     assert_eq!(store.get(Uuid::now_v7()).await.expect("unknown"), None);
 }
 
+/// `summary` is the status without its bytes, for pending, done and unknown
+/// jobs alike.
+pub async fn summary_leaves_the_bytes_out(store: Arc<dyn ResultStore>) {
+    let p = pending("t");
+    store.put(p.clone(), TTL).await.expect("put");
+    assert_eq!(
+        store.summary(p.job_id).await.expect("summary"),
+        Some(p.summary())
+    );
+    let d = JobStatus {
+        info: Some(crate::store::JobInfo {
+            original: None,
+            result: None,
+            decode_ms: 1.5,
+            transform_ms: 0.25,
+            encode_ms: 2.0,
+            worker: "w1".into(),
+        }),
+        ..done(&p, &[7; 4096])
+    };
+    store.put(d.clone(), TTL).await.expect("put done");
+    let s = store.summary(p.job_id).await.expect("summary");
+    assert_eq!(s, Some(d.summary()));
+    assert_eq!(s.map(|s| s.status), Some(JobState::Done));
+    assert_eq!(store.summary(Uuid::now_v7()).await.expect("unknown"), None);
+    store.delete(p.job_id).await.expect("delete");
+    assert_eq!(store.summary(p.job_id).await.expect("deleted"), None);
+}
+
 /// A terminal status is never replaced, by pending or by a second result.
 pub async fn terminal_states_are_final(store: Arc<dyn ResultStore>) {
     let p = pending("t");
