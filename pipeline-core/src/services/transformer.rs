@@ -10,7 +10,7 @@ use tracing::Instrument;
 use super::consume::consume_concurrently;
 use super::queues;
 use crate::backoff::Backoff;
-use crate::blob::{ClaimCheck, REF_CONTENT_TYPE};
+use crate::blob::{BlobRef, ClaimCheck, REF_CONTENT_TYPE};
 use crate::broker::{Broker, Delivery};
 use crate::envelope::{Envelope, Part, events, headers, parts};
 use crate::error::{Error, Result};
@@ -199,11 +199,13 @@ impl Transformer {
     }
 
     /// Run the job on the pool; also hash both images there (hashing a few
-    /// MB is CPU work that must not stall the async threads).
+    /// MB is CPU work that must not stall the async threads). An original
+    /// sent by reference is not hashed again: its key is its SHA-256.
     async fn transform(&self, env: &Envelope) -> Result<(Processed, (String, String), usize)> {
         let original = env
             .part(parts::ORIGINAL)
             .ok_or_else(|| Error::invalid("the message carries no original image"))?;
+        let known_sha = BlobRef::parse(&original.content_type, &original.data)?.map(|r| r.key);
         let original = match &self.claim {
             Some(claim) => claim.check_out(original).await?,
             None if original.content_type == REF_CONTENT_TYPE => {
@@ -224,7 +226,8 @@ impl Transformer {
             .pool
             .run(move || {
                 let p = processor.process(&data, &spec)?;
-                let hashes = (sha256_hex(&data), sha256_hex(&p.data));
+                let original_sha = known_sha.unwrap_or_else(|| sha256_hex(&data));
+                let hashes = (original_sha, sha256_hex(&p.data));
                 Ok((p, hashes))
             })
             .await?;
