@@ -6,12 +6,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
+use lapin::options::{BasicCancelOptions, BasicNackOptions};
 use lapin::{Channel, Consumer};
 use pipeline_core::broker::policy::{self, DeadCause, Disposition};
 use pipeline_core::broker::{Acker, Delivery};
 use pipeline_core::{Envelope, Error, Result, wire};
 
+use crate::acks::{AckBook, AckOutcome};
 use crate::{Inner, RECONNECT_BACKOFF, RPC_TIMEOUT, bounded};
 
 pub(crate) struct ConsumerState {
@@ -26,6 +27,8 @@ pub(crate) struct ConsumerState {
     /// routes whole messages, so a queue declared without them has them
     /// dropped here.
     pub parts: bool,
+    /// The channel's unsettled deliveries (acks sent together).
+    pub acks: Arc<AckBook>,
 }
 
 impl ConsumerState {
@@ -63,6 +66,7 @@ impl ConsumerState {
                     continue;
                 }
             };
+            self.acks.register(d.delivery_tag);
             let frame = Bytes::from(std::mem::take(&mut d.data));
             let envelope = match wire::decode(frame.clone()) {
                 Ok(env) if !self.parts && !env.parts.is_empty() => env.without_parts(),
@@ -70,8 +74,12 @@ impl ConsumerState {
                 Err(e) => {
                     let env = policy::malformed(self.inner.short(&self.full), frame, &e);
                     tracing::warn!(queue = %self.full, error = %e, "dead-lettering a malformed message");
-                    self.forward(&d.acker, self.inner.send_dead(&self.full, &env))
-                        .await;
+                    self.forward(
+                        d.delivery_tag,
+                        &d.acker,
+                        self.inner.send_dead(&self.full, &env),
+                    )
+                    .await;
                     continue;
                 }
             };
@@ -88,13 +96,15 @@ impl ConsumerState {
                 if let Disposition::DeadLetter { envelope } = &d2 {
                     tracing::warn!(queue = %self.full, job_id = %envelope.job_id, "dead-lettering a message its consumers never settled");
                 }
-                self.forward(&d.acker, self.inner.dispose(&self.full, d2))
+                self.forward(d.delivery_tag, &d.acker, self.inner.dispose(&self.full, d2))
                     .await;
                 continue;
             }
             let acker = RabbitAcker {
                 _channel: self.channel.clone(),
                 acker: Some(d.acker),
+                tag: d.delivery_tag,
+                acks: Arc::clone(&self.acks),
                 inner: Arc::clone(&self.inner),
                 full: self.full.clone(),
                 envelope: Some(envelope.clone()),
@@ -116,6 +126,7 @@ impl ConsumerState {
                     self.channel = channel;
                     self.consumer = consumer;
                     self.generation = generation;
+                    self.acks = Arc::default();
                     return Some(());
                 }
                 Err(e) => {
@@ -131,22 +142,24 @@ impl ConsumerState {
     /// it back to the queue (it comes round again).
     async fn forward(
         &self,
+        tag: u64,
         acker: &lapin::Acker,
         sent: impl std::future::Future<Output = Result<()>>,
     ) {
         match sent.await {
-            Ok(()) => match bounded("ack", acker.ack(BasicAckOptions::default())).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(queue = %self.full, error = %e, "ack after forwarding failed")
+            Ok(()) => match self.acks.ack(tag, acker.clone()).await {
+                AckOutcome::Sent => {}
+                AckOutcome::Stale => {
+                    tracing::warn!(queue = %self.full, "ack after forwarding failed: the channel was recovered")
                 }
-                Err(e) => {
+                AckOutcome::Failed(e) => {
                     tracing::warn!(queue = %self.full, error = %e, "ack after forwarding failed")
                 }
             },
             Err(e) => {
                 tracing::warn!(queue = %self.full, error = %e, "forwarding failed; handing the message back");
                 requeue(acker).await;
+                self.acks.forget(tag);
             }
         }
     }
@@ -225,6 +238,10 @@ struct RabbitAcker {
     /// shutdown while jobs are still finishing).
     _channel: Channel,
     acker: Option<lapin::Acker>,
+    /// Its delivery tag on the channel.
+    tag: u64,
+    /// The channel's unsettled deliveries.
+    acks: Arc<AckBook>,
     inner: Arc<Inner>,
     full: String,
     /// `Some` until settled.
@@ -236,13 +253,15 @@ impl RabbitAcker {
         let Some(acker) = self.acker.take() else {
             return Ok(());
         };
-        match bounded("ack", acker.ack(BasicAckOptions::default())).await? {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Error::Unavailable(format!(
+        match self.acks.ack(self.tag, acker).await {
+            AckOutcome::Sent => Ok(()),
+            AckOutcome::Stale => Err(Error::Unavailable(format!(
                 "stale delivery from {:?}: its channel was recovered, so RabbitMQ will deliver it again",
                 self.full
             ))),
-            Err(e) => Err(Error::Unavailable(format!("ack on {:?}: {e}", self.full))),
+            AckOutcome::Failed(e) => {
+                Err(Error::Unavailable(format!("ack on {:?}: {e}", self.full)))
+            }
         }
     }
 
@@ -254,6 +273,7 @@ impl RabbitAcker {
             Err(e) => {
                 if let Some(acker) = self.acker.take() {
                     requeue(&acker).await;
+                    self.acks.forget(self.tag);
                 }
                 Err(e)
             }
@@ -296,6 +316,7 @@ impl Drop for RabbitAcker {
         }
         // Dropped unsettled: hand it back now rather than when the channel closes.
         if let (Some(acker), Ok(rt)) = (self.acker.take(), tokio::runtime::Handle::try_current()) {
+            let (acks, tag) = (Arc::clone(&self.acks), self.tag);
             rt.spawn(async move {
                 let requeue = BasicNackOptions {
                     requeue: true,
@@ -306,6 +327,7 @@ impl Drop for RabbitAcker {
                         "requeue of a dropped delivery failed; the channel will return it"
                     );
                 }
+                acks.forget(tag);
             });
         }
     }

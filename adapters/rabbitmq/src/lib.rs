@@ -9,6 +9,7 @@
 //! consumers replayed) and publishes wait for it. See `docs/backends/rabbitmq.md`.
 
 mod acker;
+mod acks;
 mod admin;
 mod config;
 mod link;
@@ -605,6 +606,7 @@ impl Broker for RabbitBroker {
             channel,
             consumer,
             generation,
+            acks: Arc::default(),
         };
         Ok(Box::pin(futures::stream::unfold(
             state,

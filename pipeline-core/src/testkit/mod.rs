@@ -147,7 +147,8 @@ macro_rules! broker_conformance {
             ordered_when_declared,
             deliveries_settle_after_close,
             ready_until_closed,
-            stress_nothing_lost_or_doubled
+            stress_nothing_lost_or_doubled,
+            out_of_order_settling_settles_each_once
         );
     };
     (@cases $make:expr; $cleanup:expr; $($case:ident),* $(,)?) => {

@@ -335,3 +335,75 @@ async fn eventually_stats(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A window of deliveries settled at once and out of order (acks,
+/// nacks and drops mixed, as concurrent jobs finish): every message ends
+/// acked exactly once, each nacked or dropped one comes back once with
+/// attempt 2, and nothing else arrives. A backend that batches acks must
+/// not let one ack settle a delivery still running or handed back.
+pub async fn out_of_order_settling_settles_each_once(broker: Arc<dyn Broker>) {
+    let (queue, p) = setup(broker.as_ref(), &["mix"], 5).await;
+    let total = 96;
+    let mut sent = HashSet::new();
+    for n in 0..total {
+        let m = message(&format!("{p}.mix"), n);
+        sent.insert(m.id);
+        broker.publish(m).await.expect("publish");
+    }
+    let mut s = sub(broker.as_ref(), &queue, 32).await;
+    let (mut acked, mut second) = (HashSet::new(), HashSet::new());
+    let mut handed_back = 0;
+    let mut settling = futures::stream::FuturesUnordered::new();
+    while acked.len() < total {
+        // A window of what is there, settled in a shuffled order.
+        let mut window = vec![next(&mut s).await];
+        while window.len() < 24 {
+            match tokio::time::timeout(Duration::from_millis(50), s.next()).await {
+                Ok(Some(d)) => window.push(d.expect("delivery error")),
+                _ => break,
+            }
+        }
+        fastrand::shuffle(&mut window);
+        for d in window {
+            let id = d.envelope().id;
+            let n: usize = d
+                .envelope()
+                .header("n")
+                .and_then(|n| n.parse().ok())
+                .expect("n");
+            if d.attempt() > 1 {
+                assert!(second.insert(id), "{id} came back twice");
+            }
+            match (d.attempt(), n % 5) {
+                (1, 1) => {
+                    handed_back += 1;
+                    settling.push(Box::pin(async move {
+                        d.nack(Duration::ZERO, "again").await.expect("nack");
+                        None
+                    })
+                        as futures::future::BoxFuture<'static, Option<Uuid>>);
+                }
+                (1, 2) => {
+                    handed_back += 1;
+                    drop(d);
+                }
+                _ => settling.push(Box::pin(async move {
+                    d.ack().await.expect("ack");
+                    Some(id)
+                })),
+            }
+        }
+        while let Some(done) = settling.next().await {
+            if let Some(id) = done {
+                assert!(acked.insert(id), "{id} acked twice");
+            }
+        }
+    }
+    assert_eq!(acked, sent);
+    assert_eq!(
+        second.len(),
+        handed_back,
+        "each handed-back message once more"
+    );
+    assert_quiet(&mut s).await;
+}
