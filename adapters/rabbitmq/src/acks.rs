@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use crate::bounded;
 
 /// How an ack ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum AckOutcome {
     /// Sent.
     Sent,

@@ -342,6 +342,7 @@ async fn eventually_stats(
 /// attempt 2, and nothing else arrives. A backend that batches acks must
 /// not let one ack settle a delivery still running or handed back.
 pub async fn out_of_order_settling_settles_each_once(broker: Arc<dyn Broker>) {
+    use futures::FutureExt;
     let (queue, p) = setup(broker.as_ref(), &["mix"], 5).await;
     let total = 96;
     let mut sent = HashSet::new();
@@ -377,20 +378,25 @@ pub async fn out_of_order_settling_settles_each_once(broker: Arc<dyn Broker>) {
             match (d.attempt(), n % 5) {
                 (1, 1) => {
                     handed_back += 1;
-                    settling.push(Box::pin(async move {
-                        d.nack(Duration::ZERO, "again").await.expect("nack");
-                        None
-                    })
-                        as futures::future::BoxFuture<'static, Option<Uuid>>);
+                    settling.push(
+                        async move {
+                            d.nack(Duration::ZERO, "again").await.expect("nack");
+                            None
+                        }
+                        .boxed(),
+                    );
                 }
                 (1, 2) => {
                     handed_back += 1;
                     drop(d);
                 }
-                _ => settling.push(Box::pin(async move {
-                    d.ack().await.expect("ack");
-                    Some(id)
-                })),
+                _ => settling.push(
+                    async move {
+                        d.ack().await.expect("ack");
+                        Some(id)
+                    }
+                    .boxed(),
+                ),
             }
         }
         while let Some(done) = settling.next().await {
